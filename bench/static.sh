@@ -1,0 +1,753 @@
+#!/usr/bin/env bash
+# Static-file benchmark: condo (pass and proxy handover) against nginx (one shared
+# uid, the classic setup) and Apache 2.4 with mpm-itk (one uid per vhost).
+#
+# Run as root on a Debian machine:   sudo bench/static.sh
+# Quick smoke run:                   sudo BENCH_DURATION=2s BENCH_RUNS=1 bench/static.sh
+# See bench/README.md for what is measured and how to read the table.
+set -euo pipefail
+
+SCRIPT_DIR=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)
+REPO_DIR=$(cd -- "$SCRIPT_DIR/.." && pwd)
+RESULTS_DIR=$SCRIPT_DIR/results
+
+# ---- knobs (environment) ----------------------------------------------------------
+BENCH_DURATION=${BENCH_DURATION:-10s}   # wrk -d, per run
+BENCH_CONNS=${BENCH_CONNS:-50}          # wrk -c
+BENCH_THREADS=${BENCH_THREADS:-2}       # wrk -t
+BENCH_RUNS=${BENCH_RUNS:-2}             # measured runs per cell; the best one is reported
+BENCH_WARMUP=${BENCH_WARMUP:-2s}        # one unrecorded wrk run before each cell; 0 = none
+BENCH_SERVERS=${BENCH_SERVERS:-"condo-pass condo-proxy nginx itk"}
+CONDO_PASS_PORT=${CONDO_PASS_PORT:-18081}
+CONDO_PROXY_PORT=${CONDO_PROXY_PORT:-18082}
+NGINX_PORT=${NGINX_PORT:-18083}
+ITK_PORT=${ITK_PORT:-18084}
+CONDO_BIN_FROM_ENV=${CONDO_BIN:-}                 # set: use this binary, do not build
+CONDO_START_TIMEOUT=${CONDO_START_TIMEOUT:-20}   # seconds until condo must answer
+
+# Throw-away accounts. The GECOS marker lets a later run remove leftovers of a run
+# that was killed before its cleanup could run, and nothing else.
+USER_A=condo-bench-a        # tenant a
+USER_B=condo-bench-b        # tenant b
+USER_D=condo-bench-d        # condo's dispatcher
+USER_W=condo-bench-w        # nginx workers (member of both tenant groups); itk default user
+USER_MARK="condo bench (temporary)"
+
+SERVERS_ALL=(condo-pass condo-proxy nginx itk)
+WORKLOADS=("small.txt keep-alive" "small.txt close" "big.bin keep-alive" "big.bin close")
+SMALL_BODY=$'Hello, world\n'   # 13 bytes
+BIG_SIZE=102400                # 100 KiB
+
+# ---- state ------------------------------------------------------------------------
+TMP=""                  # temp dir with docroots, configs, logs
+CREATED_USERS=()        # accounts this run created (deleted at exit)
+POLICY_RC_CREATED=0     # did we write /usr/sbin/policy-rc.d?
+declare -A SERVER_PID=()        # name -> pid of the process we started (a session leader)
+declare -A RPS=() P99=() ERRS=() CELL=()   # key "server|workload"
+declare -A ALLRUNS=()           # key -> per-run summary lines
+NOTES=()                # printed under the table
+FAILED=0                # exit status 1 at the end if something did not work
+RAW=""                  # raw wrk log in results/
+MD=""                   # the Markdown report in results/
+
+# ---- small helpers ----------------------------------------------------------------
+log() { printf '==> %s\n' "$*" >&2; }
+warn() { printf '!!! %s\n' "$*" >&2; }
+die() { warn "$*"; exit 1; }
+want() { [[ " $BENCH_SERVERS " == *" $1 "* ]]; }
+want_condo() { want condo-pass || want condo-proxy; }
+raw() { [[ -z $RAW ]] || printf '%s\n' "$@" >>"$RAW"; }
+
+# A process is alive if it exists and is not a zombie (kill -0 succeeds on zombies).
+alive() {
+    local st
+    st=$(ps -o stat= -p "$1" 2>/dev/null) || return 1
+    [[ -n $st && $st != Z* ]]
+}
+
+# Seconds in a wrk duration ("10s", "2m", "1h", "30").
+dur_secs() {
+    local d=$1
+    [[ $d =~ ^([0-9]+)(s|m|h)?$ ]] || die "cannot parse duration '$d' (use e.g. 10s, 2m)"
+    case ${BASH_REMATCH[2]} in
+        m) echo $((BASH_REMATCH[1] * 60)) ;;
+        h) echo $((BASH_REMATCH[1] * 3600)) ;;
+        *) echo "${BASH_REMATCH[1]}" ;;
+    esac
+}
+
+# wrk prints latencies as 812.00us / 1.23ms / 2.01s / 1.50m; turn them into ms.
+to_ms() {
+    awk -v v="$1" 'BEGIN {
+        n = v + 0; u = v; sub(/^[0-9.]+/, "", u)
+        if (u == "us") n /= 1000; else if (u == "s") n *= 1000; else if (u == "m") n *= 60000
+        else if (u != "ms") { print "?"; exit }
+        printf "%.2f", n }'
+}
+
+port_busy() { ss -Hltn "sport = :$1" 2>/dev/null | grep -q .; }
+
+# ---- 1. packages ------------------------------------------------------------------
+install_deps() {
+    local need=()
+    command -v nginx >/dev/null || [[ -x /usr/sbin/nginx ]] || need+=(nginx)
+    [[ -x /usr/sbin/apache2 ]] || need+=(apache2)
+    [[ -e /usr/lib/apache2/modules/mpm_itk.so ]] || need+=(libapache2-mpm-itk)
+    command -v wrk >/dev/null || need+=(wrk)
+    command -v curl >/dev/null || need+=(curl)
+    command -v ss >/dev/null || need+=(iproute2)
+    command -v ps >/dev/null || need+=(procps)
+    ((${#need[@]})) || return 0
+    log "installing: ${need[*]}"
+    # Keep the packages from starting their Debian services: we run our own instances.
+    # An existing policy-rc.d (e.g. in a container) is left as it is.
+    if [[ ! -e /usr/sbin/policy-rc.d ]]; then
+        printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
+        chmod 0755 /usr/sbin/policy-rc.d
+        POLICY_RC_CREATED=1
+    fi
+    apt-get update -q
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${need[@]}"
+    if ((POLICY_RC_CREATED)); then
+        rm -f /usr/sbin/policy-rc.d
+        POLICY_RC_CREATED=0
+    fi
+}
+
+# ---- 2. condo binary --------------------------------------------------------------
+CONDO_OK=0
+build_condo() {
+    if [[ -n ${CONDO_BIN_FROM_ENV:-} ]]; then
+        [[ -x $CONDO_BIN ]] || { warn "CONDO_BIN=$CONDO_BIN is not an executable"; return 1; }
+        log "using CONDO_BIN=$CONDO_BIN (not building)"
+        return 0
+    fi
+    command -v cargo >/dev/null || PATH=$PATH:${HOME:-/root}/.cargo/bin
+    command -v cargo >/dev/null || { warn "cargo not found; set CONDO_BIN"; return 1; }
+    log "cargo build --release (log: $TMP/cargo-build.log)"
+    if ! (cd "$REPO_DIR" && timeout 1800 cargo build --release) >"$TMP/cargo-build.log" 2>&1; then
+        warn "cargo build --release FAILED; last 50 lines:"
+        tail -n 50 "$TMP/cargo-build.log" >&2
+        raw "=== cargo build --release failed; last 50 lines: ===" "$(tail -n 50 "$TMP/cargo-build.log")"
+        return 1
+    fi
+    [[ -x $CONDO_BIN ]] || { warn "build succeeded but $CONDO_BIN is missing"; return 1; }
+}
+
+# ---- 3. users and docroots --------------------------------------------------------
+make_user() {
+    local name=$1
+    if getent passwd "$name" >/dev/null; then
+        if [[ $(getent passwd "$name" | cut -d: -f5) == "$USER_MARK" ]]; then
+            warn "removing leftover account $name from an earlier interrupted run"
+            userdel "$name" || die "cannot remove leftover $name (processes still running as it?)"
+            if getent group "$name" >/dev/null; then groupdel "$name" || true; fi
+        else
+            die "user $name exists and was not made by this script; not touching it"
+        fi
+    fi
+    if getent group "$name" >/dev/null; then
+        die "group $name exists without its user; remove it or pick other names"
+    fi
+    useradd --system --no-create-home --shell /usr/sbin/nologin --user-group \
+        --comment "$USER_MARK" "$name"
+    CREATED_USERS+=("$name")
+}
+
+make_tree() {
+    make_user "$USER_A"
+    make_user "$USER_B"
+    make_user "$USER_D"
+    make_user "$USER_W"
+    # The shared-uid model: the web server's one account can read every tenant's files.
+    usermod -a -G "$USER_A,$USER_B" "$USER_W"
+
+    local t u
+    for t in a b; do
+        u=condo-bench-$t
+        mkdir -p "$TMP/$t/www"
+        printf '%s' "$SMALL_BODY" >"$TMP/$t/www/small.txt"
+        head -c "$BIG_SIZE" /dev/urandom >"$TMP/$t/www/big.bin"
+        chown -R "$u:$u" "$TMP/$t"
+        chmod 0750 "$TMP/$t" "$TMP/$t/www"
+        chmod 0640 "$TMP/$t/www/small.txt" "$TMP/$t/www/big.bin"
+    done
+    [[ $(stat -c %s "$TMP/a/www/small.txt") == 13 ]] || die "small.txt is not 13 bytes"
+    # condo creates its own log_dir and run_dir ($TMP/log, $TMP/run); nginx and Apache
+    # keep everything under $TMP/nginx and $TMP/apache.
+    mkdir -p "$TMP/sites" "$TMP/nginx/logs" "$TMP/apache/logs" "$TMP/apache/run"
+}
+
+# ---- process handling -------------------------------------------------------------
+# Every server is started with setsid, so the pid we get from $! leads its own session
+# and process group; stopping it reaches its children and nothing else.
+session_pids() { ps -o pid= -s "$1" 2>/dev/null | tr -d ' ' | grep -v '^$' || true; }
+
+stop_server() {
+    local name=$1 pid=${SERVER_PID[$1]:-} p i
+    [[ -n $pid ]] || return 0
+    unset 'SERVER_PID[$name]'
+    if alive "$pid"; then
+        log "stopping $name (pid $pid)"
+        kill -TERM "$pid" 2>/dev/null || true
+    fi
+    for ((i = 0; i < 100; i++)); do           # up to 10 s for a graceful stop
+        local left=0
+        for p in $(session_pids "$pid"); do alive "$p" && left=1; done
+        ((left)) || break
+        sleep 0.1
+    done
+    for p in $(session_pids "$pid"); do
+        if alive "$p"; then
+            warn "$name: pid $p still running after 10 s, sending KILL"
+            kill -KILL "$p" 2>/dev/null || true
+        fi
+    done
+    wait "$pid" 2>/dev/null || true
+}
+
+# Processes still running as one of our throw-away accounts were started by this run
+# (a server that left its session, say); stop them by pid so userdel can work.
+stop_account_leftovers() {
+    local u p
+    for u in "${CREATED_USERS[@]}"; do
+        # Zombies are already dead: orphans wait for init to reap them.
+        for p in $(ps -o pid=,stat= -u "$u" 2>/dev/null | awk '$2 !~ /^Z/ {print $1}' || true); do
+            warn "pid $p still runs as $u ($(ps -o stat=,args= -p "$p" 2>/dev/null)); sending KILL"
+            kill -KILL "$p" 2>/dev/null || true
+        done
+    done
+    sleep 0.2
+}
+
+cleanup() {
+    local rc=$? name u
+    set +e
+    trap - EXIT INT TERM
+    for name in "${!SERVER_PID[@]}"; do stop_server "$name"; done
+    ((POLICY_RC_CREATED)) && rm -f /usr/sbin/policy-rc.d
+    if ((${#CREATED_USERS[@]})); then
+        stop_account_leftovers
+        for u in "${CREATED_USERS[@]}"; do
+            userdel "$u" 2>/dev/null || warn "userdel $u failed"
+            getent group "$u" >/dev/null && { groupdel "$u" || warn "groupdel $u failed"; }
+        done
+    fi
+    if [[ -n $TMP && -d $TMP ]]; then
+        if ((KEEP_TMP_ON_FAIL)) && ((rc != 0 || FAILED)); then
+            warn "keeping $TMP (BENCH_KEEP_TMP=1)"
+        else
+            rm -rf -- "$TMP"
+        fi
+    fi
+    exit "$rc"
+}
+KEEP_TMP_ON_FAIL=${BENCH_KEEP_TMP:-0}
+
+# Wait until http://127.0.0.1:PORT/small.txt answers for HOST, at most SECS seconds.
+# Returns 2 if the process died first, 1 on timeout.
+wait_ready() {
+    local port=$1 host=$2 pid=$3 secs=$4 deadline
+    deadline=$((SECONDS + secs))
+    while ((SECONDS < deadline)); do
+        alive "$pid" || return 2
+        if curl -sf --max-time 2 -o /dev/null -H "Host: $host" "http://127.0.0.1:$port/small.txt"; then
+            return 0
+        fi
+        sleep 0.2
+    done
+    return 1
+}
+
+# After a server answers: does each vhost serve its own tenant's files?
+check_vhosts() {
+    local name=$1 port=$2 t sum want
+    for t in a b; do
+        want=$(md5sum <"$TMP/$t/www/big.bin" | cut -d' ' -f1)
+        sum=$(curl -s --max-time 5 -H "Host: $t.test" "http://127.0.0.1:$port/big.bin" | md5sum | cut -d' ' -f1)
+        if [[ $sum != "$want" ]]; then
+            warn "$name: Host $t.test /big.bin does not return tenant $t's file"
+            NOTES+=("**$name: Host $t.test /big.bin did not return tenant $t's file** (vhost routing broken)")
+            FAILED=1
+        fi
+    done
+}
+
+show_procs() {
+    raw "--- processes of $1 (user, group) ---"
+    raw "$(ps -o pid,ppid,user:16,group:16,args -s "$2" 2>/dev/null || true)"
+}
+
+# ---- 4. servers -------------------------------------------------------------------
+start_condo() {
+    local pid rc=0 port
+    for port in "$CONDO_PASS_PORT" "$CONDO_PROXY_PORT"; do
+        port_busy "$port" && { warn "port $port is already in use"; return 1; }
+    done
+    cat >"$TMP/condo.toml" <<EOF
+[server]
+listen = [{ addr = "127.0.0.1:$CONDO_PASS_PORT", handover = "pass" }, { addr = "127.0.0.1:$CONDO_PROXY_PORT", handover = "proxy" }]
+user = "$USER_D"
+uid_range = [100, 60000]
+sites = "sites/*.toml"
+log_dir = "$TMP/log"
+run_dir = "$TMP/run"
+
+[tenant.a]
+user = "$USER_A"
+
+[tenant.b]
+user = "$USER_B"
+EOF
+    local t
+    for t in a b; do
+        printf '[[site]]\nname = "%s.test"\ntenant = "%s"\nroot = "%s"\n' "$t" "$t" "$TMP/$t/www" \
+            >"$TMP/sites/$t.toml"
+    done
+    # condo's own validation first: its diagnostics explain most start failures.
+    if ! timeout 30 "$CONDO_BIN" check -c "$TMP/condo.toml" >"$TMP/condo-check.log" 2>&1; then
+        warn "condo check -c $TMP/condo.toml reports problems:"
+        sed 's/^/    /' "$TMP/condo-check.log" | tail -n 50 >&2
+        raw "=== condo check failed: ===" "$(tail -n 50 "$TMP/condo-check.log")"
+    fi
+    log "starting condo: $CONDO_BIN serve -c $TMP/condo.toml"
+    setsid "$CONDO_BIN" serve -c "$TMP/condo.toml" >"$TMP/condo.stderr.log" 2>&1 </dev/null &
+    pid=$!
+    SERVER_PID[condo]=$pid
+    wait_ready "$CONDO_PASS_PORT" a.test "$pid" "$CONDO_START_TIMEOUT" || rc=$?
+    if ((rc == 0)); then
+        # The proxy listener should be up by now as well.
+        wait_ready "$CONDO_PROXY_PORT" a.test "$pid" 5 || rc=$?
+    fi
+    if ((rc != 0)); then
+        if ((rc == 2)); then
+            warn "condo FAILED: the process exited before answering on 127.0.0.1:$CONDO_PASS_PORT/$CONDO_PROXY_PORT"
+        else
+            warn "condo FAILED: no answer to 'curl -H \"Host: a.test\" http://127.0.0.1:<port>/small.txt' within ${CONDO_START_TIMEOUT}s"
+        fi
+        warn "last 50 lines of $TMP/condo.stderr.log:"
+        tail -n 50 "$TMP/condo.stderr.log" | sed 's/^/    /' >&2
+        raw "=== condo failed to start; its log: ==="
+        raw "$(tail -n 50 "$TMP/condo.stderr.log")"
+        stop_server condo
+        return 1
+    fi
+    show_procs condo "$pid"
+    check_vhosts condo-pass "$CONDO_PASS_PORT"
+    check_vhosts condo-proxy "$CONDO_PROXY_PORT"
+}
+
+start_nginx() {
+    local pid rc=0
+    port_busy "$NGINX_PORT" && { warn "port $NGINX_PORT is already in use"; return 1; }
+    cat >"$TMP/nginx/nginx.conf" <<EOF
+# Classic shared hosting: one account ($USER_W) reads every tenant's files.
+user $USER_W;
+worker_processes auto;
+pid $TMP/nginx/nginx.pid;
+error_log $TMP/nginx/logs/error.log warn;
+events { worker_connections 1024; }
+http {
+    include /etc/nginx/mime.types;
+    default_type application/octet-stream;
+    sendfile on;
+    tcp_nopush on;
+    keepalive_timeout 65;
+    keepalive_requests 100000;   # default 1000 would cut wrk's keep-alive connections
+    access_log $TMP/nginx/logs/access.log combined;
+    client_body_temp_path $TMP/nginx/client_body;
+    proxy_temp_path $TMP/nginx/proxy;
+    fastcgi_temp_path $TMP/nginx/fastcgi;
+    uwsgi_temp_path $TMP/nginx/uwsgi;
+    scgi_temp_path $TMP/nginx/scgi;
+    server { listen 127.0.0.1:$NGINX_PORT; server_name a.test; root $TMP/a/www; }
+    server { listen 127.0.0.1:$NGINX_PORT; server_name b.test; root $TMP/b/www; }
+}
+EOF
+    log "starting nginx"
+    setsid nginx -p "$TMP/nginx/" -e "$TMP/nginx/logs/error.log" -c "$TMP/nginx/nginx.conf" \
+        -g 'daemon off;' >"$TMP/nginx/logs/stderr.log" 2>&1 </dev/null &
+    pid=$!
+    SERVER_PID[nginx]=$pid
+    wait_ready "$NGINX_PORT" a.test "$pid" 10 || rc=$?
+    if ((rc != 0)); then
+        warn "nginx FAILED to start; its logs:"
+        cat "$TMP/nginx/logs/stderr.log" "$TMP/nginx/logs/error.log" 2>/dev/null | tail -n 50 >&2
+        stop_server nginx
+        return 1
+    fi
+    show_procs nginx "$pid"
+    check_vhosts nginx "$NGINX_PORT"
+}
+
+start_itk() {
+    local pid rc=0 m=/usr/lib/apache2/modules t
+    local start=$((BENCH_CONNS + 5)) maxspare=$((BENCH_CONNS + 10)) maxworkers=150
+    ((maxworkers >= maxspare + 10)) || maxworkers=$((maxspare + 10))
+    port_busy "$ITK_PORT" && { warn "port $ITK_PORT is already in use"; return 1; }
+    # Self-contained: does not read /etc/apache2/apache2.conf, so none of Debian's
+    # APACHE_* environment variables are needed.
+    cat >"$TMP/apache/apache2.conf" <<EOF
+ServerRoot "$TMP/apache"
+ServerName localhost
+DefaultRuntimeDir "$TMP/apache/run"
+PidFile "$TMP/apache/run/apache2.pid"
+Mutex file:$TMP/apache/run default
+Listen 127.0.0.1:$ITK_PORT
+
+LoadModule mpm_prefork_module $m/mod_mpm_prefork.so
+LoadModule mpm_itk_module $m/mpm_itk.so
+LoadModule authz_core_module $m/mod_authz_core.so
+LoadModule mime_module $m/mod_mime.so
+
+# Requests that match no vhost run as this account.
+User $USER_W
+Group $USER_W
+
+# prefork sized for a 2-core box and for the load: every keep-alive connection holds
+# a child, and prefork adds at most 32 children a second, so a pool smaller than the
+# $BENCH_CONNS connections would make the first seconds of each run measure its
+# ramp-up. MaxSpareServers keeps the pool between runs.
+StartServers $start
+MinSpareServers 5
+MaxSpareServers $maxspare
+ServerLimit $maxworkers
+MaxRequestWorkers $maxworkers
+MaxConnectionsPerChild 0
+
+KeepAlive On
+MaxKeepAliveRequests 0
+KeepAliveTimeout 5
+Timeout 60
+EnableSendfile On
+HostnameLookups Off
+TypesConfig /etc/mime.types
+
+ErrorLog $TMP/apache/logs/error.log
+LogLevel warn
+LogFormat "%h %l %u %t \"%r\" %>s %O \"%{Referer}i\" \"%{User-Agent}i\"" combined
+CustomLog $TMP/apache/logs/access.log combined
+
+<Directory />
+    AllowOverride None
+    Require all denied
+</Directory>
+EOF
+    for t in a b; do
+        cat >>"$TMP/apache/apache2.conf" <<EOF
+
+<VirtualHost 127.0.0.1:$ITK_PORT>
+    ServerName $t.test
+    DocumentRoot $TMP/$t/www
+    AssignUserID condo-bench-$t condo-bench-$t
+    <Directory $TMP/$t/www>
+        Require all granted
+    </Directory>
+</VirtualHost>
+EOF
+    done
+    log "starting apache2 (mpm-itk)"
+    setsid apache2 -f "$TMP/apache/apache2.conf" -DFOREGROUND >"$TMP/apache/logs/stderr.log" 2>&1 </dev/null &
+    pid=$!
+    SERVER_PID[itk]=$pid
+    wait_ready "$ITK_PORT" a.test "$pid" 10 || rc=$?
+    if ((rc != 0)); then
+        warn "apache2 (mpm-itk) FAILED to start; its logs:"
+        cat "$TMP/apache/logs/stderr.log" "$TMP/apache/logs/error.log" 2>/dev/null | tail -n 50 >&2
+        stop_server itk
+        return 1
+    fi
+    show_procs itk "$pid"
+    check_vhosts itk "$ITK_PORT"
+}
+
+# ---- 5. measuring -----------------------------------------------------------------
+# verify URL MODE FILE: HTTP 200 and the exact body, before benchmarking it.
+VERIFY_MSG=""
+verify() {
+    local url=$1 mode=$2 file=$3 code size hdr=()
+    [[ $mode == close ]] && hdr=(-H 'Connection: close')
+    code=$(curl -s --max-time 5 -o "$TMP/body" -w '%{http_code}' -H 'Host: a.test' "${hdr[@]}" "$url") || true
+    size=$(stat -c %s "$TMP/body" 2>/dev/null || echo 0)
+    VERIFY_MSG="HTTP ${code:-none}, $size bytes"
+    [[ $code == 200 ]] && cmp -s "$TMP/body" "$TMP/a/www/$file"
+}
+
+# One wrk run; prints its output. Bounded by wrk's own -d and by timeout.
+run_wrk() {
+    local url=$1 mode=$2 dur=$3 limit hdr=()
+    [[ $mode == close ]] && hdr=(-H 'Connection: close')
+    limit=$(($(dur_secs "$dur") + 30))
+    timeout --kill-after=5 "$limit" \
+        wrk -t"$BENCH_THREADS" -c"$BENCH_CONNS" -d"$dur" --latency \
+        -H 'Host: a.test' "${hdr[@]}" "$url" 2>&1 || echo "wrk exited with status $?"
+}
+
+# Parse one wrk output: sets W_RPS, W_P99 (ms), W_NON2XX, W_SOCK (sum), W_SOCKTXT.
+parse_wrk() {
+    local out=$1 lat
+    W_RPS=$(awk '/^Requests\/sec:/ {print $2}' <<<"$out")
+    lat=$(awk '$1 == "99%" {print $2; exit}' <<<"$out")
+    W_P99=$([[ -n $lat ]] && to_ms "$lat" || echo "?")
+    W_NON2XX=$(awk -F: '/Non-2xx or 3xx responses/ {gsub(/ /, "", $2); print $2}' <<<"$out")
+    W_NON2XX=${W_NON2XX:-0}
+    W_SOCKTXT=$(sed -n 's/^ *Socket errors: *//p' <<<"$out")
+    W_SOCK=0
+    if [[ -n $W_SOCKTXT ]]; then
+        W_SOCK=$(grep -oE '[0-9]+' <<<"$W_SOCKTXT" | awk '{s += $1} END {print s + 0}')
+    fi
+}
+
+bench_cell() {
+    local srv=$1 port=$2 file=$3 mode=$4 key url out r best=-1 best_clean=-1 pick
+    key="$srv|$file $mode"
+    url="http://127.0.0.1:$port/$file"
+    log "$srv  $file  $mode"
+    raw "" "################ $srv | $file | $mode | $url"
+    if ! verify "$url" "$mode" "$file"; then
+        warn "$srv $file $mode: verification FAILED ($VERIFY_MSG); not benchmarked"
+        raw "verification FAILED: $VERIFY_MSG"
+        CELL[$key]="verify failed: $VERIFY_MSG"
+        FAILED=1
+        return 0
+    fi
+    raw "verified: $VERIFY_MSG"
+    if [[ $BENCH_WARMUP != 0 ]]; then
+        out=$(run_wrk "$url" "$mode" "$BENCH_WARMUP")
+        parse_wrk "$out"
+        raw "--- warm-up ($BENCH_WARMUP, not counted): ${W_RPS:-?} req/s"
+    fi
+    local rps=() p99=() errs=() errtxt=()
+    for ((r = 1; r <= BENCH_RUNS; r++)); do
+        out=$(run_wrk "$url" "$mode" "$BENCH_DURATION")
+        raw "--- run $r" "$out"
+        parse_wrk "$out"
+        rps+=("${W_RPS:-0}")
+        p99+=("$W_P99")
+        errs+=($((W_NON2XX + W_SOCK)))
+        errtxt+=("non-2xx $W_NON2XX; socket errors: ${W_SOCKTXT:-none}")
+        ALLRUNS[$key]+="| $srv | $file $mode | $r | ${W_RPS:-none} | $W_P99 ms | $W_NON2XX | ${W_SOCKTXT:-0} |"$'\n'
+        log "    run $r: ${W_RPS:-?} req/s, p99 $W_P99 ms, errors $((W_NON2XX + W_SOCK))"
+        [[ -n $W_RPS ]] || warn "    could not parse wrk output (see raw log)"
+    done
+    # The best run: highest req/s, preferring runs without errors (an error answer can
+    # be faster than a real one).
+    for ((r = 0; r < BENCH_RUNS; r++)); do
+        if ((best < 0)) || awk -v a="${rps[r]}" -v b="${rps[best]}" 'BEGIN {exit !(a > b)}'; then best=$r; fi
+        if ((errs[r] == 0)); then
+            if ((best_clean < 0)) || awk -v a="${rps[r]}" -v b="${rps[best_clean]}" 'BEGIN {exit !(a > b)}'; then best_clean=$r; fi
+        fi
+    done
+    pick=$((best_clean >= 0 ? best_clean : best))
+    RPS[$key]=${rps[pick]}
+    P99[$key]=${p99[pick]}
+    ERRS[$key]=${errs[pick]}
+    CELL[$key]=ok
+    if ((errs[pick] > 0)); then
+        NOTES+=("**$srv, $file $mode: ${errs[pick]} errors in the reported run** (${errtxt[pick]})")
+        FAILED=1
+    fi
+    for ((r = 0; r < BENCH_RUNS; r++)); do
+        if ((r != pick && errs[r] > 0)); then
+            NOTES+=("$srv, $file $mode: run $((r + 1)) (not reported) had ${errs[r]} errors (${errtxt[r]})")
+        fi
+    done
+    if [[ -n ${SERVER_PID[${srv%%-*}]:-} ]] && ! alive "${SERVER_PID[${srv%%-*}]}"; then
+        warn "$srv: the server process died during the benchmark"
+        NOTES+=("**$srv: the server process died during $file $mode**")
+        FAILED=1
+    fi
+}
+
+bench_server() {
+    local srv=$1 port=$2 w
+    for w in "${WORKLOADS[@]}"; do
+        # shellcheck disable=SC2086 # w is "file mode"
+        bench_cell "$srv" "$port" $w
+    done
+}
+
+mark_server_failed() {
+    local srv=$1 why=$2 w
+    for w in "${WORKLOADS[@]}"; do CELL["$srv|$w"]=$why; done
+}
+
+# ---- 6. report --------------------------------------------------------------------
+fmt_cell() {   # rps and p99 columns for one server and workload
+    local key=$1 st=${CELL[$1]:-not run}
+    if [[ $st != ok ]]; then
+        printf '%s | –' "$st"
+        return
+    fi
+    local r
+    r=$(printf '%.0f' "${RPS[$key]}")
+    if ((ERRS[$key] > 0)); then r="$r ⚠ ${ERRS[$key]} errors"; fi
+    printf '%s | %s ms' "$r" "${P99[$key]}"
+}
+
+ratio() {   # rps(a) / rps(b)
+    local a=$1 b=$2 flag=""
+    [[ ${CELL[$a]:-} == ok && ${CELL[$b]:-} == ok ]] || { printf '–'; return; }
+    if ((ERRS[$a] > 0 || ERRS[$b] > 0)); then flag=" ⚠"; fi
+    awk -v x="${RPS[$a]}" -v y="${RPS[$b]}" -v f="$flag" \
+        'BEGIN { if (y <= 0) { printf "–"; exit }
+                 r = x / y; printf (r >= 0.1 ? "%.2fx%s" : "%.3fx%s"), r, f }'
+}
+
+HEADER=""
+machine_header() {
+    local model rev
+    model=$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)
+    rev=$(git -C "$REPO_DIR" -c safe.directory="$REPO_DIR" rev-parse --short HEAD 2>/dev/null || echo "no commit")
+    if [[ -n $(git -C "$REPO_DIR" -c safe.directory="$REPO_DIR" status --porcelain 2>/dev/null) ]]; then
+        rev="$rev (work tree has uncommitted changes)"
+    fi
+    HEADER=$(
+        echo "- date: $(date -u '+%Y-%m-%d %H:%M UTC'), host: $(hostname)"
+        echo "- machine: $(nproc) cores, ${model:-unknown CPU}, $(awk '/MemTotal/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo) RAM, kernel $(uname -r)"
+        echo "- nginx: $(nginx -v 2>&1 | sed 's/^nginx version: //')"
+        echo "- apache: $(apache2 -v 2>/dev/null | sed -n 's/^Server version: //p') + mpm-itk $(dpkg-query -W -f '${Version}' libapache2-mpm-itk 2>/dev/null || echo '?')"
+        echo "- wrk: $(wrk -v 2>&1 | head -n1 | sed 's/ Copyright.*//' || true)"
+        echo "- condo: git $rev${CONDO_BIN:+, binary $CONDO_BIN}"
+        echo "- load: wrk -t$BENCH_THREADS -c$BENCH_CONNS -d$BENCH_DURATION --latency, best of $BENCH_RUNS run(s), ${BENCH_WARMUP} warm-up before each cell, Host: a.test"
+    )
+}
+
+report() {
+    local w
+    {
+        echo "# Static files: condo vs nginx vs Apache mpm-itk"
+        echo
+        echo "$HEADER"
+        echo
+        echo "| workload | condo-pass rps | p99 | condo-proxy rps | p99 | nginx rps | p99 | mpm-itk rps | p99 | pass/nginx | pass/itk | proxy/nginx |"
+        echo "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|"
+        for w in "${WORKLOADS[@]}"; do
+            printf '| %s | %s | %s | %s | %s | %s | %s | %s |\n' "$w" \
+                "$(fmt_cell "condo-pass|$w")" "$(fmt_cell "condo-proxy|$w")" \
+                "$(fmt_cell "nginx|$w")" "$(fmt_cell "itk|$w")" \
+                "$(ratio "condo-pass|$w" "nginx|$w")" "$(ratio "condo-pass|$w" "itk|$w")" \
+                "$(ratio "condo-proxy|$w" "nginx|$w")"
+        done
+        echo
+        echo "small.txt = 13 bytes, big.bin = 100 KiB; keep-alive = wrk's persistent connections," \
+            "close = \`Connection: close\` on every request (a new TCP connection per request)." \
+            "rps = requests/s of the best run, p99 = its 99th-percentile latency. ⚠ = the run had" \
+            "non-2xx responses or socket errors (details below); ratios are of rps."
+        echo "Servers: nginx with keepalive_requests 100000 (its default of 1000 would cut wrk's" \
+            "keep-alive connections), sendfile + tcp_nopush, workers as one account in both tenant" \
+            "groups (shared uid); Apache 2.4 prefork + mpm-itk with MaxKeepAliveRequests 0 (unlimited)," \
+            "EnableSendfile On, one AssignUserID per vhost; all servers write an access log." \
+            "wrk runs on the same cores as the server."
+        if ((${#NOTES[@]})); then
+            echo
+            echo "Problems:"
+            echo
+            local n
+            for n in "${NOTES[@]}"; do echo "- $n"; done
+        fi
+        echo
+        echo "<details><summary>All runs</summary>"
+        echo
+        echo "| server | workload | run | rps | p99 | non-2xx | socket errors |"
+        echo "|---|---|--:|--:|--:|--:|---|"
+        local s
+        for s in "${SERVERS_ALL[@]}"; do
+            for w in "${WORKLOADS[@]}"; do printf '%s' "${ALLRUNS["$s|$w"]:-}"; done
+        done
+        echo
+        echo "</details>"
+        echo
+        echo "Raw wrk output: \`$(basename "$RAW")\` (not committed)."
+    } >"$MD"
+    echo
+    cat "$MD"
+    echo
+    log "report: $MD"
+    log "raw wrk output: $RAW"
+}
+
+# ---- main -------------------------------------------------------------------------
+main() {
+    [[ $(id -u) == 0 ]] || die "run as root (it creates users and starts servers that switch uid)"
+    [[ $BENCH_RUNS =~ ^[1-9][0-9]*$ ]] || die "BENCH_RUNS must be a positive integer"
+    [[ $BENCH_CONNS =~ ^[1-9][0-9]*$ && $BENCH_THREADS =~ ^[1-9][0-9]*$ ]] ||
+        die "BENCH_CONNS and BENCH_THREADS must be positive integers"
+    ((BENCH_CONNS >= BENCH_THREADS)) || die "BENCH_CONNS must be >= BENCH_THREADS"
+    dur_secs "$BENCH_DURATION" >/dev/null
+    [[ $BENCH_WARMUP == 0 ]] || dur_secs "$BENCH_WARMUP" >/dev/null
+    local s
+    for s in $BENCH_SERVERS; do
+        [[ " ${SERVERS_ALL[*]} " == *" $s "* ]] || die "unknown server '$s' in BENCH_SERVERS (known: ${SERVERS_ALL[*]})"
+    done
+
+    trap cleanup EXIT
+    trap 'exit 130' INT
+    trap 'exit 143' TERM
+
+    install_deps
+    TMP=$(mktemp -d /tmp/condo-bench.XXXXXX)
+    chmod 0755 "$TMP"   # the tenants, the dispatcher and nginx's workers must traverse it
+
+    mkdir -p "$RESULTS_DIR"
+    local stamp
+    stamp=$(date +%Y%m%d-%H%M%S)-$(hostname -s 2>/dev/null || hostname)
+    MD=$RESULTS_DIR/static-$stamp.md
+    RAW=$RESULTS_DIR/static-$stamp.raw.log
+    : >"$RAW"
+
+    if want_condo; then CONDO_BIN=${CONDO_BIN:-$REPO_DIR/target/release/condo}; fi
+    machine_header
+    echo "$HEADER"
+    raw "$HEADER"
+
+    if want_condo; then
+        if build_condo; then CONDO_OK=1; else
+            warn "condo could not be built; its columns will say so"
+            FAILED=1
+        fi
+    fi
+
+    make_tree
+
+    if want_condo; then
+        if ((CONDO_OK)) && start_condo; then
+            want condo-pass && bench_server condo-pass "$CONDO_PASS_PORT"
+            want condo-proxy && bench_server condo-proxy "$CONDO_PROXY_PORT"
+            stop_server condo
+        else
+            FAILED=1
+            local why="condo failed to start"
+            ((CONDO_OK)) || why="condo build failed"
+            want condo-pass && mark_server_failed condo-pass "$why"
+            want condo-proxy && mark_server_failed condo-proxy "$why"
+            NOTES+=("**condo: $why** (see the script's output / raw log)")
+        fi
+    fi
+    if want nginx; then
+        if start_nginx; then
+            bench_server nginx "$NGINX_PORT"
+            stop_server nginx
+        else
+            FAILED=1
+            mark_server_failed nginx "nginx failed to start"
+        fi
+    fi
+    if want itk; then
+        if start_itk; then
+            bench_server itk "$ITK_PORT"
+            stop_server itk
+        else
+            FAILED=1
+            mark_server_failed itk "apache failed to start"
+        fi
+    fi
+
+    report
+    if ((FAILED)); then
+        warn "some servers or checks FAILED (see 'Problems' above); exit status 1"
+        return 1
+    fi
+}
+
+main "$@"

@@ -1,0 +1,492 @@
+//! The admin's config: one main file plus a directory of site files.
+//!
+//! Loading never stops at the first mistake: every problem becomes a [`Diagnostic`]
+//! with file, line and key. Mistakes in the main file are fatal; a broken site file or
+//! site only drops that site, so one bad site config never takes the others down.
+
+mod accounts;
+mod diag;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+pub use accounts::{Credentials, resolve_tenant, resolve_user};
+pub use diag::{Diagnostic, Source};
+
+/// How a listener gives a connection to the tenant's worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Handover {
+    /// The client socket itself goes to the worker (SCM_RIGHTS), which answers directly.
+    #[default]
+    Pass,
+    /// The dispatcher relays each request and response over a unix stream.
+    Proxy,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Listener {
+    pub addr: SocketAddr,
+    pub handover: Handover,
+}
+
+/// Request-head limits and client timeouts, shared by dispatcher and workers.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+pub struct ClientLimits {
+    pub max_request_line: usize,
+    pub max_head_bytes: usize,
+    pub max_headers: usize,
+    pub header_timeout: Duration,
+    pub keepalive_timeout: Duration,
+    pub send_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct Server {
+    pub listeners: Vec<Listener>,
+    pub user: String,
+    pub uid_range: (u32, u32),
+    pub log_dir: PathBuf,
+    pub run_dir: PathBuf,
+    pub default_site: Option<String>,
+    pub unknown_host_status: u16,
+    pub limits: ClientLimits,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Tenant {
+    pub name: String,
+    pub user: String,
+    pub group: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Site {
+    pub name: String,
+    pub aliases: Vec<String>,
+    pub tenant: String,
+    pub root: PathBuf,
+    pub index: Vec<String>,
+    pub autoindex: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub file: PathBuf,
+    pub server: Server,
+    pub tenants: BTreeMap<String, Tenant>,
+    pub sites: Vec<Site>,
+}
+
+impl Config {
+    pub fn tenant_sites(&self, tenant: &str) -> impl Iterator<Item = &Site> {
+        self.sites.iter().filter(move |s| s.tenant == tenant)
+    }
+}
+
+/// What loading produced: the config (absent when the main file is unusable) and every
+/// mistake found on the way.
+pub struct Loaded {
+    pub config: Option<Config>,
+    pub diagnostics: Vec<Diagnostic>,
+}
+
+// ---- the files as written ----
+
+#[derive(Deserialize)]
+struct MainFile {
+    server: ServerSection,
+    #[serde(default)]
+    tenant: BTreeMap<String, TenantSection>,
+}
+
+fn default_user() -> String {
+    "condo".into()
+}
+fn default_uid_range() -> [u32; 2] {
+    [1000, 60000]
+}
+fn default_sites() -> String {
+    "sites/*.toml".into()
+}
+fn default_log_dir() -> PathBuf {
+    "/var/log/condo".into()
+}
+fn default_run_dir() -> PathBuf {
+    "/run/condo".into()
+}
+fn default_unknown_host() -> u16 {
+    404
+}
+
+#[derive(Deserialize)]
+struct ServerSection {
+    listen: Vec<ListenEntry>,
+    #[serde(default)]
+    handover: Handover,
+    #[serde(default = "default_user")]
+    user: String,
+    #[serde(default = "default_uid_range")]
+    uid_range: [u32; 2],
+    #[serde(default = "default_sites")]
+    sites: String,
+    #[serde(default = "default_log_dir")]
+    log_dir: PathBuf,
+    #[serde(default = "default_run_dir")]
+    run_dir: PathBuf,
+    default_site: Option<String>,
+    #[serde(default = "default_unknown_host")]
+    unknown_host: u16,
+    max_request_line: Option<usize>,
+    max_head_bytes: Option<usize>,
+    max_headers: Option<usize>,
+    header_timeout: Option<String>,
+    keepalive_timeout: Option<String>,
+    send_timeout: Option<String>,
+}
+
+/// `listen` entries are either `"addr:port"` or `{ addr = "...", handover = "proxy" }`.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum ListenEntry {
+    Addr(String),
+    Table(ListenTable),
+}
+
+#[derive(Deserialize)]
+struct ListenTable {
+    addr: String,
+    handover: Option<Handover>,
+}
+
+#[derive(Deserialize)]
+struct TenantSection {
+    user: String,
+    group: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct SiteFile {
+    #[serde(default)]
+    site: Vec<SiteSection>,
+}
+
+#[derive(Deserialize)]
+struct SiteSection {
+    name: String,
+    #[serde(default)]
+    aliases: Vec<String>,
+    tenant: String,
+    root: PathBuf,
+    index: Option<Vec<String>>,
+    #[serde(default)]
+    autoindex: bool,
+}
+
+// ---- loading and validation ----
+
+/// Load and validate the main file and every site file. Checks that accounts exist and
+/// fall in `uid_range` too, so `condo check` catches what `serve` would refuse.
+pub fn load(path: &Path) -> Loaded {
+    let mut diagnostics = Vec::new();
+    let source = match Source::read(path) {
+        Ok(s) => s,
+        Err(d) => {
+            return Loaded {
+                config: None,
+                diagnostics: vec![d],
+            };
+        }
+    };
+    let (main, main_diags) = source.deserialize::<MainFile>();
+    diagnostics.extend(main_diags);
+    let Some(main) = main else {
+        return Loaded {
+            config: None,
+            diagnostics,
+        };
+    };
+    let server = validate_server(&source, &main.server, &mut diagnostics);
+    let mut tenants = BTreeMap::new();
+    for (name, t) in &main.tenant {
+        let key = format!("tenant.{name}");
+        if !valid_name(name) {
+            diagnostics.push(source.error(&key, "tenant names use only a-z, 0-9, '-' and '_'"));
+            continue;
+        }
+        let tenant = Tenant {
+            name: name.clone(),
+            user: t.user.clone(),
+            group: t.group.clone(),
+        };
+        if let Some(server) = &server
+            && let Err(message) = resolve_tenant(&tenant, server.uid_range)
+        {
+            diagnostics.push(source.error(&format!("{key}.user"), message));
+            continue;
+        }
+        tenants.insert(name.clone(), tenant);
+    }
+    let Some(server) = server else {
+        return Loaded {
+            config: None,
+            diagnostics,
+        };
+    };
+    let base = path.parent().unwrap_or(Path::new("."));
+    let sites = load_sites(base, &main.server.sites, &source, &tenants, &mut diagnostics);
+    if let Some(default) = &server.default_site
+        && !sites.iter().any(|s| &s.name == default)
+    {
+        diagnostics.push(source.error(
+            "server.default_site",
+            format!("no loaded site is named `{default}`"),
+        ));
+    }
+    // Mistakes in the main file are fatal (they concern every site); the site files'
+    // only cost their own sites.
+    let main_ok = !diagnostics.iter().any(|d| d.file == source.path);
+    Loaded {
+        config: main_ok.then(|| Config {
+            file: path.to_path_buf(),
+            server,
+            tenants,
+            sites,
+        }),
+        diagnostics,
+    }
+}
+
+fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
+}
+
+fn parse_duration(source: &Source, key: &str, value: Option<&str>, default: Duration, diags: &mut Vec<Diagnostic>) -> Duration {
+    match value.map(humantime::parse_duration) {
+        None => default,
+        Some(Ok(d)) if !d.is_zero() => d,
+        Some(Ok(_)) => {
+            diags.push(source.error(key, "must be longer than zero"));
+            default
+        }
+        Some(Err(e)) => {
+            diags.push(source.error(key, format!("not a duration ({e}); write e.g. \"10s\" or \"2m\"")));
+            default
+        }
+    }
+}
+
+fn validate_server(source: &Source, s: &ServerSection, diags: &mut Vec<Diagnostic>) -> Option<Server> {
+    let before = diags.len();
+    let mut listeners = Vec::new();
+    if s.listen.is_empty() {
+        diags.push(source.error("server.listen", "at least one listen address is needed"));
+    }
+    for (i, entry) in s.listen.iter().enumerate() {
+        let (addr, handover, key) = match entry {
+            ListenEntry::Addr(a) => (a, s.handover, format!("server.listen.{i}")),
+            ListenEntry::Table(t) => (&t.addr, t.handover.unwrap_or(s.handover), format!("server.listen.{i}.addr")),
+        };
+        match addr.parse::<SocketAddr>() {
+            Ok(addr) => listeners.push(Listener { addr, handover }),
+            Err(_) => diags.push(source.error(&key, format!("`{addr}` is not an IP:port address (e.g. \"127.0.0.1:8080\" or \"[::1]:8080\")"))),
+        }
+    }
+    let [lo, hi] = s.uid_range;
+    if lo == 0 || lo > hi {
+        diags.push(source.error("server.uid_range", "must be [low, high] with 0 < low <= high: root is never a tenant"));
+    }
+    if !matches!(s.unknown_host, 404 | 421) {
+        diags.push(source.error("server.unknown_host", "must be 404 or 421"));
+    }
+    match resolve_user(&s.user) {
+        Ok(c) if c.uid == 0 => diags.push(source.error("server.user", "the dispatcher must not run as root")),
+        Ok(_) => {}
+        Err(e) => diags.push(source.error("server.user", e)),
+    }
+    for (key, path) in [("server.log_dir", &s.log_dir), ("server.run_dir", &s.run_dir)] {
+        if !path.is_absolute() {
+            diags.push(source.error(key, "must be an absolute path"));
+        }
+    }
+    let defaults = ClientLimits {
+        max_request_line: 8192,
+        max_head_bytes: 16384,
+        max_headers: 100,
+        header_timeout: Duration::from_secs(10),
+        keepalive_timeout: Duration::from_secs(75),
+        send_timeout: Duration::from_secs(60),
+    };
+    let limits = ClientLimits {
+        max_request_line: s.max_request_line.unwrap_or(defaults.max_request_line),
+        max_head_bytes: s.max_head_bytes.unwrap_or(defaults.max_head_bytes),
+        max_headers: s.max_headers.unwrap_or(defaults.max_headers),
+        header_timeout: parse_duration(source, "server.header_timeout", s.header_timeout.as_deref(), defaults.header_timeout, diags),
+        keepalive_timeout: parse_duration(source, "server.keepalive_timeout", s.keepalive_timeout.as_deref(), defaults.keepalive_timeout, diags),
+        send_timeout: parse_duration(source, "server.send_timeout", s.send_timeout.as_deref(), defaults.send_timeout, diags),
+    };
+    for (key, value, min, max) in [
+        ("server.max_request_line", limits.max_request_line, 64, 1 << 16),
+        ("server.max_head_bytes", limits.max_head_bytes, 256, 1 << 20),
+        ("server.max_headers", limits.max_headers, 4, 1000),
+    ] {
+        if !(min..=max).contains(&value) {
+            diags.push(source.error(key, format!("must be between {min} and {max}")));
+        }
+    }
+    if diags.len() > before {
+        return None;
+    }
+    Some(Server {
+        listeners,
+        user: s.user.clone(),
+        uid_range: (lo, hi),
+        log_dir: s.log_dir.clone(),
+        run_dir: s.run_dir.clone(),
+        default_site: s.default_site.as_ref().map(|d| d.to_ascii_lowercase()),
+        unknown_host_status: s.unknown_host,
+        limits,
+    })
+}
+
+/// Site files are matched by `pattern` relative to the main file's directory, in sorted
+/// order so "first one wins" on a duplicate host name is predictable.
+fn load_sites(
+    base: &Path,
+    pattern: &str,
+    main: &Source,
+    tenants: &BTreeMap<String, Tenant>,
+    diags: &mut Vec<Diagnostic>,
+) -> Vec<Site> {
+    let full = base.join(pattern);
+    let mut files: Vec<PathBuf> = match glob::glob(&full.to_string_lossy()) {
+        Ok(paths) => paths.filter_map(Result::ok).collect(),
+        Err(e) => {
+            diags.push(main.error("server.sites", format!("bad pattern: {e}")));
+            return Vec::new();
+        }
+    };
+    files.sort();
+    let mut sites: Vec<Site> = Vec::new();
+    // Host name → (file, key) of the site that claimed it first.
+    let mut claimed: HashMap<String, String> = HashMap::new();
+    for file in files {
+        let source = match Source::read(&file) {
+            Ok(s) => s,
+            Err(d) => {
+                diags.push(d);
+                continue;
+            }
+        };
+        // A file with any unknown key is skipped whole: a typo must not quietly
+        // serve a site differently from what its owner meant.
+        let (parsed, file_diags) = source.deserialize::<SiteFile>();
+        let clean = file_diags.is_empty();
+        diags.extend(file_diags);
+        let Some(parsed) = parsed.filter(|_| clean) else { continue };
+        for (i, s) in parsed.site.into_iter().enumerate() {
+            let key = format!("site.{i}");
+            if let Some(site) = validate_site(&source, &key, s, tenants, &mut claimed, diags) {
+                sites.push(site);
+            }
+        }
+    }
+    sites
+}
+
+fn validate_site(
+    source: &Source,
+    key: &str,
+    s: SiteSection,
+    tenants: &BTreeMap<String, Tenant>,
+    claimed: &mut HashMap<String, String>,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<Site> {
+    let before = diags.len();
+    let name = normalize_host(&s.name);
+    if !valid_host(&name) {
+        diags.push(source.error(&format!("{key}.name"), format!("`{}` is not a valid host name", s.name)));
+    }
+    let aliases: Vec<String> = s.aliases.iter().map(|a| normalize_host(a)).collect();
+    for (j, alias) in aliases.iter().enumerate() {
+        if !valid_host(alias) {
+            diags.push(source.error(&format!("{key}.aliases.{j}"), format!("`{alias}` is not a valid host name")));
+        }
+    }
+    if !tenants.contains_key(&s.tenant) {
+        diags.push(source.error(&format!("{key}.tenant"), format!("no usable tenant `{}` in the main config", s.tenant)));
+    }
+    if !s.root.is_absolute() {
+        diags.push(source.error(&format!("{key}.root"), "must be an absolute path"));
+    }
+    let index = s.index.unwrap_or_else(|| vec!["index.html".into(), "index.htm".into()]);
+    for (j, name) in index.iter().enumerate() {
+        if name.is_empty() || name.contains('/') || name == "." || name == ".." {
+            diags.push(source.error(&format!("{key}.index.{j}"), "index entries are plain file names"));
+        }
+    }
+    let here = format!("{}:{}", source.path.display(), source.error(key, "").line);
+    for (host, k) in std::iter::once((&name, format!("{key}.name"))).chain(aliases.iter().enumerate().map(|(j, a)| (a, format!("{key}.aliases.{j}")))) {
+        if let Some(first) = claimed.get(host.as_str()) {
+            diags.push(source.error(&k, format!("host `{host}` is already served by the site at {first}; this site is not loaded")));
+        }
+    }
+    if diags.len() > before {
+        return None;
+    }
+    for host in std::iter::once(&name).chain(aliases.iter()) {
+        claimed.insert(host.clone(), here.clone());
+    }
+    Some(Site {
+        name,
+        aliases,
+        tenant: s.tenant,
+        root: s.root,
+        index,
+        autoindex: s.autoindex,
+    })
+}
+
+/// Host names are compared lowercased and without a trailing dot, as requests are.
+pub fn normalize_host(host: &str) -> String {
+    host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase()
+}
+
+fn valid_host(host: &str) -> bool {
+    !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn host_names_are_normalized_and_validated() {
+        assert_eq!(normalize_host("WWW.Example.COM."), "www.example.com");
+        assert!(valid_host("a-b.example"));
+        assert!(!valid_host("a..b"));
+        assert!(!valid_host("a b"));
+        assert!(!valid_host(""));
+    }
+
+    #[test]
+    fn tenant_names_are_restricted() {
+        assert!(valid_name("alice_2"));
+        assert!(!valid_name("Alice"));
+        assert!(!valid_name("../x"));
+    }
+}

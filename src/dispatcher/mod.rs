@@ -1,0 +1,190 @@
+//! The dispatcher: an unprivileged process that accepts clients, reads request heads,
+//! routes them by Host and hands each connection (pass) or request (proxy) to the
+//! tenant's worker. It never opens a tenant's file.
+
+mod proxy;
+mod workers;
+
+use std::net::SocketAddr;
+use std::os::fd::{OwnedFd, RawFd};
+use std::sync::Arc;
+
+use anyhow::{Context, bail};
+use bytes::BytesMut;
+use tokio::net::{TcpListener, TcpStream};
+use tracing::{debug, info, warn};
+
+use crate::config::{ClientLimits, Handover};
+use crate::http::io::{HeadRead, read_head, respond_and_close};
+use crate::http::routing::RouteTable;
+use crate::http::{self};
+use crate::ipc::{Channel, DispatcherInit, Handoff, ListenerInfo, MasterToDispatcher, Route};
+use crate::sandbox;
+use workers::{MasterChannel, Workers};
+
+struct Dispatcher {
+    routes: RouteTable<Route>,
+    unknown_host_status: u16,
+    limits: ClientLimits,
+    workers: Arc<Workers>,
+}
+
+pub fn run(ipc_fd: RawFd, listener_fds: &[RawFd]) -> anyhow::Result<()> {
+    crate::logging::init_tracing(None);
+    if rustix::process::geteuid().is_root() {
+        bail!("the dispatcher refuses to run as root");
+    }
+    let master_fd = sandbox::inherited_fd(ipc_fd)?;
+    let listeners: Vec<OwnedFd> = listener_fds
+        .iter()
+        .map(|&fd| sandbox::inherited_fd(fd))
+        .collect::<Result<_, _>>()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("condo-dispatcher")
+        .build()
+        .context("starting the runtime")?;
+    runtime.block_on(async move {
+        let master: Arc<MasterChannel> = Arc::new(Channel::new(master_fd)?);
+        let init = match master.recv().await? {
+            Some((MasterToDispatcher::Init(init), _)) => init,
+            other => bail!("expected Init from the master, got {other:?}"),
+        };
+        if init.listeners.len() != listeners.len() {
+            bail!("master named {} listeners but passed {}", init.listeners.len(), listeners.len());
+        }
+        serve(init, listeners, master).await
+    })
+}
+
+async fn serve(init: DispatcherInit, listeners: Vec<OwnedFd>, master: Arc<MasterChannel>) -> anyhow::Result<()> {
+    let routes = RouteTable::new(
+        init.routes,
+        |r: &Route| std::iter::once(r.site.clone()).chain(r.aliases.iter().cloned()).collect(),
+        init.default_site.as_deref(),
+    );
+    let dispatcher = Arc::new(Dispatcher {
+        routes,
+        unknown_host_status: init.unknown_host_status,
+        limits: init.limits,
+        workers: Workers::new(master),
+    });
+    for (fd, info) in listeners.into_iter().zip(init.listeners) {
+        let std_listener = std::net::TcpListener::from(fd);
+        std_listener.set_nonblocking(true)?;
+        let listener = TcpListener::from_std(std_listener)?;
+        tokio::spawn(accept_loop(dispatcher.clone(), listener, info));
+    }
+    let hand_back_target = dispatcher.clone();
+    let on_hand_back: workers::HandBackFn = Arc::new(move |handoff: Handoff, fd: OwnedFd| {
+        let d = hand_back_target.clone();
+        tokio::spawn(async move { d.resume_handed_back(handoff, fd).await });
+    });
+    info!("dispatcher ready");
+    // The master link ending means the master is gone: stop.
+    dispatcher.workers.clone().run_master_link(on_hand_back).await;
+    warn!("master link closed; dispatcher exiting");
+    Ok(())
+}
+
+async fn accept_loop(dispatcher: Arc<Dispatcher>, listener: TcpListener, info: ListenerInfo) {
+    loop {
+        match listener.accept().await {
+            Ok((stream, peer)) => {
+                let _ = stream.set_nodelay(true);
+                let d = dispatcher.clone();
+                let local = stream.local_addr().unwrap_or(info.addr);
+                let handover = info.handover;
+                tokio::spawn(async move { d.serve_connection(stream, peer, local, handover, BytesMut::new()).await });
+            }
+            Err(e) => {
+                // EMFILE and friends: back off briefly instead of spinning.
+                warn!("accept on {}: {e}", info.addr);
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+impl Dispatcher {
+    async fn resume_handed_back(self: Arc<Self>, handoff: Handoff, fd: OwnedFd) {
+        let std_stream = std::net::TcpStream::from(fd);
+        if std_stream.set_nonblocking(true).is_err() {
+            return;
+        }
+        let Ok(stream) = TcpStream::from_std(std_stream) else { return };
+        let buf = BytesMut::from(&handoff.buffered[..]);
+        self.serve_connection(stream, handoff.peer, handoff.local, Handover::Pass, buf).await;
+    }
+
+    /// Route requests on one client connection until it is handed to a worker or closed.
+    async fn serve_connection(&self, mut stream: TcpStream, peer: SocketAddr, local: SocketAddr, handover: Handover, mut buf: BytesMut) {
+        let mut upstreams = proxy::Upstreams::default();
+        let mut idle = self.limits.header_timeout;
+        loop {
+            let head = match read_head(&mut stream, &mut buf, &self.limits, idle).await {
+                HeadRead::Head(h) => h,
+                HeadRead::Closed | HeadRead::Io(_) => return,
+                HeadRead::TimedOut => {
+                    respond_and_close(&mut stream, &http::error_response(408, false, false)).await;
+                    return;
+                }
+                HeadRead::Invalid(e) => {
+                    debug!(%peer, "bad request head: {e}");
+                    respond_and_close(&mut stream, &http::error_response(e.status(), false, false)).await;
+                    return;
+                }
+            };
+            idle = self.limits.keepalive_timeout;
+            let Some(route) = self.routes.lookup(head.host.as_deref()) else {
+                let response = http::error_response(self.unknown_host_status, false, head.is_head());
+                respond_and_close(&mut stream, &response).await;
+                return;
+            };
+            match handover {
+                Handover::Pass => {
+                    self.pass(stream, peer, local, route, buf).await;
+                    return;
+                }
+                Handover::Proxy => {
+                    let ctx = proxy::Request { head: &head, route, peer, local, limits: &self.limits };
+                    match upstreams.forward(&self.workers, &mut stream, &mut buf, ctx).await {
+                        Ok(true) => continue,
+                        Ok(false) => return,
+                        Err(status) => {
+                            respond_and_close(&mut stream, &http::error_response(status, false, head.is_head())).await;
+                            return;
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    async fn pass(&self, stream: TcpStream, peer: SocketAddr, local: SocketAddr, route: &Route, buf: BytesMut) {
+        let handoff = Handoff {
+            handover: Handover::Pass,
+            peer,
+            local,
+            site: route.site.clone(),
+            buffered: buf.to_vec(),
+        };
+        let fd = match stream.into_std() {
+            Ok(s) => OwnedFd::from(s),
+            Err(e) => {
+                debug!("detaching the client socket: {e}");
+                return;
+            }
+        };
+        if let Err(reason) = self.workers.hand_over(&route.tenant, &handoff, &fd).await {
+            warn!(tenant = route.tenant, site = route.site, "{reason}");
+            let std_stream = std::net::TcpStream::from(fd);
+            if std_stream.set_nonblocking(true).is_ok()
+                && let Ok(mut stream) = TcpStream::from_std(std_stream)
+            {
+                respond_and_close(&mut stream, &http::error_response(503, false, false)).await;
+            }
+        }
+        // Our copy of the socket closes here; the worker's copy carries the connection.
+    }
+}

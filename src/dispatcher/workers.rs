@@ -1,0 +1,142 @@
+//! The dispatcher's links to tenant workers: asked of the master by tenant name,
+//! shared by every connection, dropped when the worker goes away.
+
+use std::collections::HashMap;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::{Arc, Mutex};
+
+use tokio::sync::oneshot;
+use tracing::{debug, warn};
+
+use crate::ipc::{Channel, DispatcherToMaster, DispatcherToWorker, Handoff, MasterToDispatcher, WorkerToDispatcher};
+
+pub type MasterChannel = Channel<DispatcherToMaster, MasterToDispatcher>;
+pub type WorkerChannel = Channel<DispatcherToWorker, WorkerToDispatcher>;
+
+type Waiters = Vec<oneshot::Sender<Result<Arc<WorkerChannel>, String>>>;
+
+pub struct Workers {
+    master: Arc<MasterChannel>,
+    links: Mutex<HashMap<String, Arc<WorkerChannel>>>,
+    pending: Mutex<HashMap<String, Waiters>>,
+}
+
+/// Called for every connection a worker hands back.
+pub type HandBackFn = Arc<dyn Fn(Handoff, OwnedFd) + Send + Sync>;
+
+impl Workers {
+    pub fn new(master: Arc<MasterChannel>) -> Arc<Self> {
+        Arc::new(Self {
+            master,
+            links: Mutex::new(HashMap::new()),
+            pending: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// Give a connection to `tenant`'s worker. If the link turns out dead (the worker
+    /// was killed), ask the master for a new worker once.
+    pub async fn hand_over(&self, tenant: &str, handoff: &Handoff, fd: &OwnedFd) -> Result<(), String> {
+        let mut last_error = String::new();
+        for _attempt in 0..2 {
+            let link = self.link(tenant).await?;
+            let message = DispatcherToWorker::Connection(handoff.clone());
+            match link.send(&message, &[fd.as_fd()]).await {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    debug!(tenant, "worker link failed: {e}");
+                    last_error = e.to_string();
+                    self.forget(tenant, &link);
+                }
+            }
+        }
+        Err(format!("worker of `{tenant}` unreachable: {last_error}"))
+    }
+
+    async fn link(&self, tenant: &str) -> Result<Arc<WorkerChannel>, String> {
+        if let Some(link) = self.links.lock().unwrap_or_else(|e| e.into_inner()).get(tenant) {
+            return Ok(link.clone());
+        }
+        let (tx, rx) = oneshot::channel();
+        let first = {
+            let mut pending = self.pending.lock().unwrap_or_else(|e| e.into_inner());
+            let waiters = pending.entry(tenant.to_string()).or_default();
+            waiters.push(tx);
+            waiters.len() == 1
+        };
+        if first {
+            let ask = DispatcherToMaster::WantWorker { tenant: tenant.to_string() };
+            if let Err(e) = self.master.send(&ask, &[]).await {
+                // Without the master nothing can be served; the process exits soon.
+                self.resolve(tenant, Err(format!("master unreachable: {e}")));
+            }
+        }
+        rx.await.unwrap_or_else(|_| Err("master went away".into()))
+    }
+
+    fn forget(&self, tenant: &str, link: &Arc<WorkerChannel>) {
+        let mut links = self.links.lock().unwrap_or_else(|e| e.into_inner());
+        if links.get(tenant).is_some_and(|l| Arc::ptr_eq(l, link)) {
+            links.remove(tenant);
+        }
+    }
+
+    fn resolve(&self, tenant: &str, result: Result<Arc<WorkerChannel>, String>) {
+        if let Ok(link) = &result {
+            self.links
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(tenant.to_string(), link.clone());
+        }
+        let waiters = self.pending.lock().unwrap_or_else(|e| e.into_inner()).remove(tenant);
+        for waiter in waiters.into_iter().flatten() {
+            let _ = waiter.send(result.clone());
+        }
+    }
+
+    /// Read the master's answers until it goes away, then return.
+    pub async fn run_master_link(self: Arc<Self>, on_hand_back: HandBackFn) {
+        loop {
+            let (message, fds) = match self.master.recv().await {
+                Ok(Some(m)) => m,
+                Ok(None) => return,
+                Err(e) => {
+                    warn!("bad message from the master: {e}");
+                    return;
+                }
+            };
+            match message {
+                MasterToDispatcher::Worker { tenant, result: Ok(()) } => {
+                    let link = fds
+                        .into_iter()
+                        .next()
+                        .ok_or_else(|| "master sent no worker socket".to_string())
+                        .and_then(|fd| Channel::new(fd).map_err(|e| e.to_string()))
+                        .map(Arc::new);
+                    if let Ok(link) = &link {
+                        tokio::spawn(self.clone().read_hand_backs(tenant.clone(), link.clone(), on_hand_back.clone()));
+                    }
+                    self.resolve(&tenant, link);
+                }
+                MasterToDispatcher::Worker { tenant, result: Err(reason) } => self.resolve(&tenant, Err(reason)),
+                MasterToDispatcher::Init(_) => warn!("unexpected second Init from the master"),
+            }
+        }
+    }
+
+    async fn read_hand_backs(self: Arc<Self>, tenant: String, link: Arc<WorkerChannel>, on_hand_back: HandBackFn) {
+        loop {
+            match link.recv().await {
+                Ok(Some((WorkerToDispatcher::HandBack(handoff), fds))) => match fds.into_iter().next() {
+                    Some(fd) => on_hand_back(handoff, fd),
+                    None => warn!(tenant, "hand-back without a socket"),
+                },
+                Ok(None) => break,
+                Err(e) => {
+                    warn!(tenant, "bad message from the worker: {e}");
+                    break;
+                }
+            }
+        }
+        self.forget(&tenant, &link);
+    }
+}

@@ -1,0 +1,165 @@
+//! Reading request heads and framed bodies from a stream, with limits and timeouts.
+
+use std::io;
+use std::time::Duration;
+
+use bytes::{Buf, BytesMut};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::time::{Instant, timeout_at};
+
+use super::chunked::{ChunkedDecoder, Step};
+use super::head::{BodyFraming, HeadError, Limits, RequestHead, parse_request};
+use crate::config::ClientLimits;
+
+pub enum HeadRead {
+    Head(RequestHead),
+    /// The client closed the connection (or timed out idle) before sending a byte of
+    /// a new request: nothing to answer.
+    Closed,
+    /// The head is invalid or over a limit: answer with the error's status and close.
+    Invalid(HeadError),
+    /// The client started a head and did not finish it in time: answer 408 and close.
+    TimedOut,
+    Io(io::Error),
+}
+
+pub fn head_limits(limits: &ClientLimits) -> Limits {
+    Limits {
+        max_request_line: limits.max_request_line,
+        max_head_bytes: limits.max_head_bytes,
+        max_headers: limits.max_headers,
+    }
+}
+
+/// Read until `buf` starts with a complete request head (bytes after it stay in `buf`).
+/// `idle` bounds the wait for the first byte (the keep-alive timeout between requests),
+/// `limits.header_timeout` the time from the first byte to the end of the head.
+pub async fn read_head<S: AsyncRead + Unpin>(
+    stream: &mut S,
+    buf: &mut BytesMut,
+    limits: &ClientLimits,
+    idle: Duration,
+) -> HeadRead {
+    let parse_limits = head_limits(limits);
+    let mut deadline = if buf.is_empty() {
+        Instant::now() + idle
+    } else {
+        Instant::now() + limits.header_timeout
+    };
+    loop {
+        if !buf.is_empty() {
+            match parse_request(buf, &parse_limits) {
+                Ok(Some(head)) => return HeadRead::Head(head),
+                Ok(None) => {}
+                Err(e) => return HeadRead::Invalid(e),
+            }
+        }
+        let was_empty = buf.is_empty();
+        buf.reserve(4096);
+        match timeout_at(deadline, stream.read_buf(buf)).await {
+            Err(_) if was_empty => return HeadRead::Closed,
+            Err(_) => return HeadRead::TimedOut,
+            Ok(Ok(0)) => return HeadRead::Closed,
+            Ok(Ok(_)) => {
+                if was_empty {
+                    deadline = Instant::now() + limits.header_timeout;
+                }
+            }
+            Ok(Err(e)) => return HeadRead::Io(e),
+        }
+    }
+}
+
+/// Move one message body from `src` (whose already-read bytes are in `src_buf`) to
+/// `dst`, verbatim, stopping exactly at its end so later bytes stay in `src_buf`.
+/// `dst = None` reads and discards. Returns how many bytes the body took on the wire.
+pub async fn relay_body<R, W>(
+    src: &mut R,
+    src_buf: &mut BytesMut,
+    mut dst: Option<&mut W>,
+    framing: &BodyFraming,
+    idle: Duration,
+) -> io::Result<u64>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut total = 0u64;
+    match framing {
+        BodyFraming::None => {}
+        BodyFraming::Length(len) => {
+            let mut left = *len;
+            while left > 0 {
+                if src_buf.is_empty() {
+                    fill(src, src_buf, idle).await?;
+                }
+                let n = (src_buf.len() as u64).min(left) as usize;
+                if let Some(d) = dst.as_mut() {
+                    d.write_all(&src_buf[..n]).await?;
+                }
+                src_buf.advance(n);
+                left -= n as u64;
+                total += n as u64;
+            }
+        }
+        BodyFraming::Chunked => {
+            let mut decoder = ChunkedDecoder::new();
+            loop {
+                if src_buf.is_empty() {
+                    fill(src, src_buf, idle).await?;
+                }
+                let (consumed, step) = decoder
+                    .decode(src_buf)
+                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("bad chunked body: {e}")))?;
+                let (take, done) = match step {
+                    Step::Done { consumed } => (consumed, true),
+                    _ => (consumed, false),
+                };
+                if let Some(d) = dst.as_mut() {
+                    d.write_all(&src_buf[..take]).await?;
+                }
+                src_buf.advance(take);
+                total += take as u64;
+                if done {
+                    break;
+                }
+                if matches!(step, Step::NeedMore) || take == 0 {
+                    fill(src, src_buf, idle).await?;
+                }
+            }
+        }
+    }
+    if let Some(d) = dst {
+        d.flush().await?;
+    }
+    Ok(total)
+}
+
+async fn fill<R: AsyncRead + Unpin>(src: &mut R, buf: &mut BytesMut, idle: Duration) -> io::Result<()> {
+    buf.reserve(16 * 1024);
+    match tokio::time::timeout(idle, src.read_buf(buf)).await {
+        Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "body read timed out")),
+        Ok(Ok(0)) => Err(io::Error::new(io::ErrorKind::UnexpectedEof, "peer closed in the middle of a body")),
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(e),
+    }
+}
+
+/// Send a final response and close without losing it: shut down our side, then read
+/// and discard for a moment, so the kernel does not answer the client's unread bytes
+/// with a reset that destroys the response in flight.
+pub async fn respond_and_close<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S, response: &[u8]) {
+    if stream.write_all(response).await.is_err() {
+        return;
+    }
+    let _ = stream.shutdown().await;
+    let mut sink = [0u8; 4096];
+    let deadline = Instant::now() + Duration::from_secs(2);
+    let mut drained = 0usize;
+    while drained < 256 * 1024 {
+        match timeout_at(deadline, stream.read(&mut sink)).await {
+            Ok(Ok(n)) if n > 0 => drained += n,
+            _ => break,
+        }
+    }
+}

@@ -1,0 +1,106 @@
+//! Messages between condo's processes: one enum per direction, carried by [`Channel`].
+//!
+//! ```text
+//! master ──DispatcherInit, WorkerReady──► dispatcher ──WantWorker──► master
+//! master ──WorkerInit, NewPeer─────────► worker
+//! dispatcher ──Connection──► worker ──HandBack──► dispatcher
+//! ```
+//! The dispatcher can only *name* a tenant; credentials never cross a channel towards
+//! the master (invariant 4).
+
+mod channel;
+
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+
+pub use channel::{Channel, MAX_FDS, MAX_MESSAGE, raw_pair};
+
+use crate::config::{ClientLimits, Handover, Site};
+
+/// What the dispatcher needs of the config: routes and limits, no paths, no accounts.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DispatcherInit {
+    /// One per listener fd named on the dispatcher's command line, in the same order.
+    pub listeners: Vec<ListenerInfo>,
+    pub routes: Vec<Route>,
+    pub default_site: Option<String>,
+    pub unknown_host_status: u16,
+    pub limits: ClientLimits,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ListenerInfo {
+    pub addr: SocketAddr,
+    pub handover: Handover,
+}
+
+/// A site as the dispatcher sees it: host names and the tenant that serves them.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Route {
+    pub site: String,
+    pub aliases: Vec<String>,
+    pub tenant: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub enum MasterToDispatcher {
+    Init(DispatcherInit),
+    /// Answer to [`DispatcherToMaster::WantWorker`]: on `Ok` one fd, a channel end
+    /// connected to the tenant's worker.
+    Worker { tenant: String, result: Result<(), String> },
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub enum DispatcherToMaster {
+    WantWorker { tenant: String },
+}
+
+/// What a worker needs: its own tenant's sites only (invariant 3: no other tenant's
+/// configuration ever reaches its memory).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct WorkerInit {
+    pub tenant: String,
+    pub sites: Vec<Site>,
+    pub limits: ClientLimits,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub enum MasterToWorker {
+    /// First message; followed by one `AccessLog` per site before any `NewPeer`.
+    Init(WorkerInit),
+    /// One fd: the site's access log, opened by the master for appending.
+    AccessLog { site: String },
+    /// One fd: a channel end to a dispatcher, which will send [`DispatcherToWorker`].
+    NewPeer,
+}
+
+/// Workers send nothing to the master yet; the type keeps the channel typed.
+#[derive(Debug, Serialize, Deserialize)]
+pub enum WorkerToMaster {}
+
+/// A client connection changing hands, with one fd: the client socket (pass) or a
+/// stream to the dispatcher's relay (proxy).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Handoff {
+    pub handover: Handover,
+    pub peer: SocketAddr,
+    pub local: SocketAddr,
+    /// The site the dispatcher routed the first request to.
+    pub site: String,
+    /// Bytes already read from the client and not yet consumed, starting with the head
+    /// of the request to serve next.
+    pub buffered: Vec<u8>,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub enum DispatcherToWorker {
+    Connection(Handoff),
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub enum WorkerToDispatcher {
+    /// The next request on this connection is not for this worker's tenant; `site` is
+    /// empty and `buffered` starts with that request's head.
+    HandBack(Handoff),
+}

@@ -1,0 +1,25 @@
+//! condo: a web server for shared hosting that runs every site's code, and reads every
+//! site's files, as that site's owner.
+//!
+//! Module map (see README.md for the process model):
+//! - [`master`]: the root broker — binds listeners, opens logs, starts and supervises
+//!   the other processes, passes fds. The only code that runs as root.
+//! - [`dispatcher`]: unprivileged; accepts clients, parses request heads, routes by Host,
+//!   hands connections or requests to tenant workers.
+//! - [`worker`]: one per tenant, as the tenant's uid; serves the tenant's sites.
+//! - [`sandbox`]: how children are started (credentials, fds, no_new_privs); the only
+//!   module with `unsafe`.
+//! - [`ipc`]: typed messages and the fd-carrying channel between the processes.
+//! - [`config`]: the admin's config files, validation with file:line diagnostics.
+//! - [`http`]: the request-head parser, chunked bodies, paths, routing, shared I/O.
+//! - [`demo`]: `condo demo`, the embedded default setup.
+
+pub mod config;
+pub mod demo;
+pub mod dispatcher;
+pub mod http;
+pub mod ipc;
+pub mod logging;
+pub mod master;
+pub mod sandbox;
+pub mod worker;

@@ -1,0 +1,86 @@
+use std::os::fd::RawFd;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+/// condo: a web server for shared hosting. Every site's files are read, and its code
+/// run, as the site owner's own uid.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    /// The admin's config file.
+    #[arg(short = 'c', long = "config", global = true, default_value = "/etc/condo/condo.toml")]
+    config: PathBuf,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run in the foreground (as root, for tenant isolation) until SIGTERM or SIGINT.
+    Serve,
+    /// Validate the config and every site file; print each mistake with file:line.
+    Check,
+    /// Run a demo: two isolated tenants on 127.0.0.1 (creates system users as root).
+    Demo {
+        /// Remove the demo's users and files instead.
+        #[arg(long)]
+        clean: bool,
+        /// Port on 127.0.0.1 for the pass-mode listener (proxy mode uses the next one).
+        #[arg(long, default_value_t = 8080)]
+        port: u16,
+    },
+    /// Internal: the dispatcher process, started by the master.
+    #[command(hide = true)]
+    Dispatcher {
+        #[arg(long)]
+        ipc_fd: RawFd,
+        #[arg(long = "listener-fd")]
+        listener_fds: Vec<RawFd>,
+    },
+    /// Internal: a tenant's worker process, started by the master.
+    #[command(hide = true)]
+    Worker {
+        #[arg(long)]
+        tenant: String,
+        #[arg(long)]
+        ipc_fd: RawFd,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Serve => condo::master::serve(&cli.config),
+        Command::Check => return check(&cli.config),
+        Command::Demo { clean: true, .. } => condo::demo::clean(),
+        Command::Demo { clean: false, port } => condo::demo::run(port),
+        Command::Dispatcher { ipc_fd, listener_fds } => condo::dispatcher::run(ipc_fd, &listener_fds),
+        Command::Worker { tenant, ipc_fd } => condo::worker::run(&tenant, ipc_fd),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("condo: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn check(path: &std::path::Path) -> ExitCode {
+    let loaded = condo::config::load(path);
+    for d in &loaded.diagnostics {
+        println!("{d}");
+    }
+    match (&loaded.config, loaded.diagnostics.len()) {
+        (Some(c), 0) => {
+            println!("{}: ok ({} tenants, {} sites)", path.display(), c.tenants.len(), c.sites.len());
+            ExitCode::SUCCESS
+        }
+        (_, n) => {
+            println!("{}: {n} error{}", path.display(), if n == 1 { "" } else { "s" });
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,181 @@
+//! Binding listeners and starting children: the master's privileged actions.
+
+use std::ffi::OsString;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::path::Path;
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::process::Child;
+use tracing::{info, warn};
+
+use super::logs::LogFiles;
+use super::{DispatcherChannel, WorkerChannel};
+use crate::config::{Config, Credentials, Site};
+use crate::ipc::{self, Channel, DispatcherInit, ListenerInfo, MasterToDispatcher, MasterToWorker, Route, WorkerInit};
+use crate::sandbox::{self, SandboxPlan};
+
+/// Bind every configured listener. The master keeps them for its whole life, so a
+/// dispatcher restart never refuses a connection attempt.
+pub async fn bind_listeners(config: &Config) -> anyhow::Result<Vec<OwnedFd>> {
+    let mut fds = Vec::new();
+    for l in &config.server.listeners {
+        let socket = if l.addr.is_ipv4() { tokio::net::TcpSocket::new_v4() } else { tokio::net::TcpSocket::new_v6() }
+            .context("creating a socket")?;
+        socket.set_reuseaddr(true)?;
+        socket.bind(l.addr).with_context(|| format!("binding {}", l.addr))?;
+        let listener = socket.listen(4096).with_context(|| format!("listening on {}", l.addr))?;
+        let bound = listener.local_addr()?;
+        let handover = match l.handover {
+            crate::config::Handover::Pass => "pass",
+            crate::config::Handover::Proxy => "proxy",
+        };
+        info!("listening on {bound} (handover {handover})");
+        fds.push(OwnedFd::from(listener.into_std()?));
+    }
+    Ok(fds)
+}
+
+fn fd_arg(fd: &OwnedFd) -> OsString {
+    fd.as_raw_fd().to_string().into()
+}
+
+pub async fn start_dispatcher(
+    exe: &Path,
+    config: &Config,
+    credentials: Option<Credentials>,
+    listeners: &[OwnedFd],
+) -> anyhow::Result<(Child, DispatcherChannel)> {
+    let (ours, theirs) = ipc::raw_pair().context("socketpair")?;
+    let mut args: Vec<OsString> = vec!["dispatcher".into(), "--ipc-fd".into(), fd_arg(&theirs)];
+    for l in listeners {
+        args.push("--listener-fd".into());
+        args.push(fd_arg(l));
+    }
+    let mut inherit: Vec<_> = listeners.iter().map(|l| l.as_raw_fd()).collect();
+    inherit.push(theirs.as_raw_fd());
+    let plan = SandboxPlan {
+        credentials,
+        inherit_fds: inherit,
+        die_with_parent: true,
+    };
+    let child = spawn_child(exe, &args, plan, "dispatcher")?;
+    drop(theirs);
+    let channel: DispatcherChannel = Channel::new(ours)?;
+    let init = DispatcherInit {
+        listeners: config
+            .server
+            .listeners
+            .iter()
+            .map(|l| ListenerInfo {
+                addr: l.addr,
+                handover: l.handover,
+            })
+            .collect(),
+        routes: config
+            .sites
+            .iter()
+            .map(|s| Route {
+                site: s.name.clone(),
+                aliases: s.aliases.clone(),
+                tenant: s.tenant.clone(),
+            })
+            .collect(),
+        default_site: config.server.default_site.clone(),
+        unknown_host_status: config.server.unknown_host_status,
+        limits: config.server.limits,
+    };
+    channel.send(&MasterToDispatcher::Init(init), &[]).await.context("sending the dispatcher its config")?;
+    Ok((child, channel))
+}
+
+pub async fn start_worker(
+    exe: &Path,
+    tenant: &str,
+    credentials: Option<Credentials>,
+    sites: Vec<Site>,
+    config: &Config,
+    logs: &LogFiles,
+) -> anyhow::Result<(Child, WorkerChannel)> {
+    // Opened by root, readable by the tenant's group, writable only through the fd the
+    // worker gets: the tenant can read its access logs but never rewrite them.
+    let gid = credentials.as_ref().map(|c| c.gid);
+    let access_logs = sites
+        .iter()
+        .map(|s| logs.open_access_log(&s.name, gid))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let (ours, theirs) = ipc::raw_pair().context("socketpair")?;
+    let args: Vec<OsString> = vec!["worker".into(), "--tenant".into(), tenant.into(), "--ipc-fd".into(), fd_arg(&theirs)];
+    let plan = SandboxPlan {
+        credentials,
+        inherit_fds: vec![theirs.as_raw_fd()],
+        die_with_parent: true,
+    };
+    let child = spawn_child(exe, &args, plan, &format!("worker {tenant}"))?;
+    drop(theirs);
+    let channel: WorkerChannel = Channel::new(ours)?;
+    let init = WorkerInit {
+        tenant: tenant.to_string(),
+        sites,
+        limits: config.server.limits,
+    };
+    channel.send(&MasterToWorker::Init(init), &[]).await.context("sending the worker its config")?;
+    for (site, log) in config.tenant_sites(tenant).zip(&access_logs) {
+        let message = MasterToWorker::AccessLog { site: site.name.clone() };
+        channel.send(&message, &[log.as_fd()]).await.context("sending the worker its logs")?;
+    }
+    Ok((child, channel))
+}
+
+fn spawn_child(exe: &Path, args: &[OsString], plan: SandboxPlan, role: &str) -> anyhow::Result<Child> {
+    let args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
+    let mut cmd = sandbox::command(exe, &args, plan);
+    cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped()).current_dir("/");
+    let mut child = cmd.spawn().with_context(|| format!("starting the {role}"))?;
+    if let Some(stderr) = child.stderr.take() {
+        // Children log to a pipe; the master copies their lines to its own log, so the
+        // error log gets everything and no child holds the log file open for writing.
+        tokio::spawn(async move {
+            let mut lines = BufReader::new(stderr).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                crate::logging::child_line(&line);
+            }
+        });
+    }
+    Ok(child)
+}
+
+/// Wait for a child and describe how it ended.
+pub async fn wait(mut child: Child) -> String {
+    match child.wait().await {
+        Ok(status) => status.to_string(),
+        Err(e) => format!("wait failed: {e}"),
+    }
+}
+
+/// Send TERM to our own children by pid, then KILL whatever still runs after `grace`.
+pub async fn terminate(pids: &[u32], grace: Duration) {
+    let alive = |pid: u32| {
+        rustix::process::Pid::from_raw(pid as i32)
+            .is_some_and(|p| rustix::process::test_kill_process(p).is_ok())
+    };
+    for &pid in pids {
+        if let Some(p) = rustix::process::Pid::from_raw(pid as i32) {
+            let _ = rustix::process::kill_process(p, rustix::process::Signal::TERM);
+        }
+    }
+    let deadline = Instant::now() + grace;
+    while pids.iter().any(|&p| alive(p)) && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    for &pid in pids {
+        if alive(pid) {
+            warn!(pid, "did not stop in {grace:?}; killing");
+            if let Some(p) = rustix::process::Pid::from_raw(pid as i32) {
+                let _ = rustix::process::kill_process(p, rustix::process::Signal::KILL);
+            }
+        }
+    }
+}

@@ -1,0 +1,104 @@
+//! How condo's child processes are started: a plain [`SandboxPlan`] computed up front,
+//! applied by one small function between fork and exec.
+//!
+//! This is the only module with `unsafe` code: the `pre_exec` hook, and taking
+//! ownership of fds a process inherited by number.
+
+use std::ffi::OsStr;
+use std::io;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::path::Path;
+
+use rustix::process::{Gid, Pid, Signal, Uid};
+
+use crate::config::Credentials;
+
+/// Everything that happens to a child between fork and exec.
+#[derive(Debug, Clone)]
+pub struct SandboxPlan {
+    /// Identity to switch to; `None` keeps the parent's (condo running unprivileged).
+    pub credentials: Option<Credentials>,
+    /// Fds the child keeps across exec (everything else is close-on-exec).
+    pub inherit_fds: Vec<RawFd>,
+    /// The child gets SIGKILL when the master dies, so nothing outlives it.
+    pub die_with_parent: bool,
+}
+
+/// Build a command for this same binary (a fresh image, invariant 3) that applies
+/// `plan` in the child before exec. The environment is cleared except for `RUST_LOG`.
+pub fn command(exe: &Path, args: &[&OsStr], plan: SandboxPlan) -> tokio::process::Command {
+    let mut cmd = tokio::process::Command::new(exe);
+    cmd.args(args).env_clear().kill_on_drop(false);
+    if let Ok(level) = std::env::var("RUST_LOG") {
+        cmd.env("RUST_LOG", level);
+    }
+    let groups: Vec<Gid> = plan
+        .credentials
+        .iter()
+        .flat_map(|c| c.groups.iter().map(|&g| Gid::from_raw(g)))
+        .collect();
+    let parent = rustix::process::getpid();
+    // SAFETY: the closure runs in the forked child, where only async-signal-safe work is
+    // allowed: it makes raw syscalls only and allocates nothing (`groups` was built
+    // before the fork).
+    unsafe {
+        cmd.pre_exec(move || apply(&plan, &groups, parent));
+    }
+    cmd
+}
+
+/// Precondition: only one thread runs (we are between fork and exec).
+fn apply(plan: &SandboxPlan, groups: &[Gid], parent: Pid) -> io::Result<()> {
+    for &fd in &plan.inherit_fds {
+        // SAFETY: the fd number comes from an fd the parent owns and keeps open until
+        // spawn returns; borrowing it here does not outlive the call.
+        let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+        rustix::io::fcntl_setfd(borrowed, rustix::io::FdFlags::empty())?;
+    }
+    if let Some(c) = &plan.credentials {
+        // Order matters: groups and gid while we still may change them, uid last.
+        rustix::thread::set_thread_groups(groups)?;
+        let gid = Gid::from_raw(c.gid);
+        rustix::thread::set_thread_res_gid(gid, gid, gid)?;
+        let uid = Uid::from_raw(c.uid);
+        rustix::thread::set_thread_res_uid(uid, uid, uid)?;
+        if rustix::process::geteuid().is_root() || rustix::process::getuid().is_root() {
+            return Err(io::Error::other("still root after setuid"));
+        }
+    }
+    if plan.die_with_parent {
+        // After the uid change: changing credentials clears the parent-death signal.
+        rustix::process::set_parent_process_death_signal(Some(Signal::KILL))?;
+        if rustix::process::getppid() != Some(parent) {
+            // The master died between fork and prctl.
+            return Err(io::Error::other("parent exited"));
+        }
+    }
+    rustix::thread::set_no_new_privs(true)?;
+    Ok(())
+}
+
+/// Take ownership of an fd this process inherited by number (named on its command
+/// line), after checking it is open.
+pub fn inherited_fd(fd: RawFd) -> io::Result<OwnedFd> {
+    if fd < 3 {
+        return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("fd {fd} is a standard stream")));
+    }
+    // SAFETY: fcntl(F_GETFD) on an arbitrary number is harmless; it tells whether the
+    // number is an open fd before we claim it.
+    let probe = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+    rustix::io::fcntl_getfd(probe).map_err(|e| io::Error::other(format!("inherited fd {fd}: {e}")))?;
+    // SAFETY: the fd is open, and the command-line contract says it is ours alone; it
+    // is claimed once, at startup.
+    let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+    rustix::io::fcntl_setfd(&owned, rustix::io::FdFlags::CLOEXEC)?;
+    debug_assert_eq!(owned.as_raw_fd(), fd);
+    Ok(owned)
+}
+
+/// Make this process non-dumpable: no core dumps, and no ptrace or /proc/PID/mem by
+/// processes of the same uid (the tenant's own code must not read the worker).
+pub fn make_undumpable() -> io::Result<()> {
+    rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable)?;
+    Ok(())
+}

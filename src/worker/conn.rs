@@ -1,0 +1,213 @@
+//! Serving one connection in a worker: keep-alive and pipelined requests for this
+//! tenant's sites, and a hand-back to the dispatcher when a request is for another.
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Arc;
+use std::time::Instant;
+
+use bytes::BytesMut;
+use tokio::io::AsyncWriteExt;
+use tracing::{debug, warn};
+
+use super::static_files::{self, Body, Method, RequestHeaders, Response};
+use super::stream::Stream;
+use super::{PeerChannel, SiteState, Tenant, access_log};
+use crate::config::Handover;
+use crate::http::head::{self, BodyFraming, RequestHead, Version};
+use crate::http::io::{HeadRead, read_head, relay_body, respond_and_close};
+use crate::http::{self, SERVER_NAME};
+use crate::ipc::{Handoff, WorkerToDispatcher};
+
+/// A request body this small is read and discarded to keep the connection; a larger
+/// one (to a static site, which takes none) ends the connection after the response.
+const MAX_DISCARDED_BODY: u64 = 64 * 1024;
+
+pub async fn serve(tenant: Arc<Tenant>, peer: Arc<PeerChannel>, handoff: Handoff, fd: OwnedFd) {
+    let stream = match handoff.handover {
+        Handover::Pass => Stream::tcp(fd),
+        Handover::Proxy => Stream::unix(fd),
+    };
+    let mut stream = match stream {
+        Ok(s) => s,
+        Err(e) => {
+            warn!("taking over a connection: {e}");
+            return;
+        }
+    };
+    let limits = tenant.limits;
+    let mut buf = BytesMut::from(&handoff.buffered[..]);
+    let mut site_hint = Some(handoff.site.as_str());
+    let mut idle = limits.header_timeout;
+    loop {
+        let head = match read_head(&mut stream, &mut buf, &limits, idle).await {
+            HeadRead::Head(h) => h,
+            HeadRead::Closed | HeadRead::Io(_) => return,
+            HeadRead::TimedOut => {
+                respond_and_close(&mut stream, &http::error_response(408, false, false)).await;
+                return;
+            }
+            HeadRead::Invalid(e) => {
+                debug!("bad request head: {e}");
+                respond_and_close(&mut stream, &http::error_response(e.status(), false, false)).await;
+                return;
+            }
+        };
+        idle = limits.keepalive_timeout;
+        let site = match handoff.handover {
+            // The relay stream belongs to one site: the dispatcher routed it.
+            Handover::Proxy => tenant.site_named(&handoff.site),
+            Handover::Pass => match site_hint.take() {
+                Some(name) => tenant.site_named(name),
+                None => tenant.sites.exact(head.host.as_deref()),
+            },
+        };
+        let Some(site) = site.cloned() else {
+            if handoff.handover == Handover::Pass {
+                hand_back(stream, buf, &handoff, &peer).await;
+            } else {
+                respond_and_close(&mut stream, &http::error_response(421, false, head.is_head())).await;
+            }
+            return;
+        };
+        match respond(&tenant, &site, &mut stream, &mut buf, &head, &handoff).await {
+            Ok(true) => continue,
+            Ok(false) => {
+                let _ = stream.shutdown().await;
+                return;
+            }
+            Err(e) => {
+                debug!("connection ended: {e}");
+                return;
+            }
+        }
+    }
+}
+
+/// The next request is another tenant's: give the socket and the unread bytes back to
+/// the dispatcher that sent the connection. The client sees nothing of this.
+async fn hand_back(stream: Stream, buf: BytesMut, from: &Handoff, peer: &PeerChannel) {
+    let fd = match stream.into_fd() {
+        Ok(fd) => fd,
+        Err(e) => {
+            warn!("detaching a connection to hand it back: {e}");
+            return;
+        }
+    };
+    let handoff = Handoff {
+        handover: Handover::Pass,
+        peer: from.peer,
+        local: from.local,
+        site: String::new(),
+        buffered: buf.to_vec(),
+    };
+    if let Err(e) = peer.send(&WorkerToDispatcher::HandBack(handoff), &[fd.as_fd()]).await {
+        warn!("handing a connection back failed, closing it: {e}");
+    }
+}
+
+struct Headers<'a>(&'a RequestHead);
+
+impl RequestHeaders for Headers<'_> {
+    fn header(&self, name: &str) -> Option<&[u8]> {
+        self.0.header(name)
+    }
+}
+
+/// Answer one request. `Ok(true)`: the connection can carry another.
+async fn respond(
+    tenant: &Tenant,
+    site: &SiteState,
+    stream: &mut Stream,
+    buf: &mut BytesMut,
+    head: &RequestHead,
+    handoff: &Handoff,
+) -> std::io::Result<bool> {
+    let started = Instant::now();
+    let mut keep_alive = head.keep_alive;
+    // Consume the request's body first, so the bytes after it are the next request.
+    match head.body {
+        BodyFraming::None => {}
+        BodyFraming::Length(n) if n <= MAX_DISCARDED_BODY && !head.expect_continue => {
+            relay_body(stream, buf, None::<&mut Stream>, &head.body, tenant.limits.header_timeout).await?;
+        }
+        _ => keep_alive = false,
+    }
+    let method = match head.method {
+        head::Method::Get => Method::Get,
+        head::Method::Head => Method::Head,
+        _ => Method::Other,
+    };
+    let response = match &site.files {
+        Ok(files) => static_files::serve(files, method, &head.path, head.query.as_deref(), &Headers(head)),
+        Err(_) => static_files::error_response(500),
+    };
+    let status = response.status;
+    let sent = write_response(stream, response, head, keep_alive).await?;
+    if let Some(log) = site.access_log.get() {
+        let line = access_log::format(&access_log::Entry {
+            peer: handoff.peer.ip(),
+            method: head.method.as_str(),
+            target: &head.target,
+            version: match head.version {
+                Version::Http10 => "HTTP/1.0",
+                Version::Http11 => "HTTP/1.1",
+            },
+            status,
+            bytes: sent,
+            referer: head.header("referer"),
+            user_agent: head.header("user-agent"),
+            tenant: &tenant.name,
+            elapsed: started.elapsed(),
+        });
+        access_log::write(log, &line);
+    }
+    Ok(keep_alive)
+}
+
+/// Write status line, headers and body; returns the body bytes sent.
+async fn write_response(stream: &mut Stream, response: Response, head: &RequestHead, keep_alive: bool) -> std::io::Result<u64> {
+    let status = response.status;
+    let length = response.content_length();
+    let mut out = Vec::with_capacity(512);
+    out.extend_from_slice(format!("HTTP/1.1 {status} {}\r\nServer: {SERVER_NAME}\r\nDate: {}\r\n", http::reason(status), http::http_date()).as_bytes());
+    for (name, value) in &response.headers {
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
+    }
+    if status != 304 && status != 204 {
+        out.extend_from_slice(format!("Content-Length: {length}\r\n").as_bytes());
+    }
+    match (keep_alive, head.version) {
+        (false, _) => out.extend_from_slice(b"Connection: close\r\n"),
+        (true, Version::Http10) => out.extend_from_slice(b"Connection: keep-alive\r\n"),
+        (true, Version::Http11) => {}
+    }
+    out.extend_from_slice(b"\r\n");
+    if head.is_head() {
+        stream.write_all(&out).await?;
+        return Ok(0);
+    }
+    match response.body {
+        Body::Empty => stream.write_all(&out).await?,
+        Body::Bytes(bytes) => {
+            // Head and small body in one write: one packet for small files.
+            out.extend_from_slice(&bytes);
+            stream.write_all(&out).await?;
+        }
+        Body::File { file, offset, len } => {
+            stream.write_all(&out).await?;
+            stream.sendfile(&file, offset, len).await?;
+        }
+        Body::Multipart { file, parts, trailer } => {
+            stream.write_all(&out).await?;
+            for part in &parts {
+                stream.write_all(&part.head).await?;
+                stream.sendfile(&file, part.offset, part.len).await?;
+            }
+            stream.write_all(&trailer).await?;
+        }
+    }
+    Ok(length)
+}

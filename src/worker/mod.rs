@@ -1,0 +1,161 @@
+//! A tenant's worker: runs as the tenant's uid (set by the master before exec) and
+//! serves that tenant's sites only. It takes connections from dispatchers, answers
+//! them, and hands a connection back when its next request is for another tenant.
+
+mod access_log;
+mod conn;
+pub mod static_files;
+mod stream;
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::os::fd::{OwnedFd, RawFd};
+use std::sync::{Arc, OnceLock};
+
+use anyhow::{Context, bail};
+use tracing::{info, warn};
+
+use crate::config::{ClientLimits, Site};
+use crate::http::routing::RouteTable;
+use crate::ipc::{Channel, DispatcherToWorker, MasterToWorker, WorkerToDispatcher, WorkerToMaster};
+use crate::sandbox;
+use static_files::SiteFiles;
+
+pub type PeerChannel = Channel<WorkerToDispatcher, DispatcherToWorker>;
+
+/// One of this tenant's sites, ready to serve.
+pub struct SiteState {
+    pub config: Site,
+    /// The site root opened as the tenant; `Err` says why it could not be (every
+    /// request to the site then gets 500 and the reason is in the error log).
+    pub files: Result<SiteFiles, String>,
+    pub access_log: OnceLock<File>,
+}
+
+pub struct Tenant {
+    pub name: String,
+    pub limits: ClientLimits,
+    pub sites: RouteTable<Arc<SiteState>>,
+    by_name: HashMap<String, Arc<SiteState>>,
+}
+
+impl Tenant {
+    pub fn site_named(&self, name: &str) -> Option<&Arc<SiteState>> {
+        self.by_name.get(name)
+    }
+}
+
+pub fn run(tenant: &str, ipc_fd: RawFd) -> anyhow::Result<()> {
+    // First of all: the tenant's own processes must not be able to ptrace us or read
+    // our memory through /proc.
+    sandbox::make_undumpable().context("making the worker non-dumpable")?;
+    crate::logging::init_tracing(None);
+    if rustix::process::geteuid().is_root() {
+        bail!("a tenant worker refuses to run as root");
+    }
+    let master_fd = sandbox::inherited_fd(ipc_fd)?;
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(4);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .enable_all()
+        .thread_name("condo-worker")
+        .build()
+        .context("starting the runtime")?;
+    let name = tenant.to_string();
+    runtime.block_on(async move { serve(name, master_fd).await })
+}
+
+async fn serve(name: String, master_fd: OwnedFd) -> anyhow::Result<()> {
+    let master: Channel<WorkerToMaster, MasterToWorker> = Channel::new(master_fd)?;
+    let init = match master.recv().await? {
+        Some((MasterToWorker::Init(init), _)) => init,
+        other => bail!("expected Init from the master, got {other:?}"),
+    };
+    if init.tenant != name {
+        bail!("master sent the config of tenant `{}` to the worker of `{name}`", init.tenant);
+    }
+    let sites: Vec<Arc<SiteState>> = init.sites.into_iter().map(|s| Arc::new(open_site(s))).collect();
+    let by_name = sites.iter().map(|s| (s.config.name.clone(), s.clone())).collect();
+    let tenant = Arc::new(Tenant {
+        name: name.clone(),
+        limits: init.limits,
+        sites: RouteTable::new(
+            sites,
+            |s: &Arc<SiteState>| std::iter::once(s.config.name.clone()).chain(s.config.aliases.iter().cloned()).collect(),
+            None,
+        ),
+        by_name,
+    });
+    info!(tenant = name, uid = rustix::process::getuid().as_raw(), "worker ready");
+    loop {
+        let (message, fds) = match master.recv().await {
+            Ok(Some(m)) => m,
+            Ok(None) => {
+                info!(tenant = name, "master went away; exiting");
+                return Ok(());
+            }
+            Err(e) => bail!("bad message from the master: {e}"),
+        };
+        let Some(fd) = fds.into_iter().next() else {
+            warn!("message from the master without its fd: {message:?}");
+            continue;
+        };
+        match message {
+            MasterToWorker::AccessLog { site } => match tenant.site_named(&site) {
+                Some(s) => {
+                    let _ = s.access_log.set(File::from(fd));
+                }
+                None => warn!(site, "access log for a site this worker does not serve"),
+            },
+            MasterToWorker::NewPeer => {
+                let peer = Arc::new(Channel::new(fd)?);
+                tokio::spawn(peer_loop(tenant.clone(), peer));
+            }
+            MasterToWorker::Init(_) => warn!("unexpected second Init"),
+        }
+    }
+}
+
+fn open_site(config: Site) -> SiteState {
+    let files = rustix::fs::open(
+        &config.root,
+        rustix::fs::OFlags::PATH | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
+        rustix::fs::Mode::empty(),
+    )
+    .map(|root| SiteFiles {
+        root,
+        index: config.index.clone(),
+        autoindex: config.autoindex,
+    })
+    .map_err(|e| {
+        let reason = format!("cannot open the site root {} as this tenant: {e}", config.root.display());
+        warn!(site = config.name, "{reason}");
+        reason
+    });
+    SiteState {
+        config,
+        files,
+        access_log: OnceLock::new(),
+    }
+}
+
+/// Take connections from one dispatcher until it goes away. Connections already taken
+/// are not affected by that.
+async fn peer_loop(tenant: Arc<Tenant>, peer: Arc<PeerChannel>) {
+    loop {
+        match peer.recv().await {
+            Ok(Some((DispatcherToWorker::Connection(handoff), fds))) => {
+                let Some(fd) = fds.into_iter().next() else {
+                    warn!("connection hand-off without a socket");
+                    continue;
+                };
+                tokio::spawn(conn::serve(tenant.clone(), peer.clone(), handoff, fd));
+            }
+            Ok(None) => return,
+            Err(e) => {
+                warn!("bad message from a dispatcher: {e}");
+                return;
+            }
+        }
+    }
+}

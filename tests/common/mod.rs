@@ -1,0 +1,387 @@
+//! Test harness: throw-away system users, a scratch tree, and the real `condo` binary
+//! started as root on 127.0.0.1 port 0. Everything is removed on drop, also when a
+//! test fails.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub const CONDO: &str = env!("CARGO_BIN_EXE_condo");
+
+/// True when the test can run. Without root it fails loudly under CI=true (a skipped
+/// isolation test must never count as passed there) and skips with a note elsewhere.
+pub fn require_root() -> bool {
+    if rustix::process::geteuid().is_root() {
+        return true;
+    }
+    if std::env::var("CI").is_ok_and(|v| v == "true") {
+        panic!("this test needs root (it creates users and switches uids) and CI=true");
+    }
+    eprintln!("SKIPPED: not root; run `sudo cargo test` for the isolation tests");
+    false
+}
+
+/// A system user (and its group) that exists for the life of the value.
+pub struct TestUser {
+    pub name: String,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+static COUNTER: AtomicU32 = AtomicU32::new(0);
+
+impl TestUser {
+    pub fn create(role: &str) -> Self {
+        let n = COUNTER.fetch_add(1, Ordering::SeqCst);
+        let name = format!("ct{}{}{}", std::process::id() % 100000, role, n);
+        let status = Command::new("useradd")
+            .args(["--system", "--user-group", "--no-create-home", "--home-dir", "/nonexistent", "--shell", "/usr/sbin/nologin"])
+            .arg(&name)
+            .status()
+            .expect("useradd");
+        assert!(status.success(), "useradd {name} failed");
+        let user = nix::unistd::User::from_name(&name).unwrap().unwrap();
+        Self {
+            name,
+            uid: user.uid.as_raw(),
+            gid: user.gid.as_raw(),
+        }
+    }
+}
+
+impl Drop for TestUser {
+    fn drop(&mut self) {
+        let _ = Command::new("userdel").arg(&self.name).status();
+    }
+}
+
+/// A scratch directory that tenants can traverse (tempdirs are 0700 by default).
+pub fn scratch() -> tempfile::TempDir {
+    let dir = tempfile::Builder::new().prefix("condo-test-").tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    dir
+}
+
+pub fn write_owned(path: &Path, contents: &[u8], owner: &TestUser, mode: u32) {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).unwrap();
+    }
+    std::fs::write(path, contents).unwrap();
+    chown(path, owner, mode);
+}
+
+pub fn chown(path: &Path, owner: &TestUser, mode: u32) {
+    std::os::unix::fs::lchown(path, Some(owner.uid), Some(owner.gid)).unwrap();
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode)).unwrap();
+}
+
+/// A site's docroot owned by `owner`, mode 0700 (only the owner can enter).
+pub fn docroot(base: &Path, name: &str, owner: &TestUser) -> PathBuf {
+    let home = base.join(name);
+    let www = home.join("www");
+    std::fs::create_dir_all(&www).unwrap();
+    chown(&home, owner, 0o700);
+    chown(&www, owner, 0o700);
+    www
+}
+
+/// Two tenants `a` and `b` with sites `a.test` and `b.test`, and a dispatcher user.
+pub struct TwoTenants {
+    pub dir: tempfile::TempDir,
+    pub a: TestUser,
+    pub b: TestUser,
+    pub dispatcher: TestUser,
+    pub root_a: PathBuf,
+    pub root_b: PathBuf,
+}
+
+impl TwoTenants {
+    pub fn new() -> Self {
+        let dir = scratch();
+        let a = TestUser::create("a");
+        let b = TestUser::create("b");
+        let dispatcher = TestUser::create("d");
+        let root_a = docroot(dir.path(), "a", &a);
+        let root_b = docroot(dir.path(), "b", &b);
+        write_owned(&root_a.join("index.html"), b"site A\n", &a, 0o600);
+        write_owned(&root_b.join("index.html"), b"site B\n", &b, 0o600);
+        Self {
+            dir,
+            a,
+            b,
+            dispatcher,
+            root_a,
+            root_b,
+        }
+    }
+
+    /// The main config (listeners: pass and proxy on port 0) plus `extra_server` lines
+    /// in [server], and one site file per tenant.
+    pub fn config(&self, extra_server: &str) -> PathBuf {
+        let base = self.dir.path();
+        std::fs::create_dir_all(base.join("sites")).unwrap();
+        let main = format!(
+            "[server]\nlisten = [{{ addr = \"127.0.0.1:0\", handover = \"pass\" }}, {{ addr = \"127.0.0.1:0\", handover = \"proxy\" }}]\n\
+             user = \"{d}\"\nuid_range = [100, 65000]\nlog_dir = \"{log}\"\nrun_dir = \"{run}\"\n{extra_server}\n\
+             [tenant.a]\nuser = \"{a}\"\n\n[tenant.b]\nuser = \"{b}\"\n",
+            d = self.dispatcher.name,
+            a = self.a.name,
+            b = self.b.name,
+            log = base.join("log").display(),
+            run = base.join("run").display(),
+        );
+        std::fs::write(base.join("condo.toml"), main).unwrap();
+        std::fs::write(
+            base.join("sites/a.toml"),
+            format!("[[site]]\nname = \"a.test\"\naliases = [\"www.a.test\"]\ntenant = \"a\"\nroot = \"{}\"\n", self.root_a.display()),
+        )
+        .unwrap();
+        std::fs::write(
+            base.join("sites/b.toml"),
+            format!("[[site]]\nname = \"b.test\"\ntenant = \"b\"\nroot = \"{}\"\n", self.root_b.display()),
+        )
+        .unwrap();
+        base.join("condo.toml")
+    }
+}
+
+/// A running `condo serve`, stopped (SIGTERM, then SIGKILL) on drop.
+pub struct Condo {
+    child: Child,
+    pub pass: SocketAddr,
+    pub proxy: Option<SocketAddr>,
+    pub log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Condo {
+    pub fn start(config: &Path) -> Self {
+        let mut child = Command::new(CONDO)
+            .args(["serve", "-c"])
+            .arg(config)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting condo");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let stderr = child.stderr.take().unwrap();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(rest) = line.split("listening on ").nth(1) {
+                    let mut words = rest.split_whitespace();
+                    let addr: SocketAddr = words.next().unwrap().parse().unwrap();
+                    let proxy = rest.contains("handover proxy");
+                    let _ = tx.send((addr, proxy));
+                }
+                sink.lock().unwrap().push(line);
+            }
+        });
+        let mut pass = None;
+        let mut proxy = None;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while pass.is_none() || proxy.is_none() {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok((addr, true)) => proxy = Some(addr),
+                Ok((addr, false)) => pass = Some(addr),
+                Err(_) => break,
+            }
+        }
+        let mut condo = Self {
+            child,
+            pass: pass.unwrap_or_else(|| "0.0.0.0:0".parse().unwrap()),
+            proxy,
+            log,
+        };
+        if pass.is_none() {
+            let log = condo.log_text();
+            let _ = condo.child.kill();
+            panic!("condo did not start listening; its log:\n{log}");
+        }
+        condo
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn proxy(&self) -> SocketAddr {
+        self.proxy.expect("config has a proxy listener")
+    }
+
+    pub fn log_text(&self) -> String {
+        self.log.lock().unwrap().join("\n")
+    }
+
+    /// Pids of this master's children whose command line starts with `condo <role>`
+    /// (and, for workers, `--tenant <tenant>`).
+    pub fn children(&self, role: &str, tenant: Option<&str>) -> Vec<u32> {
+        let mut found = Vec::new();
+        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
+            let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else { continue };
+            if status_field(&status, "PPid") != self.pid().to_string() {
+                continue;
+            }
+            let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else { continue };
+            let args: Vec<String> = cmdline.split(|&b| b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+            if args.get(1).map(String::as_str) != Some(role) {
+                continue;
+            }
+            if let Some(t) = tenant
+                && !args.windows(2).any(|w| w[0] == "--tenant" && w[1] == t)
+            {
+                continue;
+            }
+            found.push(pid);
+        }
+        found
+    }
+
+    /// Wait until `children(role, tenant)` is non-empty.
+    pub fn wait_child(&self, role: &str, tenant: Option<&str>) -> u32 {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(&pid) = self.children(role, tenant).first() {
+                return pid;
+            }
+            assert!(Instant::now() < deadline, "no {role} {tenant:?} child; log:\n{}", self.log_text());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Condo {
+    fn drop(&mut self) {
+        let pid = rustix::process::Pid::from_raw(self.child.id() as i32).unwrap();
+        let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn status_field(status: &str, key: &str) -> String {
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(&format!("{key}:")))
+        .map(|v| v.trim().to_string())
+        .unwrap_or_default()
+}
+
+pub fn proc_status(pid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap()
+}
+
+/// A parsed response read off a raw socket.
+#[derive(Debug)]
+pub struct Response {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Response {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+}
+
+/// A raw client connection, to control exactly what goes on the wire.
+pub struct Client {
+    pub stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Client {
+    pub fn connect(addr: SocketAddr) -> Self {
+        let stream = TcpStream::connect(addr).unwrap();
+        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        Self { stream, buf: Vec::new() }
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).unwrap();
+    }
+
+    pub fn get(&mut self, host: &str, path: &str) -> Response {
+        self.send(format!("GET {path} HTTP/1.1\r\nHost: {host}\r\n\r\n").as_bytes());
+        self.read_response(false).expect("response")
+    }
+
+    fn fill(&mut self) -> bool {
+        let mut chunk = [0u8; 65536];
+        match self.stream.read(&mut chunk) {
+            Ok(0) | Err(_) => false,
+            Ok(n) => {
+                self.buf.extend_from_slice(&chunk[..n]);
+                true
+            }
+        }
+    }
+
+    /// Read one response (Content-Length framed; `head_request` for HEAD). `None` if
+    /// the server closed the connection first.
+    pub fn read_response(&mut self, head_request: bool) -> Option<Response> {
+        let end = loop {
+            if let Some(i) = self.buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            if !self.fill() {
+                return None;
+            }
+        };
+        let head = String::from_utf8_lossy(&self.buf[..end]).into_owned();
+        let mut lines = head.split("\r\n");
+        let status: u16 = lines.next()?.split(' ').nth(1)?.parse().ok()?;
+        let headers: Vec<(String, String)> = lines
+            .filter(|l| !l.is_empty())
+            .filter_map(|l| l.split_once(':').map(|(n, v)| (n.trim().to_string(), v.trim().to_string())))
+            .collect();
+        let length: usize = headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
+            .map_or(0, |(_, v)| v.parse().unwrap());
+        let length = if head_request || status == 304 || status == 204 { 0 } else { length };
+        while self.buf.len() < end + length {
+            if !self.fill() {
+                return None;
+            }
+        }
+        let body = self.buf[end..end + length].to_vec();
+        self.buf.drain(..end + length);
+        Some(Response { status, headers, body })
+    }
+
+    /// True when the server has closed the connection (EOF within the timeout).
+    pub fn is_closed(&mut self) -> bool {
+        self.stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut byte = [0u8; 1];
+        matches!(self.stream.read(&mut byte), Ok(0) | Err(_))
+    }
+}
+
+/// Run curl with `args`; returns (stdout, exit success).
+pub fn curl(args: &[&str]) -> (String, bool) {
+    let out = Command::new("curl").args(["-s", "--max-time", "10"]).args(args).output().expect("curl is installed");
+    (String::from_utf8_lossy(&out.stdout).into_owned(), out.status.success())
+}
