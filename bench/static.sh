@@ -95,6 +95,7 @@ install_deps() {
     [[ -e /usr/lib/apache2/modules/mpm_itk.so ]] || need+=(libapache2-mpm-itk)
     command -v wrk >/dev/null || need+=(wrk)
     command -v curl >/dev/null || need+=(curl)
+    [[ -e /etc/mime.types ]] || need+=(media-types)    # Apache's TypesConfig
     command -v ss >/dev/null || need+=(iproute2)
     command -v ps >/dev/null || need+=(procps)
     ((${#need[@]})) || return 0
@@ -115,7 +116,9 @@ install_deps() {
 }
 
 # ---- 2. condo binary --------------------------------------------------------------
-CONDO_OK=0
+CONDO_OK=0                      # condo binary is there
+CONDO_PASS_UP=0 CONDO_PROXY_UP=0  # its listeners answered 200
+CONDO_WHY_PASS="" CONDO_WHY_PROXY=""
 build_condo() {
     if [[ -n ${CONDO_BIN_FROM_ENV:-} ]]; then
         [[ -x $CONDO_BIN ]] || { warn "CONDO_BIN=$CONDO_BIN is not an executable"; return 1; }
@@ -244,16 +247,25 @@ cleanup() {
 }
 KEEP_TMP_ON_FAIL=${BENCH_KEEP_TMP:-0}
 
-# Wait until http://127.0.0.1:PORT/small.txt answers for HOST, at most SECS seconds.
+# probe PORT HOST: does http://127.0.0.1:PORT/small.txt answer 200 for HOST?
+# PROBE_MSG says what curl saw.
+PROBE_MSG=""
+probe() {
+    local code rc=0
+    code=$(curl -s --max-time 2 -o /dev/null -w '%{http_code}' -H "Host: $2" \
+        "http://127.0.0.1:$1/small.txt") || rc=$?
+    if ((rc != 0)); then PROBE_MSG="no answer (curl exit status $rc)"; else PROBE_MSG="HTTP $code"; fi
+    [[ $rc == 0 && $code == 200 ]]
+}
+
+# Wait until PORT answers 200 for HOST, at most SECS seconds.
 # Returns 2 if the process died first, 1 on timeout.
 wait_ready() {
     local port=$1 host=$2 pid=$3 secs=$4 deadline
     deadline=$((SECONDS + secs))
     while ((SECONDS < deadline)); do
         alive "$pid" || return 2
-        if curl -sf --max-time 2 -o /dev/null -H "Host: $host" "http://127.0.0.1:$port/small.txt"; then
-            return 0
-        fi
+        probe "$port" "$host" && return 0
         sleep 0.2
     done
     return 1
@@ -282,7 +294,11 @@ show_procs() {
 start_condo() {
     local pid rc=0 port
     for port in "$CONDO_PASS_PORT" "$CONDO_PROXY_PORT"; do
-        port_busy "$port" && { warn "port $port is already in use"; return 1; }
+        if port_busy "$port"; then
+            warn "port $port is already in use"
+            CONDO_WHY_PASS="port $port already in use" CONDO_WHY_PROXY="port $port already in use"
+            return 1
+        fi
     done
     cat >"$TMP/condo.toml" <<EOF
 [server]
@@ -314,27 +330,43 @@ EOF
     setsid "$CONDO_BIN" serve -c "$TMP/condo.toml" >"$TMP/condo.stderr.log" 2>&1 </dev/null &
     pid=$!
     SERVER_PID[condo]=$pid
-    wait_ready "$CONDO_PASS_PORT" a.test "$pid" "$CONDO_START_TIMEOUT" || rc=$?
-    if ((rc == 0)); then
-        # The proxy listener should be up by now as well.
-        wait_ready "$CONDO_PROXY_PORT" a.test "$pid" 5 || rc=$?
-    fi
-    if ((rc != 0)); then
-        if ((rc == 2)); then
-            warn "condo FAILED: the process exited before answering on 127.0.0.1:$CONDO_PASS_PORT/$CONDO_PROXY_PORT"
+    # Both listeners get the same deadline; each handover mode is judged on its own.
+    local deadline=$((SECONDS + CONDO_START_TIMEOUT)) pass_msg="" proxy_msg="" died=0
+    CONDO_PASS_UP=0 CONDO_PROXY_UP=0
+    while ((SECONDS < deadline)); do
+        alive "$pid" || { died=1; break; }
+        if ((!CONDO_PASS_UP)); then
+            if probe "$CONDO_PASS_PORT" a.test; then CONDO_PASS_UP=1; else pass_msg=$PROBE_MSG; fi
+        fi
+        if ((!CONDO_PROXY_UP)); then
+            if probe "$CONDO_PROXY_PORT" a.test; then CONDO_PROXY_UP=1; else proxy_msg=$PROBE_MSG; fi
+        fi
+        ((CONDO_PASS_UP && CONDO_PROXY_UP)) && break
+        sleep 0.2
+    done
+    if ((!CONDO_PASS_UP || !CONDO_PROXY_UP)); then
+        if ((died)); then
+            warn "condo FAILED: the process exited (listeners up: pass $CONDO_PASS_UP, proxy $CONDO_PROXY_UP)"
+        fi
+        ((CONDO_PASS_UP)) || warn "condo pass listener FAILED: no 200 for 'curl -H \"Host: a.test\" http://127.0.0.1:$CONDO_PASS_PORT/small.txt' within ${CONDO_START_TIMEOUT}s (last try: ${pass_msg:-none})"
+        ((CONDO_PROXY_UP)) || warn "condo proxy listener FAILED: no 200 for 'curl -H \"Host: a.test\" http://127.0.0.1:$CONDO_PROXY_PORT/small.txt' within ${CONDO_START_TIMEOUT}s (last try: ${proxy_msg:-none})"
+        if ((died)); then
+            CONDO_WHY_PASS="condo exited" CONDO_WHY_PROXY="condo exited"
         else
-            warn "condo FAILED: no answer to 'curl -H \"Host: a.test\" http://127.0.0.1:<port>/small.txt' within ${CONDO_START_TIMEOUT}s"
+            CONDO_WHY_PASS="no 200 from condo ($pass_msg)" CONDO_WHY_PROXY="no 200 from condo ($proxy_msg)"
         fi
         warn "last 50 lines of $TMP/condo.stderr.log:"
         tail -n 50 "$TMP/condo.stderr.log" | sed 's/^/    /' >&2
-        raw "=== condo failed to start; its log: ==="
-        raw "$(tail -n 50 "$TMP/condo.stderr.log")"
-        stop_server condo
-        return 1
+        raw "=== condo did not answer on all listeners; its log: ===" "$(tail -n 50 "$TMP/condo.stderr.log")"
+        if ((died || (!CONDO_PASS_UP && !CONDO_PROXY_UP))); then
+            stop_server condo
+            return 1
+        fi
     fi
     show_procs condo "$pid"
-    check_vhosts condo-pass "$CONDO_PASS_PORT"
-    check_vhosts condo-proxy "$CONDO_PROXY_PORT"
+    ((CONDO_PASS_UP)) && check_vhosts condo-pass "$CONDO_PASS_PORT"
+    ((CONDO_PROXY_UP)) && check_vhosts condo-proxy "$CONDO_PROXY_PORT"
+    return 0
 }
 
 start_nginx() {
@@ -517,18 +549,23 @@ bench_cell() {
         parse_wrk "$out"
         raw "--- warm-up ($BENCH_WARMUP, not counted): ${W_RPS:-?} req/s"
     fi
-    local rps=() p99=() errs=() errtxt=()
+    local rps=() p99=() errs=() errtxt=() parsed=()
     for ((r = 1; r <= BENCH_RUNS; r++)); do
         out=$(run_wrk "$url" "$mode" "$BENCH_DURATION")
         raw "--- run $r" "$out"
         parse_wrk "$out"
+        local n=$((W_NON2XX + W_SOCK)) txt="non-2xx $W_NON2XX; socket errors: ${W_SOCKTXT:-none}"
+        if [[ -z $W_RPS ]]; then   # wrk failed or was cut off: that is an error too
+            warn "    could not parse wrk's output (see the raw log)"
+            n=$((n + 1)) txt="wrk gave no result ($(tail -n 1 <<<"$out"))"
+        fi
         rps+=("${W_RPS:-0}")
+        parsed+=("$([[ -n $W_RPS ]] && echo 1 || echo 0)")
         p99+=("$W_P99")
-        errs+=($((W_NON2XX + W_SOCK)))
-        errtxt+=("non-2xx $W_NON2XX; socket errors: ${W_SOCKTXT:-none}")
+        errs+=("$n")
+        errtxt+=("$txt")
         ALLRUNS[$key]+="| $srv | $file $mode | $r | ${W_RPS:-none} | $W_P99 ms | $W_NON2XX | ${W_SOCKTXT:-0} |"$'\n'
-        log "    run $r: ${W_RPS:-?} req/s, p99 $W_P99 ms, errors $((W_NON2XX + W_SOCK))"
-        [[ -n $W_RPS ]] || warn "    could not parse wrk output (see raw log)"
+        log "    run $r: ${W_RPS:-?} req/s, p99 $W_P99 ms, errors $n"
     done
     # The best run: highest req/s, preferring runs without errors (an error answer can
     # be faster than a real one).
@@ -543,6 +580,7 @@ bench_cell() {
     P99[$key]=${p99[pick]}
     ERRS[$key]=${errs[pick]}
     CELL[$key]=ok
+    ((parsed[pick])) || CELL[$key]="wrk gave no result"
     if ((errs[pick] > 0)); then
         NOTES+=("**$srv, $file $mode: ${errs[pick]} errors in the reported run** (${errtxt[pick]})")
         FAILED=1
@@ -567,6 +605,19 @@ bench_server() {
     done
 }
 
+# bench_condo_mode NAME PORT UP WHY: one of condo's listeners, if it answered.
+bench_condo_mode() {
+    local srv=$1 port=$2 up=$3 why=$4
+    want "$srv" || return 0
+    if ((up)); then
+        bench_server "$srv" "$port"
+    else
+        FAILED=1
+        mark_server_failed "$srv" "$why"
+        NOTES+=("**$srv: $why** (see the script's output and the raw log)")
+    fi
+}
+
 mark_server_failed() {
     local srv=$1 why=$2 w
     for w in "${WORKLOADS[@]}"; do CELL["$srv|$w"]=$why; done
@@ -581,7 +632,7 @@ fmt_cell() {   # rps and p99 columns for one server and workload
     fi
     local r
     r=$(printf '%.0f' "${RPS[$key]}")
-    if ((ERRS[$key] > 0)); then r="$r ⚠ ${ERRS[$key]} errors"; fi
+    if ((ERRS[$key] > 0)); then r="$r ⚠ ${ERRS[$key]} err"; fi
     printf '%s | %s ms' "$r" "${P99[$key]}"
 }
 
@@ -609,7 +660,7 @@ machine_header() {
         echo "- apache: $(apache2 -v 2>/dev/null | sed -n 's/^Server version: //p') + mpm-itk $(dpkg-query -W -f '${Version}' libapache2-mpm-itk 2>/dev/null || echo '?')"
         echo "- wrk: $(wrk -v 2>&1 | head -n1 | sed 's/ Copyright.*//' || true)"
         echo "- condo: git $rev${CONDO_BIN:+, binary $CONDO_BIN}"
-        echo "- load: wrk -t$BENCH_THREADS -c$BENCH_CONNS -d$BENCH_DURATION --latency, best of $BENCH_RUNS run(s), ${BENCH_WARMUP} warm-up before each cell, Host: a.test"
+        echo "- load: wrk -t$BENCH_THREADS -c$BENCH_CONNS -d$BENCH_DURATION --latency, best of $BENCH_RUNS run(s), $([[ $BENCH_WARMUP == 0 ]] && echo "no warm-up" || echo "$BENCH_WARMUP warm-up before each cell"), Host: a.test"
     )
 }
 
@@ -712,16 +763,18 @@ main() {
 
     if want_condo; then
         if ((CONDO_OK)) && start_condo; then
-            want condo-pass && bench_server condo-pass "$CONDO_PASS_PORT"
-            want condo-proxy && bench_server condo-proxy "$CONDO_PROXY_PORT"
+            bench_condo_mode condo-pass "$CONDO_PASS_PORT" "$CONDO_PASS_UP" "$CONDO_WHY_PASS"
+            bench_condo_mode condo-proxy "$CONDO_PROXY_PORT" "$CONDO_PROXY_UP" "$CONDO_WHY_PROXY"
             stop_server condo
         else
             FAILED=1
-            local why="condo failed to start"
-            ((CONDO_OK)) || why="condo build failed"
-            want condo-pass && mark_server_failed condo-pass "$why"
-            want condo-proxy && mark_server_failed condo-proxy "$why"
-            NOTES+=("**condo: $why** (see the script's output / raw log)")
+            if ((CONDO_OK)); then
+                bench_condo_mode condo-pass "$CONDO_PASS_PORT" 0 "${CONDO_WHY_PASS:-condo failed to start}"
+                bench_condo_mode condo-proxy "$CONDO_PROXY_PORT" 0 "${CONDO_WHY_PROXY:-condo failed to start}"
+            else
+                bench_condo_mode condo-pass "$CONDO_PASS_PORT" 0 "condo build failed"
+                bench_condo_mode condo-proxy "$CONDO_PROXY_PORT" 0 "condo build failed"
+            fi
         fi
     fi
     if want nginx; then

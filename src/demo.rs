@@ -26,7 +26,10 @@ fn base_dir() -> PathBuf {
     if privileged() {
         PathBuf::from(ROOT_BASE)
     } else {
-        std::env::temp_dir().join(format!("condo-demo-{}", rustix::process::geteuid().as_raw()))
+        std::env::temp_dir().join(format!(
+            "condo-demo-{}",
+            rustix::process::geteuid().as_raw()
+        ))
     }
 }
 
@@ -57,9 +60,16 @@ pub fn clean() -> anyhow::Result<()> {
         println!("removed {}", base.display());
     }
     if privileged() {
-        for user in TENANTS.iter().map(|t| t.1).chain(std::iter::once(DISPATCHER_USER)) {
+        for user in TENANTS
+            .iter()
+            .map(|t| t.1)
+            .chain(std::iter::once(DISPATCHER_USER))
+        {
             if resolve_user(user).is_ok() {
-                let status = Command::new("userdel").arg(user).status().context("running userdel")?;
+                let status = Command::new("userdel")
+                    .arg(user)
+                    .status()
+                    .context("running userdel")?;
                 if !status.success() {
                     bail!("userdel {user} failed ({status})");
                 }
@@ -74,7 +84,10 @@ fn whoami() -> String {
     nix::unistd::User::from_uid(nix::unistd::geteuid())
         .ok()
         .flatten()
-        .map_or_else(|| format!("uid {}", rustix::process::geteuid().as_raw()), |u| u.name)
+        .map_or_else(
+            || format!("uid {}", rustix::process::geteuid().as_raw()),
+            |u| u.name,
+        )
 }
 
 fn ensure_system_user(name: &str) -> anyhow::Result<()> {
@@ -82,7 +95,16 @@ fn ensure_system_user(name: &str) -> anyhow::Result<()> {
         return Ok(());
     }
     let status = Command::new("useradd")
-        .args(["--system", "--user-group", "--no-create-home", "--home-dir", "/nonexistent", "--shell", "/usr/sbin/nologin", name])
+        .args([
+            "--system",
+            "--user-group",
+            "--no-create-home",
+            "--home-dir",
+            "/nonexistent",
+            "--shell",
+            "/usr/sbin/nologin",
+            name,
+        ])
         .status()
         .context("running useradd (package `passwd`)")?;
     if !status.success() {
@@ -94,7 +116,8 @@ fn ensure_system_user(name: &str) -> anyhow::Result<()> {
 
 /// Write the demo's sites and config; returns the config file's path.
 fn write_tree(base: &Path, port: u16, isolate: bool) -> anyhow::Result<PathBuf> {
-    fs::create_dir_all(base.join("sites")).with_context(|| format!("creating {}", base.display()))?;
+    fs::create_dir_all(base.join("sites"))
+        .with_context(|| format!("creating {}", base.display()))?;
     fs::set_permissions(base, fs::Permissions::from_mode(0o755))?;
     let mut ids = Vec::new();
     let mut config = String::new();
@@ -115,17 +138,28 @@ fn write_tree(base: &Path, port: u16, isolate: bool) -> anyhow::Result<PathBuf> 
              the process that served it runs as {user}.</p>\n"
         );
         fs::write(www.join("index.html"), page)?;
-        fs::write(www.join("secret.txt"), format!("tenant {tenant}'s secret: only {user} may read this\n"))?;
+        fs::write(
+            www.join("secret.txt"),
+            format!("tenant {tenant}'s secret: only {user} may read this\n"),
+        )?;
         let _ = fs::remove_file(www.join("peek.txt"));
         let other = if tenant == "a" { "b" } else { "a" };
         // A symlink out of the site root, to the other tenant's secret: never served.
-        symlink(base.join(other).join("www/secret.txt"), www.join("peek.txt"))?;
+        symlink(
+            base.join(other).join("www/secret.txt"),
+            www.join("peek.txt"),
+        )?;
         let tenant_user = if isolate { user.to_string() } else { whoami() };
         let creds = resolve_user(&tenant_user).map_err(anyhow::Error::msg)?;
         ids.push(creds.uid);
         ids.extend(&creds.groups);
         let owner = (creds.uid, creds.gid);
-        for (path, mode) in [(&home, 0o700), (&www, 0o700), (&www.join("index.html"), 0o600), (&www.join("secret.txt"), 0o600)] {
+        for (path, mode) in [
+            (&home, 0o700),
+            (&www, 0o700),
+            (&www.join("index.html"), 0o600),
+            (&www.join("secret.txt"), 0o600),
+        ] {
             if isolate {
                 std::os::unix::fs::lchown(path, Some(owner.0), Some(owner.1))?;
             }
@@ -140,7 +174,10 @@ fn write_tree(base: &Path, port: u16, isolate: bool) -> anyhow::Result<PathBuf> 
             ),
         )?;
     }
-    let (lo, hi) = (ids.iter().min().copied().unwrap_or(1).max(1), ids.iter().max().copied().unwrap_or(1).max(1));
+    let (lo, hi) = (
+        ids.iter().min().copied().unwrap_or(1).max(1),
+        ids.iter().max().copied().unwrap_or(1).max(1),
+    );
     config = config.replacen("user = ", &format!("uid_range = [{lo}, {hi}]\nuser = "), 1);
     let path = base.join("condo.toml");
     fs::write(&path, config)?;

@@ -16,7 +16,10 @@ impl Write for Tee {
         let _ = std::io::stderr().write_all(buf);
         if let Some(file) = ERROR_LOG.get() {
             // A full disk must not stop the server: the line still reached stderr.
-            let _ = file.lock().unwrap_or_else(|e| e.into_inner()).write_all(buf);
+            let _ = file
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .write_all(buf);
         }
         Ok(buf.len())
     }
@@ -32,7 +35,8 @@ pub fn init_tracing(error_log: Option<File>) {
     if let Some(file) = error_log {
         let _ = ERROR_LOG.set(Arc::new(Mutex::new(file)));
     }
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
+    let filter =
+        tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into());
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(false)

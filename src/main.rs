@@ -10,7 +10,12 @@ use clap::{Parser, Subcommand};
 #[command(version, about)]
 struct Cli {
     /// The admin's config file.
-    #[arg(short = 'c', long = "config", global = true, default_value = "/etc/condo/condo.toml")]
+    #[arg(
+        short = 'c',
+        long = "config",
+        global = true,
+        default_value = "/etc/condo/condo.toml"
+    )]
     config: PathBuf,
     #[command(subcommand)]
     command: Command,
@@ -56,7 +61,10 @@ fn main() -> ExitCode {
         Command::Check => return check(&cli.config),
         Command::Demo { clean: true, .. } => condo::demo::clean(),
         Command::Demo { clean: false, port } => condo::demo::run(port),
-        Command::Dispatcher { ipc_fd, listener_fds } => condo::dispatcher::run(ipc_fd, &listener_fds),
+        Command::Dispatcher {
+            ipc_fd,
+            listener_fds,
+        } => condo::dispatcher::run(ipc_fd, &listener_fds),
         Command::Worker { tenant, ipc_fd } => condo::worker::run(&tenant, ipc_fd),
     };
     match result {
@@ -75,11 +83,20 @@ fn check(path: &std::path::Path) -> ExitCode {
     }
     match (&loaded.config, loaded.diagnostics.len()) {
         (Some(c), 0) => {
-            println!("{}: ok ({} tenants, {} sites)", path.display(), c.tenants.len(), c.sites.len());
+            println!(
+                "{}: ok ({} tenants, {} sites)",
+                path.display(),
+                c.tenants.len(),
+                c.sites.len()
+            );
             ExitCode::SUCCESS
         }
         (_, n) => {
-            println!("{}: {n} error{}", path.display(), if n == 1 { "" } else { "s" });
+            println!(
+                "{}: {n} error{}",
+                path.display(),
+                if n == 1 { "" } else { "s" }
+            );
             ExitCode::FAILURE
         }
     }

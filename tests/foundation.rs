@@ -9,17 +9,21 @@ use common::*;
 
 fn groups_of(user: &TestUser) -> Vec<u32> {
     let name = std::ffi::CString::new(user.name.clone()).unwrap();
-    let mut groups: Vec<u32> = nix::unistd::getgrouplist(&name, nix::unistd::Gid::from_raw(user.gid))
-        .unwrap()
-        .into_iter()
-        .map(|g| g.as_raw())
-        .collect();
+    let mut groups: Vec<u32> =
+        nix::unistd::getgrouplist(&name, nix::unistd::Gid::from_raw(user.gid))
+            .unwrap()
+            .into_iter()
+            .map(|g| g.as_raw())
+            .collect();
     groups.sort();
     groups
 }
 
 fn ids(field: &str) -> Vec<u32> {
-    field.split_whitespace().map(|v| v.parse().unwrap()).collect()
+    field
+        .split_whitespace()
+        .map(|v| v.parse().unwrap())
+        .collect()
 }
 
 #[test]
@@ -33,44 +37,88 @@ fn workers_run_as_their_tenant_and_the_dispatcher_unprivileged() {
     for (host, body) in [("a.test", "site A\n"), ("b.test", "site B\n")] {
         let mut c = Client::connect(condo.pass);
         let r = c.get(host, "/");
-        assert_eq!((r.status, r.text().as_str()), (200, body), "{}", condo.log_text());
+        assert_eq!(
+            (r.status, r.text().as_str()),
+            (200, body),
+            "{}",
+            condo.log_text()
+        );
     }
     for (tenant, user) in [("a", &t.a), ("b", &t.b)] {
         let pid = condo.wait_child("worker", Some(tenant));
         let status = proc_status(pid);
-        assert_eq!(ids(&status_field(&status, "Uid")), vec![user.uid; 4], "worker {tenant} uid");
-        assert_eq!(ids(&status_field(&status, "Gid")), vec![user.gid; 4], "worker {tenant} gid");
+        assert_eq!(
+            ids(&status_field(&status, "Uid")),
+            vec![user.uid; 4],
+            "worker {tenant} uid"
+        );
+        assert_eq!(
+            ids(&status_field(&status, "Gid")),
+            vec![user.gid; 4],
+            "worker {tenant} gid"
+        );
         let mut groups = ids(&status_field(&status, "Groups"));
         groups.sort();
-        assert_eq!(groups, groups_of(user), "worker {tenant} supplementary groups");
+        assert_eq!(
+            groups,
+            groups_of(user),
+            "worker {tenant} supplementary groups"
+        );
         assert_eq!(status_field(&status, "CapEff"), "0000000000000000");
         assert_eq!(status_field(&status, "NoNewPrivs"), "1");
         // Non-dumpable: /proc/PID/environ etc. belong to root, not to the tenant.
         let meta = std::fs::metadata(format!("/proc/{pid}/environ")).unwrap();
-        assert_eq!(std::os::unix::fs::MetadataExt::uid(&meta), 0, "worker {tenant} must be non-dumpable");
+        assert_eq!(
+            std::os::unix::fs::MetadataExt::uid(&meta),
+            0,
+            "worker {tenant} must be non-dumpable"
+        );
         // Environment cleared, no fds but its own: stdin/out/err and its sockets.
         let environ = std::fs::read(format!("/proc/{pid}/environ")).unwrap();
-        let vars: Vec<&[u8]> = environ.split(|&b| b == 0).filter(|v| !v.is_empty()).collect();
-        assert!(vars.iter().all(|v| v.starts_with(b"RUST_LOG=")), "worker env: {:?}", String::from_utf8_lossy(&environ));
-        for fd in std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap().flatten() {
+        let vars: Vec<&[u8]> = environ
+            .split(|&b| b == 0)
+            .filter(|v| !v.is_empty())
+            .collect();
+        assert!(
+            vars.iter().all(|v| v.starts_with(b"RUST_LOG=")),
+            "worker env: {:?}",
+            String::from_utf8_lossy(&environ)
+        );
+        for fd in std::fs::read_dir(format!("/proc/{pid}/fd"))
+            .unwrap()
+            .flatten()
+        {
             let target = std::fs::read_link(fd.path()).unwrap_or_default();
             let target = target.to_string_lossy();
             assert!(
-                target.starts_with("socket:") || target.starts_with("anon_inode:") || target.starts_with("pipe:")
-                    || target == "/dev/null" || target.contains(".access.log") || target.ends_with("/www"),
+                target.starts_with("socket:")
+                    || target.starts_with("anon_inode:")
+                    || target.starts_with("pipe:")
+                    || target == "/dev/null"
+                    || target.contains(".access.log")
+                    || target.ends_with("/www"),
                 "worker {tenant} holds an unexpected fd: {target}"
             );
-            assert!(!target.contains("error.log") && !target.contains("condo.toml"), "worker {tenant} holds {target}");
+            assert!(
+                !target.contains("error.log") && !target.contains("condo.toml"),
+                "worker {tenant} holds {target}"
+            );
         }
     }
     let d = condo.wait_child("dispatcher", None);
     let status = proc_status(d);
-    assert_eq!(ids(&status_field(&status, "Uid")), vec![t.dispatcher.uid; 4]);
+    assert_eq!(
+        ids(&status_field(&status, "Uid")),
+        vec![t.dispatcher.uid; 4]
+    );
     assert_ne!(t.dispatcher.uid, 0);
     assert_eq!(status_field(&status, "CapEff"), "0000000000000000");
     assert_eq!(status_field(&status, "CapPrm"), "0000000000000000");
     assert_eq!(status_field(&status, "NoNewPrivs"), "1");
-    assert_eq!(ids(&status_field(&status, "Groups")), vec![t.dispatcher.gid]);
+    assert_eq!(
+        ids(&status_field(&status, "Groups")),
+        vec![t.dispatcher.gid]
+    );
 }
 
 #[test]
@@ -110,7 +158,9 @@ fn another_tenants_private_file_is_never_served() {
             let mut c = Client::connect(addr);
             let r = c.get("a.test", path);
             assert!(
-                (400..500).contains(&r.status) && !r.text().contains("secret") && !r.text().contains("outside"),
+                (400..500).contains(&r.status)
+                    && !r.text().contains("secret")
+                    && !r.text().contains("outside"),
                 "{addr} {path}: got {} {:?}",
                 r.status,
                 r.text()
@@ -128,26 +178,55 @@ fn alternating_hosts_on_one_connection(use_proxy: bool) {
     let addr = if use_proxy { condo.proxy() } else { condo.pass };
     let mut c = Client::connect(addr);
     for i in 0..20 {
-        let (host, body) = if i % 2 == 0 { ("a.test", "site A\n") } else { ("b.test", "site B\n") };
+        let (host, body) = if i % 2 == 0 {
+            ("a.test", "site A\n")
+        } else {
+            ("b.test", "site B\n")
+        };
         let r = c.get(host, "/");
-        assert_eq!((r.status, r.text().as_str()), (200, body), "request {i} on one connection");
+        assert_eq!(
+            (r.status, r.text().as_str()),
+            (200, body),
+            "request {i} on one connection"
+        );
         assert_ne!(r.header("connection"), Some("close"));
     }
-    // curl agrees: many URLs alternating tenants, one TCP connection in total.
+    // curl agrees: six transfers alternating tenants (`--next` keeps curl's connection
+    // cache; the Host header differs per transfer), one TCP connection in total.
     let url = format!("http://{addr}/");
     let mut args: Vec<String> = Vec::new();
     for i in 0..6 {
+        if i > 0 {
+            args.push("--next".into());
+        }
         let host = if i % 2 == 0 { "a.test" } else { "b.test" };
-        args.extend(["--resolve".into(), format!("{host}:{}:127.0.0.1", addr.port())]);
-        let _ = url;
-        args.push(format!("http://{host}:{}/", addr.port()));
-        args.extend(["-w".into(), "%{num_connects}\\n".into(), "-o".into(), "/dev/null".into()]);
+        args.extend([
+            "-s".into(),
+            "-H".into(),
+            format!("Host: {host}"),
+            url.clone(),
+        ]);
+        args.extend([
+            "-w".into(),
+            "%{http_code} %{num_connects}\\n".into(),
+            "-o".into(),
+            "/dev/null".into(),
+        ]);
     }
     let arg_refs: Vec<&str> = args.iter().map(String::as_str).collect();
     let (out, ok) = curl(&arg_refs);
     assert!(ok, "curl failed: {out}");
-    let connects: u32 = out.lines().map(|l| l.trim().parse::<u32>().unwrap()).sum();
-    assert_eq!(connects, 1, "curl opened {connects} connections for 6 alternating requests");
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 6, "{out}");
+    assert!(lines.iter().all(|l| l.starts_with("200 ")), "{out}");
+    let connects: u32 = lines
+        .iter()
+        .map(|l| l[4..].trim().parse::<u32>().unwrap())
+        .sum();
+    assert_eq!(
+        connects, 1,
+        "curl opened {connects} connections for 6 alternating requests"
+    );
 }
 
 #[test]
@@ -184,7 +263,11 @@ fn pipelined_requests_across_tenants_in_both_modes() {
         c.send(&batch);
         for host in hosts {
             let r = c.read_response(false).expect("pipelined response");
-            let want = if host == "a.test" { "site A\n" } else { "site B\n" };
+            let want = if host == "a.test" {
+                "site A\n"
+            } else {
+                "site B\n"
+            };
             assert_eq!(r.text(), want, "{addr}");
         }
         let r = c.read_response(true).expect("HEAD response");
@@ -216,7 +299,9 @@ fn malformed_heads_get_400_and_a_close_in_both_modes() {
         for case in cases {
             let mut c = Client::connect(addr);
             c.send(case);
-            let r = c.read_response(false).unwrap_or_else(|| panic!("no response to {:?}", String::from_utf8_lossy(case)));
+            let r = c
+                .read_response(false)
+                .unwrap_or_else(|| panic!("no response to {:?}", String::from_utf8_lossy(case)));
             assert_eq!(r.status, 400, "{addr} {:?}", String::from_utf8_lossy(case));
             assert_eq!(r.header("connection"), Some("close"));
             assert!(c.is_closed(), "connection left open after 400");
@@ -224,14 +309,22 @@ fn malformed_heads_get_400_and_a_close_in_both_modes() {
         // Bad chunk framing in a body: the request head is fine, the body is not.
         let mut c = Client::connect(addr);
         c.send(b"POST / HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\nhello\r\n0\r\n\r\n");
-        match c.read_response(false) {
-            Some(r) => assert!(r.status == 400 || r.header("connection") == Some("close"), "{addr}: {r:?}"),
-            None => {}
+        if let Some(r) = c.read_response(false) {
+            assert!(
+                r.status == 400 || r.header("connection") == Some("close"),
+                "{addr}: {r:?}"
+            );
         }
-        assert!(c.is_closed(), "{addr}: connection left open after a bad chunked body");
+        assert!(
+            c.is_closed(),
+            "{addr}: connection left open after a bad chunked body"
+        );
         // A head over the size limit gets 431.
         let mut c = Client::connect(addr);
-        let big = format!("GET / HTTP/1.1\r\nHost: a.test\r\nX-Big: {}\r\n\r\n", "x".repeat(20000));
+        let big = format!(
+            "GET / HTTP/1.1\r\nHost: a.test\r\nX-Big: {}\r\n\r\n",
+            "x".repeat(20000)
+        );
         c.send(big.as_bytes());
         assert_eq!(c.read_response(false).map(|r| r.status), Some(431));
     }
@@ -285,7 +378,12 @@ fn a_killed_worker_is_replaced_by_the_next_request() {
     for addr in [condo.pass, condo.proxy()] {
         let mut c = Client::connect(addr);
         let r = c.get("a.test", "/");
-        assert_eq!((r.status, r.text().as_str()), (200, "site A\n"), "{}", condo.log_text());
+        assert_eq!(
+            (r.status, r.text().as_str()),
+            (200, "site A\n"),
+            "{}",
+            condo.log_text()
+        );
     }
     let second = condo.wait_child("worker", Some("a"));
     assert_ne!(first, second);
@@ -310,18 +408,33 @@ fn static_files_conditional_and_range_requests_end_to_end() {
         assert!(r.body == data, "sendfile body differs");
         let etag = r.header("etag").unwrap().to_string();
         let modified = r.header("last-modified").unwrap().to_string();
-        c.send(format!("GET /big.bin HTTP/1.1\r\nHost: a.test\r\nIf-None-Match: {etag}\r\n\r\n").as_bytes());
+        c.send(
+            format!("GET /big.bin HTTP/1.1\r\nHost: a.test\r\nIf-None-Match: {etag}\r\n\r\n")
+                .as_bytes(),
+        );
         assert_eq!(c.read_response(false).unwrap().status, 304);
-        c.send(format!("GET /big.bin HTTP/1.1\r\nHost: a.test\r\nIf-Modified-Since: {modified}\r\n\r\n").as_bytes());
+        c.send(
+            format!(
+                "GET /big.bin HTTP/1.1\r\nHost: a.test\r\nIf-Modified-Since: {modified}\r\n\r\n"
+            )
+            .as_bytes(),
+        );
         assert_eq!(c.read_response(false).unwrap().status, 304);
         c.send(b"GET /big.bin HTTP/1.1\r\nHost: a.test\r\nRange: bytes=100-199\r\n\r\n");
         let r = c.read_response(false).unwrap();
-        assert_eq!((r.status, r.header("content-range")), (206, Some("bytes 100-199/200000")));
+        assert_eq!(
+            (r.status, r.header("content-range")),
+            (206, Some("bytes 100-199/200000"))
+        );
         assert_eq!(r.body, &data[100..200]);
         c.send(b"GET /big.bin HTTP/1.1\r\nHost: a.test\r\nRange: bytes=0-9,-10\r\n\r\n");
         let r = c.read_response(false).unwrap();
         assert_eq!(r.status, 206);
-        assert!(r.header("content-type").unwrap().starts_with("multipart/byteranges"));
+        assert!(
+            r.header("content-type")
+                .unwrap()
+                .starts_with("multipart/byteranges")
+        );
         c.send(b"GET /big.bin HTTP/1.1\r\nHost: a.test\r\nRange: bytes=300000-\r\n\r\n");
         assert_eq!(c.read_response(false).unwrap().status, 416);
         c.send(b"DELETE /big.bin HTTP/1.1\r\nHost: a.test\r\n\r\n");
@@ -336,7 +449,10 @@ fn static_files_conditional_and_range_requests_end_to_end() {
     assert!(log.lines().all(|l| l.contains(" a ")), "{log}");
     let meta = std::fs::metadata(t.dir.path().join("log/a.test.access.log")).unwrap();
     use std::os::unix::fs::MetadataExt;
-    assert_eq!((meta.uid(), meta.gid(), meta.mode() & 0o777), (0, t.a.gid, 0o640));
+    assert_eq!(
+        (meta.uid(), meta.gid(), meta.mode() & 0o777),
+        (0, t.a.gid, 0o640)
+    );
 }
 
 #[test]
@@ -348,18 +464,44 @@ fn condo_check_reports_file_and_line_of_each_mistake() {
     let config = t.config("");
     let base = t.dir.path();
     // A clean config passes.
-    let out = std::process::Command::new(CONDO).args(["check", "-c"]).arg(&config).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stdout));
+    let out = std::process::Command::new(CONDO)
+        .args(["check", "-c"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
 
     let main = std::fs::read_to_string(&config).unwrap();
     let broken_main = main
-        .replace("uid_range = [100, 65000]", "uid_range = [100, 65000]\nlisten_backlog = 5")
-        .replace(&format!("user = \"{}\"\n\n[tenant.b]", t.a.name), "user = \"root\"\n\n[tenant.b]");
+        .replace(
+            "uid_range = [100, 65000]",
+            "uid_range = [100, 65000]\nlisten_backlog = 5",
+        )
+        .replace(
+            &format!("user = \"{}\"\n\n[tenant.b]", t.a.name),
+            "user = \"root\"\n\n[tenant.b]",
+        );
     std::fs::write(&config, broken_main).unwrap();
-    std::fs::write(base.join("sites/c.toml"), "[[site]]\nname = \"c.test\"\ntenant = \"nobody\"\nroot = \"relative/path\"\n").unwrap();
-    std::fs::write(base.join("sites/d.toml"), "[[site]]\nname = \"a.test\"\ntenant = \"b\"\nroot = \"/srv\"\nindx = [\"x\"]\n").unwrap();
+    std::fs::write(
+        base.join("sites/c.toml"),
+        "[[site]]\nname = \"c.test\"\ntenant = \"nobody\"\nroot = \"relative/path\"\n",
+    )
+    .unwrap();
+    std::fs::write(
+        base.join("sites/d.toml"),
+        "[[site]]\nname = \"a.test\"\ntenant = \"b\"\nroot = \"/srv\"\nindx = [\"x\"]\n",
+    )
+    .unwrap();
     std::fs::write(base.join("sites/e.toml"), "[[site]\nname = \"e.test\"\n").unwrap();
-    let out = std::process::Command::new(CONDO).args(["check", "-c"]).arg(&config).output().unwrap();
+    let out = std::process::Command::new(CONDO)
+        .args(["check", "-c"])
+        .arg(&config)
+        .output()
+        .unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{text}");
     let main_path = config.display().to_string();
@@ -383,10 +525,18 @@ fn a_broken_site_file_does_not_take_down_the_others() {
     }
     let t = TwoTenants::new();
     let config = t.config("");
-    std::fs::write(t.dir.path().join("sites/zz.toml"), "[[site]]\nname = \"zz.test\"\ntenant = \"b\"\nroot = 5\n").unwrap();
+    std::fs::write(
+        t.dir.path().join("sites/zz.toml"),
+        "[[site]]\nname = \"zz.test\"\ntenant = \"b\"\nroot = 5\n",
+    )
+    .unwrap();
     let condo = Condo::start(&config);
     let mut c = Client::connect(condo.pass);
     assert_eq!(c.get("a.test", "/").text(), "site A\n");
     assert_eq!(c.get("zz.test", "/").status, 404);
-    assert!(condo.log_text().contains("zz.toml:4"), "{}", condo.log_text());
+    assert!(
+        condo.log_text().contains("zz.toml:4"),
+        "{}",
+        condo.log_text()
+    );
 }

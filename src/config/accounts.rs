@@ -54,7 +54,10 @@ pub fn resolve_tenant(tenant: &Tenant, (lo, hi): (u32, u32)) -> Result<Credentia
             tenant.user, creds.uid
         ));
     }
-    if let Some(bad) = std::iter::once(creds.gid).chain(creds.groups.iter().copied()).find(|&g| !in_range(g)) {
+    if let Some(bad) = std::iter::once(creds.gid)
+        .chain(creds.groups.iter().copied())
+        .find(|&g| !in_range(g))
+    {
         return Err(format!(
             "user `{}` would run with gid {bad}, outside server.uid_range [{lo}, {hi}] (gid 0 is always refused)",
             tenant.user

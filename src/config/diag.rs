@@ -73,10 +73,16 @@ impl Source {
             Err(e) => return (None, vec![self.error_at(e.span(), "", e.message())]),
         };
         let mut unknown = Vec::new();
-        let value: Result<T, _> = serde_ignored::deserialize(de, |path| unknown.push(path.to_string()));
+        let value: Result<T, _> =
+            serde_ignored::deserialize(de, |path| unknown.push(path.to_string()));
         let mut diags: Vec<Diagnostic> = unknown
             .iter()
-            .map(|key| self.error(key, "unknown key (check the spelling; README.md lists every key)"))
+            .map(|key| {
+                self.error(
+                    key,
+                    "unknown key (check the spelling; README.md lists every key)",
+                )
+            })
             .collect();
         match value {
             Ok(v) => (Some(v), diags),
@@ -96,7 +102,12 @@ impl Source {
         d
     }
 
-    fn error_at(&self, span: Option<Range<usize>>, key: &str, message: impl Into<String>) -> Diagnostic {
+    fn error_at(
+        &self,
+        span: Option<Range<usize>>,
+        key: &str,
+        message: impl Into<String>,
+    ) -> Diagnostic {
         let (line, column) = span
             .map(|s| line_col(&self.text, s.start))
             .unwrap_or((0, 0));
@@ -203,7 +214,9 @@ mod tests {
 
     #[test]
     fn reports_every_unknown_key_with_its_line() {
-        let s = source("[server]\nuser = \"x\"\nusr = 1\n\n[[site]]\nname = \"a\"\n\n[[site]]\nname = \"b\"\nroots = \"/x\"\n");
+        let s = source(
+            "[server]\nuser = \"x\"\nusr = 1\n\n[[site]]\nname = \"a\"\n\n[[site]]\nname = \"b\"\nroots = \"/x\"\n",
+        );
         let (value, diags) = s.deserialize::<Top>();
         assert!(value.is_some());
         assert_eq!(diags.len(), 2, "{diags:?}");
@@ -228,7 +241,8 @@ mod tests {
 
     #[test]
     fn semantic_errors_locate_keys_in_arrays_of_tables() {
-        let s = source("[server]\nuser = \"x\"\n[[site]]\nname = \"a\"\n[[site]]\n\nname = \"b\"\n");
+        let s =
+            source("[server]\nuser = \"x\"\n[[site]]\nname = \"a\"\n[[site]]\n\nname = \"b\"\n");
         assert_eq!(s.error("site.1.name", "dup").line, 7);
         assert_eq!(s.error("server.user", "x").line, 2);
         // A key that is absent points at its table.

@@ -238,7 +238,13 @@ pub fn load(path: &Path) -> Loaded {
         };
     };
     let base = path.parent().unwrap_or(Path::new("."));
-    let sites = load_sites(base, &main.server.sites, &source, &tenants, &mut diagnostics);
+    let sites = load_sites(
+        base,
+        &main.server.sites,
+        &source,
+        &tenants,
+        &mut diagnostics,
+    );
     if let Some(default) = &server.default_site
         && !sites.iter().any(|s| &s.name == default)
     {
@@ -269,7 +275,13 @@ fn valid_name(name: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
 }
 
-fn parse_duration(source: &Source, key: &str, value: Option<&str>, default: Duration, diags: &mut Vec<Diagnostic>) -> Duration {
+fn parse_duration(
+    source: &Source,
+    key: &str,
+    value: Option<&str>,
+    default: Duration,
+    diags: &mut Vec<Diagnostic>,
+) -> Duration {
     match value.map(humantime::parse_duration) {
         None => default,
         Some(Ok(d)) if !d.is_zero() => d,
@@ -278,13 +290,20 @@ fn parse_duration(source: &Source, key: &str, value: Option<&str>, default: Dura
             default
         }
         Some(Err(e)) => {
-            diags.push(source.error(key, format!("not a duration ({e}); write e.g. \"10s\" or \"2m\"")));
+            diags.push(source.error(
+                key,
+                format!("not a duration ({e}); write e.g. \"10s\" or \"2m\""),
+            ));
             default
         }
     }
 }
 
-fn validate_server(source: &Source, s: &ServerSection, diags: &mut Vec<Diagnostic>) -> Option<Server> {
+fn validate_server(
+    source: &Source,
+    s: &ServerSection,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<Server> {
     let before = diags.len();
     let mut listeners = Vec::new();
     if s.listen.is_empty() {
@@ -293,26 +312,43 @@ fn validate_server(source: &Source, s: &ServerSection, diags: &mut Vec<Diagnosti
     for (i, entry) in s.listen.iter().enumerate() {
         let (addr, handover, key) = match entry {
             ListenEntry::Addr(a) => (a, s.handover, format!("server.listen.{i}")),
-            ListenEntry::Table(t) => (&t.addr, t.handover.unwrap_or(s.handover), format!("server.listen.{i}.addr")),
+            ListenEntry::Table(t) => (
+                &t.addr,
+                t.handover.unwrap_or(s.handover),
+                format!("server.listen.{i}.addr"),
+            ),
         };
         match addr.parse::<SocketAddr>() {
             Ok(addr) => listeners.push(Listener { addr, handover }),
-            Err(_) => diags.push(source.error(&key, format!("`{addr}` is not an IP:port address (e.g. \"127.0.0.1:8080\" or \"[::1]:8080\")"))),
+            Err(_) => diags.push(source.error(
+                &key,
+                format!(
+                    "`{addr}` is not an IP:port address (e.g. \"127.0.0.1:8080\" or \"[::1]:8080\")"
+                ),
+            )),
         }
     }
     let [lo, hi] = s.uid_range;
     if lo == 0 || lo > hi {
-        diags.push(source.error("server.uid_range", "must be [low, high] with 0 < low <= high: root is never a tenant"));
+        diags.push(source.error(
+            "server.uid_range",
+            "must be [low, high] with 0 < low <= high: root is never a tenant",
+        ));
     }
     if !matches!(s.unknown_host, 404 | 421) {
         diags.push(source.error("server.unknown_host", "must be 404 or 421"));
     }
     match resolve_user(&s.user) {
-        Ok(c) if c.uid == 0 => diags.push(source.error("server.user", "the dispatcher must not run as root")),
+        Ok(c) if c.uid == 0 => {
+            diags.push(source.error("server.user", "the dispatcher must not run as root"))
+        }
         Ok(_) => {}
         Err(e) => diags.push(source.error("server.user", e)),
     }
-    for (key, path) in [("server.log_dir", &s.log_dir), ("server.run_dir", &s.run_dir)] {
+    for (key, path) in [
+        ("server.log_dir", &s.log_dir),
+        ("server.run_dir", &s.run_dir),
+    ] {
         if !path.is_absolute() {
             diags.push(source.error(key, "must be an absolute path"));
         }
@@ -329,12 +365,35 @@ fn validate_server(source: &Source, s: &ServerSection, diags: &mut Vec<Diagnosti
         max_request_line: s.max_request_line.unwrap_or(defaults.max_request_line),
         max_head_bytes: s.max_head_bytes.unwrap_or(defaults.max_head_bytes),
         max_headers: s.max_headers.unwrap_or(defaults.max_headers),
-        header_timeout: parse_duration(source, "server.header_timeout", s.header_timeout.as_deref(), defaults.header_timeout, diags),
-        keepalive_timeout: parse_duration(source, "server.keepalive_timeout", s.keepalive_timeout.as_deref(), defaults.keepalive_timeout, diags),
-        send_timeout: parse_duration(source, "server.send_timeout", s.send_timeout.as_deref(), defaults.send_timeout, diags),
+        header_timeout: parse_duration(
+            source,
+            "server.header_timeout",
+            s.header_timeout.as_deref(),
+            defaults.header_timeout,
+            diags,
+        ),
+        keepalive_timeout: parse_duration(
+            source,
+            "server.keepalive_timeout",
+            s.keepalive_timeout.as_deref(),
+            defaults.keepalive_timeout,
+            diags,
+        ),
+        send_timeout: parse_duration(
+            source,
+            "server.send_timeout",
+            s.send_timeout.as_deref(),
+            defaults.send_timeout,
+            diags,
+        ),
     };
     for (key, value, min, max) in [
-        ("server.max_request_line", limits.max_request_line, 64, 1 << 16),
+        (
+            "server.max_request_line",
+            limits.max_request_line,
+            64,
+            1 << 16,
+        ),
         ("server.max_head_bytes", limits.max_head_bytes, 256, 1 << 20),
         ("server.max_headers", limits.max_headers, 4, 1000),
     ] {
@@ -391,7 +450,9 @@ fn load_sites(
         let (parsed, file_diags) = source.deserialize::<SiteFile>();
         let clean = file_diags.is_empty();
         diags.extend(file_diags);
-        let Some(parsed) = parsed.filter(|_| clean) else { continue };
+        let Some(parsed) = parsed.filter(|_| clean) else {
+            continue;
+        };
         for (i, s) in parsed.site.into_iter().enumerate() {
             let key = format!("site.{i}");
             if let Some(site) = validate_site(&source, &key, s, tenants, &mut claimed, diags) {
@@ -413,28 +474,47 @@ fn validate_site(
     let before = diags.len();
     let name = normalize_host(&s.name);
     if !valid_host(&name) {
-        diags.push(source.error(&format!("{key}.name"), format!("`{}` is not a valid host name", s.name)));
+        diags.push(source.error(
+            &format!("{key}.name"),
+            format!("`{}` is not a valid host name", s.name),
+        ));
     }
     let aliases: Vec<String> = s.aliases.iter().map(|a| normalize_host(a)).collect();
     for (j, alias) in aliases.iter().enumerate() {
         if !valid_host(alias) {
-            diags.push(source.error(&format!("{key}.aliases.{j}"), format!("`{alias}` is not a valid host name")));
+            diags.push(source.error(
+                &format!("{key}.aliases.{j}"),
+                format!("`{alias}` is not a valid host name"),
+            ));
         }
     }
     if !tenants.contains_key(&s.tenant) {
-        diags.push(source.error(&format!("{key}.tenant"), format!("no usable tenant `{}` in the main config", s.tenant)));
+        diags.push(source.error(
+            &format!("{key}.tenant"),
+            format!("no usable tenant `{}` in the main config", s.tenant),
+        ));
     }
     if !s.root.is_absolute() {
         diags.push(source.error(&format!("{key}.root"), "must be an absolute path"));
     }
-    let index = s.index.unwrap_or_else(|| vec!["index.html".into(), "index.htm".into()]);
+    let index = s
+        .index
+        .unwrap_or_else(|| vec!["index.html".into(), "index.htm".into()]);
     for (j, name) in index.iter().enumerate() {
         if name.is_empty() || name.contains('/') || name == "." || name == ".." {
-            diags.push(source.error(&format!("{key}.index.{j}"), "index entries are plain file names"));
+            diags.push(source.error(
+                &format!("{key}.index.{j}"),
+                "index entries are plain file names",
+            ));
         }
     }
     let here = format!("{}:{}", source.path.display(), source.error(key, "").line);
-    for (host, k) in std::iter::once((&name, format!("{key}.name"))).chain(aliases.iter().enumerate().map(|(j, a)| (a, format!("{key}.aliases.{j}")))) {
+    for (host, k) in std::iter::once((&name, format!("{key}.name"))).chain(
+        aliases
+            .iter()
+            .enumerate()
+            .map(|(j, a)| (a, format!("{key}.aliases.{j}"))),
+    ) {
         if let Some(first) = claimed.get(host.as_str()) {
             diags.push(source.error(&k, format!("host `{host}` is already served by the site at {first}; this site is not loaded")));
         }
@@ -466,7 +546,9 @@ fn valid_host(host: &str) -> bool {
         && host.split('.').all(|label| {
             !label.is_empty()
                 && label.len() <= 63
-                && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
         })
 }
 

@@ -51,16 +51,28 @@ pub fn run(ipc_fd: RawFd, listener_fds: &[RawFd]) -> anyhow::Result<()> {
             other => bail!("expected Init from the master, got {other:?}"),
         };
         if init.listeners.len() != listeners.len() {
-            bail!("master named {} listeners but passed {}", init.listeners.len(), listeners.len());
+            bail!(
+                "master named {} listeners but passed {}",
+                init.listeners.len(),
+                listeners.len()
+            );
         }
         serve(init, listeners, master).await
     })
 }
 
-async fn serve(init: DispatcherInit, listeners: Vec<OwnedFd>, master: Arc<MasterChannel>) -> anyhow::Result<()> {
+async fn serve(
+    init: DispatcherInit,
+    listeners: Vec<OwnedFd>,
+    master: Arc<MasterChannel>,
+) -> anyhow::Result<()> {
     let routes = RouteTable::new(
         init.routes,
-        |r: &Route| std::iter::once(r.site.clone()).chain(r.aliases.iter().cloned()).collect(),
+        |r: &Route| {
+            std::iter::once(r.site.clone())
+                .chain(r.aliases.iter().cloned())
+                .collect()
+        },
         init.default_site.as_deref(),
     );
     let dispatcher = Arc::new(Dispatcher {
@@ -82,7 +94,11 @@ async fn serve(init: DispatcherInit, listeners: Vec<OwnedFd>, master: Arc<Master
     });
     info!("dispatcher ready");
     // The master link ending means the master is gone: stop.
-    dispatcher.workers.clone().run_master_link(on_hand_back).await;
+    dispatcher
+        .workers
+        .clone()
+        .run_master_link(on_hand_back)
+        .await;
     warn!("master link closed; dispatcher exiting");
     Ok(())
 }
@@ -95,7 +111,10 @@ async fn accept_loop(dispatcher: Arc<Dispatcher>, listener: TcpListener, info: L
                 let d = dispatcher.clone();
                 let local = stream.local_addr().unwrap_or(info.addr);
                 let handover = info.handover;
-                tokio::spawn(async move { d.serve_connection(stream, peer, local, handover, BytesMut::new()).await });
+                tokio::spawn(async move {
+                    d.serve_connection(stream, peer, local, handover, BytesMut::new())
+                        .await
+                });
             }
             Err(e) => {
                 // EMFILE and friends: back off briefly instead of spinning.
@@ -112,13 +131,23 @@ impl Dispatcher {
         if std_stream.set_nonblocking(true).is_err() {
             return;
         }
-        let Ok(stream) = TcpStream::from_std(std_stream) else { return };
+        let Ok(stream) = TcpStream::from_std(std_stream) else {
+            return;
+        };
         let buf = BytesMut::from(&handoff.buffered[..]);
-        self.serve_connection(stream, handoff.peer, handoff.local, Handover::Pass, buf).await;
+        self.serve_connection(stream, handoff.peer, handoff.local, Handover::Pass, buf)
+            .await;
     }
 
     /// Route requests on one client connection until it is handed to a worker or closed.
-    async fn serve_connection(&self, mut stream: TcpStream, peer: SocketAddr, local: SocketAddr, handover: Handover, mut buf: BytesMut) {
+    async fn serve_connection(
+        &self,
+        mut stream: TcpStream,
+        peer: SocketAddr,
+        local: SocketAddr,
+        handover: Handover,
+        mut buf: BytesMut,
+    ) {
         let mut upstreams = proxy::Upstreams::default();
         let mut idle = self.limits.header_timeout;
         loop {
@@ -131,13 +160,15 @@ impl Dispatcher {
                 }
                 HeadRead::Invalid(e) => {
                     debug!(%peer, "bad request head: {e}");
-                    respond_and_close(&mut stream, &http::error_response(e.status(), false, false)).await;
+                    respond_and_close(&mut stream, &http::error_response(e.status(), false, false))
+                        .await;
                     return;
                 }
             };
             idle = self.limits.keepalive_timeout;
             let Some(route) = self.routes.lookup(head.host.as_deref()) else {
-                let response = http::error_response(self.unknown_host_status, false, head.is_head());
+                let response =
+                    http::error_response(self.unknown_host_status, false, head.is_head());
                 respond_and_close(&mut stream, &response).await;
                 return;
             };
@@ -147,12 +178,25 @@ impl Dispatcher {
                     return;
                 }
                 Handover::Proxy => {
-                    let ctx = proxy::Request { head: &head, route, peer, local, limits: &self.limits };
-                    match upstreams.forward(&self.workers, &mut stream, &mut buf, ctx).await {
+                    let ctx = proxy::Request {
+                        head: &head,
+                        route,
+                        peer,
+                        local,
+                        limits: &self.limits,
+                    };
+                    match upstreams
+                        .forward(&self.workers, &mut stream, &mut buf, ctx)
+                        .await
+                    {
                         Ok(true) => continue,
                         Ok(false) => return,
                         Err(status) => {
-                            respond_and_close(&mut stream, &http::error_response(status, false, head.is_head())).await;
+                            respond_and_close(
+                                &mut stream,
+                                &http::error_response(status, false, head.is_head()),
+                            )
+                            .await;
                             return;
                         }
                     }
@@ -161,7 +205,14 @@ impl Dispatcher {
         }
     }
 
-    async fn pass(&self, stream: TcpStream, peer: SocketAddr, local: SocketAddr, route: &Route, buf: BytesMut) {
+    async fn pass(
+        &self,
+        stream: TcpStream,
+        peer: SocketAddr,
+        local: SocketAddr,
+        route: &Route,
+        buf: BytesMut,
+    ) {
         let handoff = Handoff {
             handover: Handover::Pass,
             peer,

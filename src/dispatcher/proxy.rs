@@ -89,7 +89,10 @@ async fn open(workers: &Workers, req: &Request<'_>) -> Result<Upstream, u16> {
         site: req.route.site.clone(),
         buffered: Vec::new(),
     };
-    if let Err(reason) = workers.hand_over(&req.route.tenant, &handoff, &OwnedFd::from(theirs)).await {
+    if let Err(reason) = workers
+        .hand_over(&req.route.tenant, &handoff, &OwnedFd::from(theirs))
+        .await
+    {
         tracing::warn!(tenant = req.route.tenant, site = req.route.site, "{reason}");
         return Err(503);
     }
@@ -101,18 +104,38 @@ async fn open(workers: &Workers, req: &Request<'_>) -> Result<Upstream, u16> {
     })
 }
 
-async fn relay(up: &mut Upstream, client: &mut TcpStream, client_buf: &mut BytesMut, req: &Request<'_>) -> Result<bool, u16> {
+async fn relay(
+    up: &mut Upstream,
+    client: &mut TcpStream,
+    client_buf: &mut BytesMut,
+    req: &Request<'_>,
+) -> Result<bool, u16> {
     let head = req.head;
     let head_bytes = client_buf.split_to(head.head_len);
     if head.expect_continue && !matches!(head.body, BodyFraming::None) {
         // The worker would answer 100 itself, but only after reading our copy of the
         // head; answering here lets the client start sending at once.
-        client.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await.map_err(|_| 400u16)?;
+        client
+            .write_all(b"HTTP/1.1 100 Continue\r\n\r\n")
+            .await
+            .map_err(|_| 400u16)?;
     }
     up.stream.write_all(&head_bytes).await.map_err(|_| 502u16)?;
-    relay_body(client, client_buf, Some(&mut up.stream), &head.body, req.limits.header_timeout)
-        .await
-        .map_err(|e| if e.kind() == std::io::ErrorKind::InvalidData { 400u16 } else { 502 })?;
+    relay_body(
+        client,
+        client_buf,
+        Some(&mut up.stream),
+        &head.body,
+        req.limits.header_timeout,
+    )
+    .await
+    .map_err(|e| {
+        if e.kind() == std::io::ErrorKind::InvalidData {
+            400u16
+        } else {
+            502
+        }
+    })?;
 
     let response = loop {
         let response = read_response_head(up, head.is_head()).await?;
@@ -131,7 +154,15 @@ async fn relay(up: &mut Upstream, client: &mut TcpStream, client_buf: &mut Bytes
     up.buf.advance(response.len);
     match response.body {
         ResponseBody::Framed(framing) => {
-            if let Err(e) = relay_body(&mut up.stream, &mut up.buf, Some(client), &framing, UPSTREAM_TIMEOUT).await {
+            if let Err(e) = relay_body(
+                &mut up.stream,
+                &mut up.buf,
+                Some(client),
+                &framing,
+                UPSTREAM_TIMEOUT,
+            )
+            .await
+            {
                 debug!("relaying a response body: {e}");
                 return Ok(false);
             }
@@ -146,7 +177,10 @@ async fn relay(up: &mut Upstream, client: &mut TcpStream, client_buf: &mut Bytes
     Ok(head.keep_alive && !response.close)
 }
 
-async fn read_response_head(up: &mut Upstream, request_was_head: bool) -> Result<ResponseHead, u16> {
+async fn read_response_head(
+    up: &mut Upstream,
+    request_was_head: bool,
+) -> Result<ResponseHead, u16> {
     let deadline = tokio::time::Instant::now() + UPSTREAM_TIMEOUT;
     loop {
         if let Some(head) = parse_response_head(&up.buf, request_was_head)? {
@@ -188,10 +222,14 @@ fn parse_response_head(buf: &[u8], request_was_head: bool) -> Result<Option<Resp
         } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
             chunked = true;
         } else if h.name.eq_ignore_ascii_case("connection") {
-            close |= h.value.split(|&b| b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"));
+            close |= h
+                .value
+                .split(|&b| b == b',')
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"));
         }
     }
-    let no_body = request_was_head || (100..200).contains(&status) || status == 204 || status == 304;
+    let no_body =
+        request_was_head || (100..200).contains(&status) || status == 204 || status == 304;
     let body = match (no_body, chunked, length) {
         (true, _, _) => ResponseBody::Framed(BodyFraming::None),
         (false, true, Some(_)) => return Err(502),
@@ -199,7 +237,12 @@ fn parse_response_head(buf: &[u8], request_was_head: bool) -> Result<Option<Resp
         (false, false, Some(n)) => ResponseBody::Framed(BodyFraming::Length(n)),
         (false, false, None) => ResponseBody::UntilClose,
     };
-    Ok(Some(ResponseHead { len, status, body, close }))
+    Ok(Some(ResponseHead {
+        len,
+        status,
+        body,
+        close,
+    }))
 }
 
 #[cfg(test)]
@@ -208,14 +251,36 @@ mod tests {
 
     #[test]
     fn response_framing() {
-        let r = parse_response_head(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello", false).unwrap().unwrap();
-        assert!(matches!(r.body, ResponseBody::Framed(BodyFraming::Length(5))));
+        let r = parse_response_head(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello", false)
+            .unwrap()
+            .unwrap();
+        assert!(matches!(
+            r.body,
+            ResponseBody::Framed(BodyFraming::Length(5))
+        ));
         assert_eq!(r.len, 38);
-        let r = parse_response_head(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", true).unwrap().unwrap();
+        let r = parse_response_head(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", true)
+            .unwrap()
+            .unwrap();
         assert!(matches!(r.body, ResponseBody::Framed(BodyFraming::None)));
-        let r = parse_response_head(b"HTTP/1.1 304 Not Modified\r\nConnection: close\r\n\r\n", false).unwrap().unwrap();
+        let r = parse_response_head(
+            b"HTTP/1.1 304 Not Modified\r\nConnection: close\r\n\r\n",
+            false,
+        )
+        .unwrap()
+        .unwrap();
         assert!(r.close && matches!(r.body, ResponseBody::Framed(BodyFraming::None)));
-        assert!(parse_response_head(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n", false).is_err());
-        assert!(parse_response_head(b"HTTP/1.1 200 OK\r\nContent-Le", false).unwrap().is_none());
+        assert!(
+            parse_response_head(
+                b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
+                false
+            )
+            .is_err()
+        );
+        assert!(
+            parse_response_head(b"HTTP/1.1 200 OK\r\nContent-Le", false)
+                .unwrap()
+                .is_none()
+        );
     }
 }

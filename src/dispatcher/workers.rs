@@ -8,7 +8,10 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::oneshot;
 use tracing::{debug, warn};
 
-use crate::ipc::{Channel, DispatcherToMaster, DispatcherToWorker, Handoff, MasterToDispatcher, WorkerToDispatcher};
+use crate::ipc::{
+    Channel, DispatcherToMaster, DispatcherToWorker, Handoff, MasterToDispatcher,
+    WorkerToDispatcher,
+};
 
 pub type MasterChannel = Channel<DispatcherToMaster, MasterToDispatcher>;
 pub type WorkerChannel = Channel<DispatcherToWorker, WorkerToDispatcher>;
@@ -35,7 +38,12 @@ impl Workers {
 
     /// Give a connection to `tenant`'s worker. If the link turns out dead (the worker
     /// was killed), ask the master for a new worker once.
-    pub async fn hand_over(&self, tenant: &str, handoff: &Handoff, fd: &OwnedFd) -> Result<(), String> {
+    pub async fn hand_over(
+        &self,
+        tenant: &str,
+        handoff: &Handoff,
+        fd: &OwnedFd,
+    ) -> Result<(), String> {
         let mut last_error = String::new();
         for _attempt in 0..2 {
             let link = self.link(tenant).await?;
@@ -53,7 +61,12 @@ impl Workers {
     }
 
     async fn link(&self, tenant: &str) -> Result<Arc<WorkerChannel>, String> {
-        if let Some(link) = self.links.lock().unwrap_or_else(|e| e.into_inner()).get(tenant) {
+        if let Some(link) = self
+            .links
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(tenant)
+        {
             return Ok(link.clone());
         }
         let (tx, rx) = oneshot::channel();
@@ -64,7 +77,9 @@ impl Workers {
             waiters.len() == 1
         };
         if first {
-            let ask = DispatcherToMaster::WantWorker { tenant: tenant.to_string() };
+            let ask = DispatcherToMaster::WantWorker {
+                tenant: tenant.to_string(),
+            };
             if let Err(e) = self.master.send(&ask, &[]).await {
                 // Without the master nothing can be served; the process exits soon.
                 self.resolve(tenant, Err(format!("master unreachable: {e}")));
@@ -87,7 +102,11 @@ impl Workers {
                 .unwrap_or_else(|e| e.into_inner())
                 .insert(tenant.to_string(), link.clone());
         }
-        let waiters = self.pending.lock().unwrap_or_else(|e| e.into_inner()).remove(tenant);
+        let waiters = self
+            .pending
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(tenant);
         for waiter in waiters.into_iter().flatten() {
             let _ = waiter.send(result.clone());
         }
@@ -105,7 +124,10 @@ impl Workers {
                 }
             };
             match message {
-                MasterToDispatcher::Worker { tenant, result: Ok(()) } => {
+                MasterToDispatcher::Worker {
+                    tenant,
+                    result: Ok(()),
+                } => {
                     let link = fds
                         .into_iter()
                         .next()
@@ -113,23 +135,37 @@ impl Workers {
                         .and_then(|fd| Channel::new(fd).map_err(|e| e.to_string()))
                         .map(Arc::new);
                     if let Ok(link) = &link {
-                        tokio::spawn(self.clone().read_hand_backs(tenant.clone(), link.clone(), on_hand_back.clone()));
+                        tokio::spawn(self.clone().read_hand_backs(
+                            tenant.clone(),
+                            link.clone(),
+                            on_hand_back.clone(),
+                        ));
                     }
                     self.resolve(&tenant, link);
                 }
-                MasterToDispatcher::Worker { tenant, result: Err(reason) } => self.resolve(&tenant, Err(reason)),
+                MasterToDispatcher::Worker {
+                    tenant,
+                    result: Err(reason),
+                } => self.resolve(&tenant, Err(reason)),
                 MasterToDispatcher::Init(_) => warn!("unexpected second Init from the master"),
             }
         }
     }
 
-    async fn read_hand_backs(self: Arc<Self>, tenant: String, link: Arc<WorkerChannel>, on_hand_back: HandBackFn) {
+    async fn read_hand_backs(
+        self: Arc<Self>,
+        tenant: String,
+        link: Arc<WorkerChannel>,
+        on_hand_back: HandBackFn,
+    ) {
         loop {
             match link.recv().await {
-                Ok(Some((WorkerToDispatcher::HandBack(handoff), fds))) => match fds.into_iter().next() {
-                    Some(fd) => on_hand_back(handoff, fd),
-                    None => warn!(tenant, "hand-back without a socket"),
-                },
+                Ok(Some((WorkerToDispatcher::HandBack(handoff), fds))) => {
+                    match fds.into_iter().next() {
+                        Some(fd) => on_hand_back(handoff, fd),
+                        None => warn!(tenant, "hand-back without a socket"),
+                    }
+                }
                 Ok(None) => break,
                 Err(e) => {
                     warn!(tenant, "bad message from the worker: {e}");

@@ -108,9 +108,9 @@ where
                 if src_buf.is_empty() {
                     fill(src, src_buf, idle).await?;
                 }
-                let (consumed, step) = decoder
-                    .decode(src_buf)
-                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("bad chunked body: {e}")))?;
+                let (consumed, step) = decoder.decode(src_buf).map_err(|e| {
+                    io::Error::new(io::ErrorKind::InvalidData, format!("bad chunked body: {e}"))
+                })?;
                 let (take, done) = match step {
                     Step::Done { consumed } => (consumed, true),
                     _ => (consumed, false),
@@ -135,11 +135,21 @@ where
     Ok(total)
 }
 
-async fn fill<R: AsyncRead + Unpin>(src: &mut R, buf: &mut BytesMut, idle: Duration) -> io::Result<()> {
+async fn fill<R: AsyncRead + Unpin>(
+    src: &mut R,
+    buf: &mut BytesMut,
+    idle: Duration,
+) -> io::Result<()> {
     buf.reserve(16 * 1024);
     match tokio::time::timeout(idle, src.read_buf(buf)).await {
-        Err(_) => Err(io::Error::new(io::ErrorKind::TimedOut, "body read timed out")),
-        Ok(Ok(0)) => Err(io::Error::new(io::ErrorKind::UnexpectedEof, "peer closed in the middle of a body")),
+        Err(_) => Err(io::Error::new(
+            io::ErrorKind::TimedOut,
+            "body read timed out",
+        )),
+        Ok(Ok(0)) => Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "peer closed in the middle of a body",
+        )),
         Ok(Ok(_)) => Ok(()),
         Ok(Err(e)) => Err(e),
     }

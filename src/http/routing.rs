@@ -12,7 +12,11 @@ pub struct RouteTable<T> {
 impl<T> RouteTable<T> {
     /// `hosts_of` gives each entry's host names, already normalised (lowercase, no
     /// trailing dot). `default` names the host whose entry answers unknown hosts.
-    pub fn new(entries: Vec<T>, hosts_of: impl Fn(&T) -> Vec<String>, default: Option<&str>) -> Self {
+    pub fn new(
+        entries: Vec<T>,
+        hosts_of: impl Fn(&T) -> Vec<String>,
+        default: Option<&str>,
+    ) -> Self {
         let mut by_host = HashMap::new();
         for (i, entry) in entries.iter().enumerate() {
             for host in hosts_of(entry) {
@@ -30,12 +34,14 @@ impl<T> RouteTable<T> {
     /// The entry for a request's routing host (as the head parser normalised it):
     /// an exact match, else the default entry, else none.
     pub fn lookup(&self, host: Option<&str>) -> Option<&T> {
-        self.exact(host).or_else(|| self.default.map(|i| &self.entries[i]))
+        self.exact(host)
+            .or_else(|| self.default.map(|i| &self.entries[i]))
     }
 
     /// Only an exact match, ignoring the default.
     pub fn exact(&self, host: Option<&str>) -> Option<&T> {
-        host.and_then(|h| self.by_host.get(h)).map(|&i| &self.entries[i])
+        host.and_then(|h| self.by_host.get(h))
+            .map(|&i| &self.entries[i])
     }
 
     pub fn entries(&self) -> &[T] {

@@ -62,9 +62,13 @@ impl<Tx: Serialize, Rx: DeserializeOwned> Channel<Tx, Rx> {
 
     /// Send one message with up to [`MAX_FDS`] fds.
     pub async fn send(&self, message: &Tx, fds: &[BorrowedFd<'_>]) -> io::Result<()> {
-        let bytes = postcard::to_stdvec(message).map_err(|e| io::Error::other(format!("encode: {e}")))?;
+        let bytes =
+            postcard::to_stdvec(message).map_err(|e| io::Error::other(format!("encode: {e}")))?;
         if bytes.len() > MAX_MESSAGE || fds.len() > MAX_FDS {
-            return Err(io::Error::new(io::ErrorKind::InvalidInput, "ipc message too large"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "ipc message too large",
+            ));
         }
         loop {
             self.socket.writable().await?;
@@ -74,7 +78,12 @@ impl<Tx: Serialize, Rx: DeserializeOwned> Channel<Tx, Rx> {
                 if !fds.is_empty() && !control.push(SendAncillaryMessage::ScmRights(fds)) {
                     return Err(io::Error::other("ancillary buffer too small"));
                 }
-                let sent = rustix::net::sendmsg(&self.socket, &[IoSlice::new(&bytes)], &mut control, SendFlags::NOSIGNAL)?;
+                let sent = rustix::net::sendmsg(
+                    &self.socket,
+                    &[IoSlice::new(&bytes)],
+                    &mut control,
+                    SendFlags::NOSIGNAL,
+                )?;
                 debug_assert_eq!(sent, bytes.len(), "seqpacket sends are atomic");
                 Ok(())
             });
@@ -115,14 +124,18 @@ impl<Tx: Serialize, Rx: DeserializeOwned> Channel<Tx, Rx> {
             }
         }
         if msg.flags.contains(ReturnFlags::TRUNC) || msg.flags.contains(ReturnFlags::CTRUNC) {
-            return Err(io::Error::new(io::ErrorKind::InvalidData, "ipc message over the size cap"));
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "ipc message over the size cap",
+            ));
         }
         if msg.bytes == 0 {
             // SEQPACKET has no empty messages of ours: zero bytes means the peer is gone.
             return Ok(None);
         }
-        let value = postcard::from_bytes(&buf[..msg.bytes])
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("bad ipc message: {e}")))?;
+        let value = postcard::from_bytes(&buf[..msg.bytes]).map_err(|e| {
+            io::Error::new(io::ErrorKind::InvalidData, format!("bad ipc message: {e}"))
+        })?;
         Ok(Some((value, fds)))
     }
 

@@ -48,7 +48,10 @@ pub enum MasterToDispatcher {
     Init(DispatcherInit),
     /// Answer to [`DispatcherToMaster::WantWorker`]: on `Ok` one fd, a channel end
     /// connected to the tenant's worker.
-    Worker { tenant: String, result: Result<(), String> },
+    Worker {
+        tenant: String,
+        result: Result<(), String>,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]

@@ -24,7 +24,8 @@ fn open_append(path: &Path, mode: u32) -> std::io::Result<File> {
 
 impl LogFiles {
     pub fn prepare(dir: &Path, privileged: bool) -> anyhow::Result<Self> {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating log_dir {}", dir.display()))?;
+        std::fs::create_dir_all(dir)
+            .with_context(|| format!("creating log_dir {}", dir.display()))?;
         if privileged {
             // Tenants may read their own logs by name, so the directory is searchable;
             // listing and creating files in it stays root's.
@@ -46,7 +47,8 @@ impl LogFiles {
     /// tenant's, mode 0640, whatever the file looked like before.
     pub fn open_access_log(&self, site: &str, tenant_gid: Option<u32>) -> anyhow::Result<File> {
         let path = self.dir.join(format!("{site}.access.log"));
-        let file = open_append(&path, 0o640).with_context(|| format!("opening {}", path.display()))?;
+        let file =
+            open_append(&path, 0o640).with_context(|| format!("opening {}", path.display()))?;
         if self.privileged {
             let gid = tenant_gid.map(rustix::process::Gid::from_raw);
             rustix::fs::fchown(&file, Some(rustix::process::Uid::ROOT), gid)
@@ -57,4 +59,3 @@ impl LogFiles {
         Ok(file)
     }
 }
-

@@ -17,8 +17,9 @@ use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
 use crate::config::{self, Config, Credentials};
-use crate::ipc::{self, Channel, DispatcherToMaster, MasterToDispatcher, MasterToWorker, WorkerToMaster};
-
+use crate::ipc::{
+    self, Channel, DispatcherToMaster, MasterToDispatcher, MasterToWorker, WorkerToMaster,
+};
 
 type DispatcherChannel = Channel<MasterToDispatcher, DispatcherToMaster>;
 type WorkerChannel = Channel<MasterToWorker, WorkerToMaster>;
@@ -48,7 +49,11 @@ impl CrashRecord {
     const QUICK: Duration = Duration::from_secs(2);
 
     fn exited(&mut self, lived: Duration) {
-        self.quick_exits = if lived < Self::QUICK { self.quick_exits + 1 } else { 0 };
+        self.quick_exits = if lived < Self::QUICK {
+            self.quick_exits + 1
+        } else {
+            0
+        };
         self.last_exit = Some(Instant::now());
     }
 
@@ -91,7 +96,10 @@ pub fn serve(config_path: &Path) -> anyhow::Result<()> {
         eprintln!("condo: {d}");
     }
     let Some(config) = loaded.config else {
-        bail!("{}: the main config has errors; nothing started", config_path.display());
+        bail!(
+            "{}: the main config has errors; nothing started",
+            config_path.display()
+        );
     };
     if !loaded.diagnostics.is_empty() {
         eprintln!("condo: the sites above with errors are not served; all others are");
@@ -116,7 +124,10 @@ impl Master {
         let dispatcher_credentials = if privileged {
             let creds = config::resolve_user(&config.server.user).map_err(anyhow::Error::msg)?;
             if creds.uid == 0 {
-                bail!("server.user `{}` is root; the dispatcher must not run as root", config.server.user);
+                bail!(
+                    "server.user `{}` is root; the dispatcher must not run as root",
+                    config.server.user
+                );
             }
             Some(creds)
         } else {
@@ -171,15 +182,28 @@ impl Master {
                     return;
                 }
                 let result = self.connect_dispatcher_to(&tenant).await;
-                let Some((_, channel, _)) = &self.dispatcher else { return };
+                let Some((_, channel, _)) = &self.dispatcher else {
+                    return;
+                };
                 let sent = match result {
                     Ok(end) => {
-                        let message = MasterToDispatcher::Worker { tenant, result: Ok(()) };
+                        let message = MasterToDispatcher::Worker {
+                            tenant,
+                            result: Ok(()),
+                        };
                         channel.send(&message, &[end.as_fd()]).await
                     }
                     Err(reason) => {
                         warn!(tenant, "no worker: {reason}");
-                        channel.send(&MasterToDispatcher::Worker { tenant, result: Err(reason) }, &[]).await
+                        channel
+                            .send(
+                                &MasterToDispatcher::Worker {
+                                    tenant,
+                                    result: Err(reason),
+                                },
+                                &[],
+                            )
+                            .await
                     }
                 };
                 if let Err(e) = sent {
@@ -190,9 +214,15 @@ impl Master {
                 if self.dispatcher.as_ref().map(|d| d.0) != Some(pid) {
                     return;
                 }
-                let lived = self.dispatcher.take().map_or(Duration::ZERO, |d| d.2.elapsed());
+                let lived = self
+                    .dispatcher
+                    .take()
+                    .map_or(Duration::ZERO, |d| d.2.elapsed());
                 self.dispatcher_crashes.exited(lived);
-                let delay = self.dispatcher_crashes.delay().max(Duration::from_millis(20));
+                let delay = self
+                    .dispatcher_crashes
+                    .delay()
+                    .max(Duration::from_millis(20));
                 error!(pid, "dispatcher exited ({status}); restarting in {delay:?}");
                 let tx = self.events_tx.clone();
                 tokio::spawn(async move {
@@ -203,17 +233,26 @@ impl Master {
             Event::RestartDispatcher => {
                 if let Err(e) = self.start_dispatcher().await {
                     error!("restarting the dispatcher failed: {e:#}");
-                    let _ = self.events_tx.send(Event::DispatcherExited(0, "failed to start".into()));
+                    let _ = self
+                        .events_tx
+                        .send(Event::DispatcherExited(0, "failed to start".into()));
                 }
             }
             Event::WorkerExited(tenant, pid, status) => {
                 if self.workers.get(&tenant).map(|w| w.pid) == Some(pid) {
                     self.workers.remove(&tenant);
                 }
-                let lived = self.worker_started.remove(&tenant).map_or(Duration::ZERO, |t| t.elapsed());
+                let lived = self
+                    .worker_started
+                    .remove(&tenant)
+                    .map_or(Duration::ZERO, |t| t.elapsed());
                 let record = self.worker_crashes.entry(tenant.clone()).or_default();
                 record.exited(lived);
-                warn!(tenant, pid, "worker exited ({status}) after {lived:?}; the next request starts a new one");
+                warn!(
+                    tenant,
+                    pid,
+                    "worker exited ({status}) after {lived:?}; the next request starts a new one"
+                );
             }
         }
     }
@@ -222,8 +261,12 @@ impl Master {
     async fn connect_dispatcher_to(&mut self, tenant: &str) -> Result<OwnedFd, String> {
         for _attempt in 0..2 {
             let worker = self.ensure_worker(tenant).await?;
-            let (for_worker, for_dispatcher) = ipc::raw_pair().map_err(|e| format!("socketpair: {e}"))?;
-            match worker.send(&MasterToWorker::NewPeer, &[for_worker.as_fd()]).await {
+            let (for_worker, for_dispatcher) =
+                ipc::raw_pair().map_err(|e| format!("socketpair: {e}"))?;
+            match worker
+                .send(&MasterToWorker::NewPeer, &[for_worker.as_fd()])
+                .await
+            {
                 Ok(()) => return Ok(for_dispatcher),
                 Err(e) => {
                     // It died between the lookup and now; start a new one once.
@@ -245,25 +288,45 @@ impl Master {
         if let Some(record) = self.worker_crashes.get(tenant) {
             let wait = record.remaining();
             if !wait.is_zero() {
-                return Err(format!("worker crashed {} times in a row; next start allowed in {wait:.1?}", record.quick_exits));
+                return Err(format!(
+                    "worker crashed {} times in a row; next start allowed in {wait:.1?}",
+                    record.quick_exits
+                ));
             }
         }
         // Invariant 4: the uid comes from the master's own config and is checked again
         // at every start, not only when the config was loaded.
         let credentials = if self.privileged {
-            Some(config::resolve_tenant(tenant_config, self.config.server.uid_range)?)
+            Some(config::resolve_tenant(
+                tenant_config,
+                self.config.server.uid_range,
+            )?)
         } else {
             None
         };
         let sites: Vec<_> = self.config.tenant_sites(tenant).cloned().collect();
-        let (child, channel) = spawn::start_worker(&self.exe, tenant, credentials, sites, &self.config, &self.logs)
-            .await
-            .map_err(|e| format!("starting the worker failed: {e:#}"))?;
+        let (child, channel) = spawn::start_worker(
+            &self.exe,
+            tenant,
+            credentials,
+            sites,
+            &self.config,
+            &self.logs,
+        )
+        .await
+        .map_err(|e| format!("starting the worker failed: {e:#}"))?;
         let pid = child.id().unwrap_or(0);
         info!(tenant, pid, "worker started");
         let channel = Arc::new(channel);
-        self.workers.insert(tenant.to_string(), WorkerHandle { pid, channel: channel.clone() });
-        self.worker_started.insert(tenant.to_string(), Instant::now());
+        self.workers.insert(
+            tenant.to_string(),
+            WorkerHandle {
+                pid,
+                channel: channel.clone(),
+            },
+        );
+        self.worker_started
+            .insert(tenant.to_string(), Instant::now());
         let tx = self.events_tx.clone();
         let tenant = tenant.to_string();
         tokio::spawn(async move {
@@ -274,7 +337,13 @@ impl Master {
     }
 
     async fn start_dispatcher(&mut self) -> anyhow::Result<()> {
-        let (child, channel) = spawn::start_dispatcher(&self.exe, &self.config, self.dispatcher_credentials.clone(), &self.listeners).await?;
+        let (child, channel) = spawn::start_dispatcher(
+            &self.exe,
+            &self.config,
+            self.dispatcher_credentials.clone(),
+            &self.listeners,
+        )
+        .await?;
         let pid = child.id().unwrap_or(0);
         info!(pid, user = self.config.server.user, "dispatcher started");
         let channel = Arc::new(channel);

@@ -14,7 +14,10 @@ use tracing::{info, warn};
 use super::logs::LogFiles;
 use super::{DispatcherChannel, WorkerChannel};
 use crate::config::{Config, Credentials, Site};
-use crate::ipc::{self, Channel, DispatcherInit, ListenerInfo, MasterToDispatcher, MasterToWorker, Route, WorkerInit};
+use crate::ipc::{
+    self, Channel, DispatcherInit, ListenerInfo, MasterToDispatcher, MasterToWorker, Route,
+    WorkerInit,
+};
 use crate::sandbox::{self, SandboxPlan};
 
 /// Bind every configured listener. The master keeps them for its whole life, so a
@@ -22,11 +25,19 @@ use crate::sandbox::{self, SandboxPlan};
 pub async fn bind_listeners(config: &Config) -> anyhow::Result<Vec<OwnedFd>> {
     let mut fds = Vec::new();
     for l in &config.server.listeners {
-        let socket = if l.addr.is_ipv4() { tokio::net::TcpSocket::new_v4() } else { tokio::net::TcpSocket::new_v6() }
-            .context("creating a socket")?;
+        let socket = if l.addr.is_ipv4() {
+            tokio::net::TcpSocket::new_v4()
+        } else {
+            tokio::net::TcpSocket::new_v6()
+        }
+        .context("creating a socket")?;
         socket.set_reuseaddr(true)?;
-        socket.bind(l.addr).with_context(|| format!("binding {}", l.addr))?;
-        let listener = socket.listen(4096).with_context(|| format!("listening on {}", l.addr))?;
+        socket
+            .bind(l.addr)
+            .with_context(|| format!("binding {}", l.addr))?;
+        let listener = socket
+            .listen(4096)
+            .with_context(|| format!("listening on {}", l.addr))?;
         let bound = listener.local_addr()?;
         let handover = match l.handover {
             crate::config::Handover::Pass => "pass",
@@ -87,7 +98,10 @@ pub async fn start_dispatcher(
         unknown_host_status: config.server.unknown_host_status,
         limits: config.server.limits,
     };
-    channel.send(&MasterToDispatcher::Init(init), &[]).await.context("sending the dispatcher its config")?;
+    channel
+        .send(&MasterToDispatcher::Init(init), &[])
+        .await
+        .context("sending the dispatcher its config")?;
     Ok((child, channel))
 }
 
@@ -107,7 +121,13 @@ pub async fn start_worker(
         .map(|s| logs.open_access_log(&s.name, gid))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let (ours, theirs) = ipc::raw_pair().context("socketpair")?;
-    let args: Vec<OsString> = vec!["worker".into(), "--tenant".into(), tenant.into(), "--ipc-fd".into(), fd_arg(&theirs)];
+    let args: Vec<OsString> = vec![
+        "worker".into(),
+        "--tenant".into(),
+        tenant.into(),
+        "--ipc-fd".into(),
+        fd_arg(&theirs),
+    ];
     let plan = SandboxPlan {
         credentials,
         inherit_fds: vec![theirs.as_raw_fd()],
@@ -121,19 +141,37 @@ pub async fn start_worker(
         sites,
         limits: config.server.limits,
     };
-    channel.send(&MasterToWorker::Init(init), &[]).await.context("sending the worker its config")?;
+    channel
+        .send(&MasterToWorker::Init(init), &[])
+        .await
+        .context("sending the worker its config")?;
     for (site, log) in config.tenant_sites(tenant).zip(&access_logs) {
-        let message = MasterToWorker::AccessLog { site: site.name.clone() };
-        channel.send(&message, &[log.as_fd()]).await.context("sending the worker its logs")?;
+        let message = MasterToWorker::AccessLog {
+            site: site.name.clone(),
+        };
+        channel
+            .send(&message, &[log.as_fd()])
+            .await
+            .context("sending the worker its logs")?;
     }
     Ok((child, channel))
 }
 
-fn spawn_child(exe: &Path, args: &[OsString], plan: SandboxPlan, role: &str) -> anyhow::Result<Child> {
+fn spawn_child(
+    exe: &Path,
+    args: &[OsString],
+    plan: SandboxPlan,
+    role: &str,
+) -> anyhow::Result<Child> {
     let args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
     let mut cmd = sandbox::command(exe, &args, plan);
-    cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped()).current_dir("/");
-    let mut child = cmd.spawn().with_context(|| format!("starting the {role}"))?;
+    cmd.stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .current_dir("/");
+    let mut child = cmd
+        .spawn()
+        .with_context(|| format!("starting the {role}"))?;
     if let Some(stderr) = child.stderr.take() {
         // Children log to a pipe; the master copies their lines to its own log, so the
         // error log gets everything and no child holds the log file open for writing.

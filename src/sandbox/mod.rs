@@ -82,12 +82,16 @@ fn apply(plan: &SandboxPlan, groups: &[Gid], parent: Pid) -> io::Result<()> {
 /// line), after checking it is open.
 pub fn inherited_fd(fd: RawFd) -> io::Result<OwnedFd> {
     if fd < 3 {
-        return Err(io::Error::new(io::ErrorKind::InvalidInput, format!("fd {fd} is a standard stream")));
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("fd {fd} is a standard stream"),
+        ));
     }
     // SAFETY: fcntl(F_GETFD) on an arbitrary number is harmless; it tells whether the
     // number is an open fd before we claim it.
     let probe = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
-    rustix::io::fcntl_getfd(probe).map_err(|e| io::Error::other(format!("inherited fd {fd}: {e}")))?;
+    rustix::io::fcntl_getfd(probe)
+        .map_err(|e| io::Error::other(format!("inherited fd {fd}: {e}")))?;
     // SAFETY: the fd is open, and the command-line contract says it is ours alone; it
     // is claimed once, at startup.
     let owned = unsafe { OwnedFd::from_raw_fd(fd) };

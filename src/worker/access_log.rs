@@ -76,7 +76,9 @@ fn clf_now() -> String {
         let mut c = c.borrow_mut();
         if c.0 != now.unix_timestamp() {
             let text = now
-                .format(format_description!("[day]/[month repr:short]/[year]:[hour]:[minute]:[second] +0000"))
+                .format(format_description!(
+                    "[day]/[month repr:short]/[year]:[hour]:[minute]:[second] +0000"
+                ))
                 .unwrap_or_default();
             *c = (now.unix_timestamp(), text);
         }

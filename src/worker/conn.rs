@@ -5,7 +5,7 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 use std::time::Instant;
 
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use tokio::io::AsyncWriteExt;
 use tracing::{debug, warn};
 
@@ -48,7 +48,8 @@ pub async fn serve(tenant: Arc<Tenant>, peer: Arc<PeerChannel>, handoff: Handoff
             }
             HeadRead::Invalid(e) => {
                 debug!("bad request head: {e}");
-                respond_and_close(&mut stream, &http::error_response(e.status(), false, false)).await;
+                respond_and_close(&mut stream, &http::error_response(e.status(), false, false))
+                    .await;
                 return;
             }
         };
@@ -65,10 +66,17 @@ pub async fn serve(tenant: Arc<Tenant>, peer: Arc<PeerChannel>, handoff: Handoff
             if handoff.handover == Handover::Pass {
                 hand_back(stream, buf, &handoff, &peer).await;
             } else {
-                respond_and_close(&mut stream, &http::error_response(421, false, head.is_head())).await;
+                respond_and_close(
+                    &mut stream,
+                    &http::error_response(421, false, head.is_head()),
+                )
+                .await;
             }
             return;
         };
+        // Past this point the head is ours: the bytes after it are the body or the
+        // next request. (A hand-back above keeps the head in `buf` for the dispatcher.)
+        buf.advance(head.head_len);
         match respond(&tenant, &site, &mut stream, &mut buf, &head, &handoff).await {
             Ok(true) => continue,
             Ok(false) => {
@@ -100,7 +108,10 @@ async fn hand_back(stream: Stream, buf: BytesMut, from: &Handoff, peer: &PeerCha
         site: String::new(),
         buffered: buf.to_vec(),
     };
-    if let Err(e) = peer.send(&WorkerToDispatcher::HandBack(handoff), &[fd.as_fd()]).await {
+    if let Err(e) = peer
+        .send(&WorkerToDispatcher::HandBack(handoff), &[fd.as_fd()])
+        .await
+    {
         warn!("handing a connection back failed, closing it: {e}");
     }
 }
@@ -128,7 +139,14 @@ async fn respond(
     match head.body {
         BodyFraming::None => {}
         BodyFraming::Length(n) if n <= MAX_DISCARDED_BODY && !head.expect_continue => {
-            relay_body(stream, buf, None::<&mut Stream>, &head.body, tenant.limits.header_timeout).await?;
+            relay_body(
+                stream,
+                buf,
+                None::<&mut Stream>,
+                &head.body,
+                tenant.limits.header_timeout,
+            )
+            .await?;
         }
         _ => keep_alive = false,
     }
@@ -138,7 +156,13 @@ async fn respond(
         _ => Method::Other,
     };
     let response = match &site.files {
-        Ok(files) => static_files::serve(files, method, &head.path, head.query.as_deref(), &Headers(head)),
+        Ok(files) => static_files::serve(
+            files,
+            method,
+            &head.path,
+            head.query.as_deref(),
+            &Headers(head),
+        ),
         Err(_) => static_files::error_response(500),
     };
     let status = response.status;
@@ -165,11 +189,23 @@ async fn respond(
 }
 
 /// Write status line, headers and body; returns the body bytes sent.
-async fn write_response(stream: &mut Stream, response: Response, head: &RequestHead, keep_alive: bool) -> std::io::Result<u64> {
+async fn write_response(
+    stream: &mut Stream,
+    response: Response,
+    head: &RequestHead,
+    keep_alive: bool,
+) -> std::io::Result<u64> {
     let status = response.status;
     let length = response.content_length();
     let mut out = Vec::with_capacity(512);
-    out.extend_from_slice(format!("HTTP/1.1 {status} {}\r\nServer: {SERVER_NAME}\r\nDate: {}\r\n", http::reason(status), http::http_date()).as_bytes());
+    out.extend_from_slice(
+        format!(
+            "HTTP/1.1 {status} {}\r\nServer: {SERVER_NAME}\r\nDate: {}\r\n",
+            http::reason(status),
+            http::http_date()
+        )
+        .as_bytes(),
+    );
     for (name, value) in &response.headers {
         out.extend_from_slice(name.as_bytes());
         out.extend_from_slice(b": ");
@@ -200,7 +236,11 @@ async fn write_response(stream: &mut Stream, response: Response, head: &RequestH
             stream.write_all(&out).await?;
             stream.sendfile(&file, offset, len).await?;
         }
-        Body::Multipart { file, parts, trailer } => {
+        Body::Multipart {
+            file,
+            parts,
+            trailer,
+        } => {
             stream.write_all(&out).await?;
             for part in &parts {
                 stream.write_all(&part.head).await?;

@@ -54,7 +54,9 @@ pub fn run(tenant: &str, ipc_fd: RawFd) -> anyhow::Result<()> {
         bail!("a tenant worker refuses to run as root");
     }
     let master_fd = sandbox::inherited_fd(ipc_fd)?;
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(4);
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(4);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(threads)
         .enable_all()
@@ -72,21 +74,39 @@ async fn serve(name: String, master_fd: OwnedFd) -> anyhow::Result<()> {
         other => bail!("expected Init from the master, got {other:?}"),
     };
     if init.tenant != name {
-        bail!("master sent the config of tenant `{}` to the worker of `{name}`", init.tenant);
+        bail!(
+            "master sent the config of tenant `{}` to the worker of `{name}`",
+            init.tenant
+        );
     }
-    let sites: Vec<Arc<SiteState>> = init.sites.into_iter().map(|s| Arc::new(open_site(s))).collect();
-    let by_name = sites.iter().map(|s| (s.config.name.clone(), s.clone())).collect();
+    let sites: Vec<Arc<SiteState>> = init
+        .sites
+        .into_iter()
+        .map(|s| Arc::new(open_site(s)))
+        .collect();
+    let by_name = sites
+        .iter()
+        .map(|s| (s.config.name.clone(), s.clone()))
+        .collect();
     let tenant = Arc::new(Tenant {
         name: name.clone(),
         limits: init.limits,
         sites: RouteTable::new(
             sites,
-            |s: &Arc<SiteState>| std::iter::once(s.config.name.clone()).chain(s.config.aliases.iter().cloned()).collect(),
+            |s: &Arc<SiteState>| {
+                std::iter::once(s.config.name.clone())
+                    .chain(s.config.aliases.iter().cloned())
+                    .collect()
+            },
             None,
         ),
         by_name,
     });
-    info!(tenant = name, uid = rustix::process::getuid().as_raw(), "worker ready");
+    info!(
+        tenant = name,
+        uid = rustix::process::getuid().as_raw(),
+        "worker ready"
+    );
     loop {
         let (message, fds) = match master.recv().await {
             Ok(Some(m)) => m,
@@ -128,7 +148,10 @@ fn open_site(config: Site) -> SiteState {
         autoindex: config.autoindex,
     })
     .map_err(|e| {
-        let reason = format!("cannot open the site root {} as this tenant: {e}", config.root.display());
+        let reason = format!(
+            "cannot open the site root {} as this tenant: {e}",
+            config.root.display()
+        );
         warn!(site = config.name, "{reason}");
         reason
     });

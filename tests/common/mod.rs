@@ -41,7 +41,15 @@ impl TestUser {
         let n = COUNTER.fetch_add(1, Ordering::SeqCst);
         let name = format!("ct{}{}{}", std::process::id() % 100000, role, n);
         let status = Command::new("useradd")
-            .args(["--system", "--user-group", "--no-create-home", "--home-dir", "/nonexistent", "--shell", "/usr/sbin/nologin"])
+            .args([
+                "--system",
+                "--user-group",
+                "--no-create-home",
+                "--home-dir",
+                "/nonexistent",
+                "--shell",
+                "/usr/sbin/nologin",
+            ])
             .arg(&name)
             .status()
             .expect("useradd");
@@ -63,7 +71,10 @@ impl Drop for TestUser {
 
 /// A scratch directory that tenants can traverse (tempdirs are 0700 by default).
 pub fn scratch() -> tempfile::TempDir {
-    let dir = tempfile::Builder::new().prefix("condo-test-").tempdir().unwrap();
+    let dir = tempfile::Builder::new()
+        .prefix("condo-test-")
+        .tempdir()
+        .unwrap();
     std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
     dir
 }
@@ -144,7 +155,10 @@ impl TwoTenants {
         .unwrap();
         std::fs::write(
             base.join("sites/b.toml"),
-            format!("[[site]]\nname = \"b.test\"\ntenant = \"b\"\nroot = \"{}\"\n", self.root_b.display()),
+            format!(
+                "[[site]]\nname = \"b.test\"\ntenant = \"b\"\nroot = \"{}\"\n",
+                self.root_b.display()
+            ),
         )
         .unwrap();
         base.join("condo.toml")
@@ -227,13 +241,22 @@ impl Condo {
     pub fn children(&self, role: &str, tenant: Option<&str>) -> Vec<u32> {
         let mut found = Vec::new();
         for entry in std::fs::read_dir("/proc").unwrap().flatten() {
-            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else { continue };
-            let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else { continue };
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+                continue;
+            };
+            let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+                continue;
+            };
             if status_field(&status, "PPid") != self.pid().to_string() {
                 continue;
             }
-            let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else { continue };
-            let args: Vec<String> = cmdline.split(|&b| b == 0).map(|a| String::from_utf8_lossy(a).into_owned()).collect();
+            let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+                continue;
+            };
+            let args: Vec<String> = cmdline
+                .split(|&b| b == 0)
+                .map(|a| String::from_utf8_lossy(a).into_owned())
+                .collect();
             if args.get(1).map(String::as_str) != Some(role) {
                 continue;
             }
@@ -254,7 +277,11 @@ impl Condo {
             if let Some(&pid) = self.children(role, tenant).first() {
                 return pid;
             }
-            assert!(Instant::now() < deadline, "no {role} {tenant:?} child; log:\n{}", self.log_text());
+            assert!(
+                Instant::now() < deadline,
+                "no {role} {tenant:?} child; log:\n{}",
+                self.log_text()
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -298,7 +325,10 @@ pub struct Response {
 
 impl Response {
     pub fn header(&self, name: &str) -> Option<&str> {
-        self.headers.iter().find(|(n, _)| n.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
     }
 
     pub fn text(&self) -> String {
@@ -315,8 +345,13 @@ pub struct Client {
 impl Client {
     pub fn connect(addr: SocketAddr) -> Self {
         let stream = TcpStream::connect(addr).unwrap();
-        stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-        Self { stream, buf: Vec::new() }
+        stream
+            .set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        Self {
+            stream,
+            buf: Vec::new(),
+        }
     }
 
     pub fn send(&mut self, bytes: &[u8]) {
@@ -355,13 +390,20 @@ impl Client {
         let status: u16 = lines.next()?.split(' ').nth(1)?.parse().ok()?;
         let headers: Vec<(String, String)> = lines
             .filter(|l| !l.is_empty())
-            .filter_map(|l| l.split_once(':').map(|(n, v)| (n.trim().to_string(), v.trim().to_string())))
+            .filter_map(|l| {
+                l.split_once(':')
+                    .map(|(n, v)| (n.trim().to_string(), v.trim().to_string()))
+            })
             .collect();
         let length: usize = headers
             .iter()
             .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
             .map_or(0, |(_, v)| v.parse().unwrap());
-        let length = if head_request || status == 304 || status == 204 { 0 } else { length };
+        let length = if head_request || status == 304 || status == 204 {
+            0
+        } else {
+            length
+        };
         while self.buf.len() < end + length {
             if !self.fill() {
                 return None;
@@ -369,12 +411,18 @@ impl Client {
         }
         let body = self.buf[end..end + length].to_vec();
         self.buf.drain(..end + length);
-        Some(Response { status, headers, body })
+        Some(Response {
+            status,
+            headers,
+            body,
+        })
     }
 
     /// True when the server has closed the connection (EOF within the timeout).
     pub fn is_closed(&mut self) -> bool {
-        self.stream.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        self.stream
+            .set_read_timeout(Some(Duration::from_secs(5)))
+            .unwrap();
         let mut byte = [0u8; 1];
         matches!(self.stream.read(&mut byte), Ok(0) | Err(_))
     }
@@ -382,6 +430,13 @@ impl Client {
 
 /// Run curl with `args`; returns (stdout, exit success).
 pub fn curl(args: &[&str]) -> (String, bool) {
-    let out = Command::new("curl").args(["-s", "--max-time", "10"]).args(args).output().expect("curl is installed");
-    (String::from_utf8_lossy(&out.stdout).into_owned(), out.status.success())
+    let out = Command::new("curl")
+        .args(["-s", "--max-time", "10"])
+        .args(args)
+        .output()
+        .expect("curl is installed");
+    (
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        out.status.success(),
+    )
 }
