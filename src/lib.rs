@@ -9,6 +9,7 @@
 //! - [`worker`]: one per tenant, as the tenant's uid; serves the tenant's sites.
 //! - [`sandbox`]: how children are started (credentials, fds, no_new_privs); the only
 //!   module with `unsafe`.
+//! - [`sys`]: safe wrappers for OS facilities only offered as `unsafe` API.
 //! - [`ipc`]: typed messages and the fd-carrying channel between the processes.
 //! - [`config`]: the admin's config files, validation with file:line diagnostics.
 //! - [`http`]: the request-head parser, chunked bodies, paths, routing, shared I/O.
@@ -22,4 +23,5 @@ pub mod ipc;
 pub mod logging;
 pub mod master;
 pub mod sandbox;
+pub mod sys;
 pub mod worker;

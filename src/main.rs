@@ -51,6 +51,8 @@ enum Command {
         tenant: String,
         #[arg(long)]
         ipc_fd: RawFd,
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
     },
 }
 
@@ -65,7 +67,11 @@ fn main() -> ExitCode {
             ipc_fd,
             listener_fds,
         } => condo::dispatcher::run(ipc_fd, &listener_fds),
-        Command::Worker { tenant, ipc_fd } => condo::worker::run(&tenant, ipc_fd),
+        Command::Worker {
+            tenant,
+            ipc_fd,
+            threads,
+        } => condo::worker::run(&tenant, ipc_fd, threads),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

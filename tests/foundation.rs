@@ -540,3 +540,29 @@ fn a_broken_site_file_does_not_take_down_the_others() {
         condo.log_text()
     );
 }
+
+#[test]
+fn a_killed_dispatcher_is_restarted_and_listeners_stay_open() {
+    if !require_root() {
+        return;
+    }
+    let t = TwoTenants::new();
+    let condo = Condo::start(&t.config(""));
+    let first = condo.wait_child("dispatcher", None);
+    let pid = rustix::process::Pid::from_raw(first as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::KILL).unwrap();
+    // The master holds the listening sockets: a connection made while no dispatcher
+    // runs waits in the backlog and is answered by the next one.
+    let mut c = Client::connect(condo.pass);
+    let r = c.get("a.test", "/");
+    assert_eq!(
+        (r.status, r.text().as_str()),
+        (200, "site A\n"),
+        "{}",
+        condo.log_text()
+    );
+    let second = condo.wait_child("dispatcher", None);
+    assert_ne!(first, second);
+    let mut c = Client::connect(condo.proxy());
+    assert_eq!(c.get("b.test", "/").text(), "site B\n");
+}

@@ -55,6 +55,8 @@ pub struct Server {
     pub default_site: Option<String>,
     pub unknown_host_status: u16,
     pub limits: ClientLimits,
+    /// Threads of each tenant worker's runtime.
+    pub worker_threads: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -119,6 +121,9 @@ fn default_log_dir() -> PathBuf {
 fn default_run_dir() -> PathBuf {
     "/run/condo".into()
 }
+fn default_worker_threads() -> usize {
+    1
+}
 fn default_unknown_host() -> u16 {
     404
 }
@@ -141,6 +146,8 @@ struct ServerSection {
     default_site: Option<String>,
     #[serde(default = "default_unknown_host")]
     unknown_host: u16,
+    #[serde(default = "default_worker_threads")]
+    worker_threads: usize,
     max_request_line: Option<usize>,
     max_head_bytes: Option<usize>,
     max_headers: Option<usize>,
@@ -335,6 +342,9 @@ fn validate_server(
             "must be [low, high] with 0 < low <= high: root is never a tenant",
         ));
     }
+    if !(1..=64).contains(&s.worker_threads) {
+        diags.push(source.error("server.worker_threads", "must be between 1 and 64"));
+    }
     if !matches!(s.unknown_host, 404 | 421) {
         diags.push(source.error("server.unknown_host", "must be 404 or 421"));
     }
@@ -412,6 +422,7 @@ fn validate_server(
         run_dir: s.run_dir.clone(),
         default_site: s.default_site.as_ref().map(|d| d.to_ascii_lowercase()),
         unknown_host_status: s.unknown_host,
+        worker_threads: s.worker_threads,
         limits,
     })
 }

@@ -11,11 +11,14 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use bytes::BytesMut;
-use tokio::net::{TcpListener, TcpStream};
+use rustix::net::SocketFlags;
+use tokio::io::Interest;
+use tokio::net::TcpStream;
 use tracing::{debug, info, warn};
 
 use crate::config::{ClientLimits, Handover};
-use crate::http::io::{HeadRead, read_head, respond_and_close};
+use crate::http::head::parse_request;
+use crate::http::io::{HeadRead, head_limits, read_head, respond_and_close};
 use crate::http::routing::RouteTable;
 use crate::http::{self};
 use crate::ipc::{Channel, DispatcherInit, Handoff, ListenerInfo, MasterToDispatcher, Route};
@@ -82,10 +85,8 @@ async fn serve(
         workers: Workers::new(master),
     });
     for (fd, info) in listeners.into_iter().zip(init.listeners) {
-        let std_listener = std::net::TcpListener::from(fd);
-        std_listener.set_nonblocking(true)?;
-        let listener = TcpListener::from_std(std_listener)?;
-        tokio::spawn(accept_loop(dispatcher.clone(), listener, info));
+        rustix::io::ioctl_fionbio(&fd, true)?;
+        tokio::spawn(accept_loop(dispatcher.clone(), fd, info));
     }
     let hand_back_target = dispatcher.clone();
     let on_hand_back: workers::HandBackFn = Arc::new(move |handoff: Handoff, fd: OwnedFd| {
@@ -103,20 +104,49 @@ async fn serve(
     Ok(())
 }
 
-async fn accept_loop(dispatcher: Arc<Dispatcher>, listener: TcpListener, info: ListenerInfo) {
+async fn accept_loop(dispatcher: Arc<Dispatcher>, listener: OwnedFd, info: ListenerInfo) {
+    // The bound address (with the real port when the config said port 0); an accepted
+    // socket's own address differs from it only on a wildcard listener.
+    let bound = rustix::net::getsockname(&listener)
+        .ok()
+        .and_then(|a| SocketAddr::try_from(a).ok())
+        .unwrap_or(info.addr);
+    let listener = match crate::sys::async_fd(listener, Interest::READABLE) {
+        Ok(l) => l,
+        Err(e) => {
+            warn!("listener {}: {e}", info.addr);
+            return;
+        }
+    };
     loop {
-        match listener.accept().await {
-            Ok((stream, peer)) => {
-                let _ = stream.set_nodelay(true);
+        // accept4 by hand rather than tokio's `TcpListener::accept`: the new socket stays
+        // out of this process's reactor, as in pass mode it usually leaves after one read.
+        let accepted = match listener.readable().await {
+            Ok(mut ready) => ready.try_io(|l| {
+                let flags = SocketFlags::CLOEXEC | SocketFlags::NONBLOCK;
+                Ok(rustix::net::acceptfrom_with(l.get_ref(), flags)?)
+            }),
+            Err(e) => Ok(Err(e)),
+        };
+        match accepted {
+            Err(_would_block) => continue,
+            Ok(Ok((fd, peer))) => {
+                let peer = peer
+                    .and_then(|p| SocketAddr::try_from(p).ok())
+                    .unwrap_or(bound);
+                let local = if bound.ip().is_unspecified() {
+                    rustix::net::getsockname(&fd)
+                        .ok()
+                        .and_then(|a| SocketAddr::try_from(a).ok())
+                        .unwrap_or(bound)
+                } else {
+                    bound
+                };
                 let d = dispatcher.clone();
-                let local = stream.local_addr().unwrap_or(info.addr);
                 let handover = info.handover;
-                tokio::spawn(async move {
-                    d.serve_connection(stream, peer, local, handover, BytesMut::new())
-                        .await
-                });
+                tokio::spawn(async move { d.accepted(fd, peer, local, handover).await });
             }
-            Err(e) => {
+            Ok(Err(e)) => {
                 // EMFILE and friends: back off briefly instead of spinning.
                 warn!("accept on {}: {e}", info.addr);
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
@@ -126,14 +156,30 @@ async fn accept_loop(dispatcher: Arc<Dispatcher>, listener: TcpListener, info: L
 }
 
 impl Dispatcher {
-    async fn resume_handed_back(self: Arc<Self>, handoff: Handoff, fd: OwnedFd) {
-        let std_stream = std::net::TcpStream::from(fd);
-        if std_stream.set_nonblocking(true).is_err() {
+    /// A new connection. Clients send their request right after connecting, so try one
+    /// read before involving the reactor: when it brings a whole head for a pass-mode
+    /// site, the socket goes to the worker without ever being registered here.
+    async fn accepted(&self, fd: OwnedFd, peer: SocketAddr, local: SocketAddr, handover: Handover) {
+        let mut buf = BytesMut::zeroed(4096);
+        let read = rustix::io::read(&fd, &mut buf[..]);
+        buf.truncate(*read.as_ref().unwrap_or(&0));
+        if matches!(read, Ok(0)) {
             return;
         }
-        let Ok(stream) = TcpStream::from_std(std_stream) else {
+        if handover == Handover::Pass
+            && let Ok(Some(head)) = parse_request(&buf, &head_limits(&self.limits))
+            && let Some(route) = self.routes.lookup(head.host.as_deref())
+        {
+            self.pass(fd, peer, local, route, buf).await;
             return;
-        };
+        }
+        let Ok(stream) = tcp_stream(fd) else { return };
+        self.serve_connection(stream, peer, local, handover, buf)
+            .await;
+    }
+
+    async fn resume_handed_back(self: Arc<Self>, handoff: Handoff, fd: OwnedFd) {
+        let Ok(stream) = tcp_stream(fd) else { return };
         let buf = BytesMut::from(&handoff.buffered[..]);
         self.serve_connection(stream, handoff.peer, handoff.local, Handover::Pass, buf)
             .await;
@@ -174,7 +220,10 @@ impl Dispatcher {
             };
             match handover {
                 Handover::Pass => {
-                    self.pass(stream, peer, local, route, buf).await;
+                    match stream.into_std() {
+                        Ok(s) => self.pass(OwnedFd::from(s), peer, local, route, buf).await,
+                        Err(e) => debug!("detaching the client socket: {e}"),
+                    }
                     return;
                 }
                 Handover::Proxy => {
@@ -207,7 +256,7 @@ impl Dispatcher {
 
     async fn pass(
         &self,
-        stream: TcpStream,
+        fd: OwnedFd,
         peer: SocketAddr,
         local: SocketAddr,
         route: &Route,
@@ -220,22 +269,18 @@ impl Dispatcher {
             site: route.site.clone(),
             buffered: buf.to_vec(),
         };
-        let fd = match stream.into_std() {
-            Ok(s) => OwnedFd::from(s),
-            Err(e) => {
-                debug!("detaching the client socket: {e}");
-                return;
-            }
-        };
         if let Err(reason) = self.workers.hand_over(&route.tenant, &handoff, &fd).await {
             warn!(tenant = route.tenant, site = route.site, "{reason}");
-            let std_stream = std::net::TcpStream::from(fd);
-            if std_stream.set_nonblocking(true).is_ok()
-                && let Ok(mut stream) = TcpStream::from_std(std_stream)
-            {
+            if let Ok(mut stream) = tcp_stream(fd) {
                 respond_and_close(&mut stream, &http::error_response(503, false, false)).await;
             }
         }
         // Our copy of the socket closes here; the worker's copy carries the connection.
     }
+}
+
+/// Register a client socket with the reactor. Every client socket here was accepted
+/// with SOCK_NONBLOCK (handed-back ones too: the flag lives in the shared open file).
+fn tcp_stream(fd: OwnedFd) -> std::io::Result<TcpStream> {
+    TcpStream::from_std(std::net::TcpStream::from(fd))
 }

@@ -155,13 +155,16 @@ async fn fill<R: AsyncRead + Unpin>(
     }
 }
 
-/// Send a final response and close without losing it: shut down our side, then read
-/// and discard for a moment, so the kernel does not answer the client's unread bytes
-/// with a reset that destroys the response in flight.
+/// Send a final response and close without losing it (see [`close_gracefully`]).
 pub async fn respond_and_close<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S, response: &[u8]) {
-    if stream.write_all(response).await.is_err() {
-        return;
+    if stream.write_all(response).await.is_ok() {
+        close_gracefully(stream).await;
     }
+}
+
+/// Shut down our side, then read and discard for a moment, so the kernel does not
+/// answer the client's unread bytes with a reset that destroys the response in flight.
+pub async fn close_gracefully<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S) {
     let _ = stream.shutdown().await;
     let mut sink = [0u8; 4096];
     let deadline = Instant::now() + Duration::from_secs(2);

@@ -32,6 +32,8 @@ pub async fn bind_listeners(config: &Config) -> anyhow::Result<Vec<OwnedFd>> {
         }
         .context("creating a socket")?;
         socket.set_reuseaddr(true)?;
+        // Accepted sockets inherit TCP_NODELAY on Linux: set once here, not per connection.
+        socket.set_nodelay(true)?;
         socket
             .bind(l.addr)
             .with_context(|| format!("binding {}", l.addr))?;
@@ -127,6 +129,8 @@ pub async fn start_worker(
         tenant.into(),
         "--ipc-fd".into(),
         fd_arg(&theirs),
+        "--threads".into(),
+        config.server.worker_threads.to_string().into(),
     ];
     let plan = SandboxPlan {
         credentials,

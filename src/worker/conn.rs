@@ -14,7 +14,7 @@ use super::stream::Stream;
 use super::{PeerChannel, SiteState, Tenant, access_log};
 use crate::config::Handover;
 use crate::http::head::{self, BodyFraming, RequestHead, Version};
-use crate::http::io::{HeadRead, read_head, relay_body, respond_and_close};
+use crate::http::io::{HeadRead, close_gracefully, read_head, relay_body, respond_and_close};
 use crate::http::{self, SERVER_NAME};
 use crate::ipc::{Handoff, WorkerToDispatcher};
 
@@ -80,7 +80,11 @@ pub async fn serve(tenant: Arc<Tenant>, peer: Arc<PeerChannel>, handoff: Handoff
         match respond(&tenant, &site, &mut stream, &mut buf, &head, &handoff).await {
             Ok(true) => continue,
             Ok(false) => {
-                let _ = stream.shutdown().await;
+                if !buf.is_empty() {
+                    // Unread pipelined bytes: a plain close would answer them with a
+                    // reset that can destroy the response still in flight.
+                    close_gracefully(&mut stream).await;
+                }
                 return;
             }
             Err(e) => {

@@ -45,7 +45,7 @@ impl Tenant {
     }
 }
 
-pub fn run(tenant: &str, ipc_fd: RawFd) -> anyhow::Result<()> {
+pub fn run(tenant: &str, ipc_fd: RawFd, threads: usize) -> anyhow::Result<()> {
     // First of all: the tenant's own processes must not be able to ptrace us or read
     // our memory through /proc.
     sandbox::make_undumpable().context("making the worker non-dumpable")?;
@@ -54,11 +54,8 @@ pub fn run(tenant: &str, ipc_fd: RawFd) -> anyhow::Result<()> {
         bail!("a tenant worker refuses to run as root");
     }
     let master_fd = sandbox::inherited_fd(ipc_fd)?;
-    let threads = std::thread::available_parallelism()
-        .map_or(1, |n| n.get())
-        .min(4);
     let runtime = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(threads)
+        .worker_threads(threads.max(1))
         .enable_all()
         .thread_name("condo-worker")
         .build()

@@ -9,73 +9,115 @@ use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
 
+/// A connection that is registered with the reactor only when it has to wait.
+///
+/// A passed connection often needs no waiting at all: its request came along in the
+/// hand-over and a small response fits the socket buffer, so with `Connection: close`
+/// it is answered and closed with plain syscalls, saving the epoll add and delete.
 pub enum Stream {
+    Unregistered {
+        fd: OwnedFd,
+        unix: bool,
+    },
     Tcp(TcpStream),
     Unix(UnixStream),
+    /// Only while switching states.
+    Gone,
+}
+
+fn gone() -> io::Error {
+    io::Error::other("stream used after a failed registration")
 }
 
 impl Stream {
+    /// The dispatcher only passes sockets it accepted non-blocking, and O_NONBLOCK
+    /// belongs to the shared open file description: no need to set it again.
     pub fn tcp(fd: OwnedFd) -> io::Result<Self> {
-        let s = std::net::TcpStream::from(fd);
-        s.set_nonblocking(true)?;
-        Ok(Stream::Tcp(TcpStream::from_std(s)?))
+        Ok(Stream::Unregistered { fd, unix: false })
     }
 
+    /// The relay stream's end came from a fresh socketpair: make it non-blocking.
     pub fn unix(fd: OwnedFd) -> io::Result<Self> {
         let s = std::os::unix::net::UnixStream::from(fd);
         s.set_nonblocking(true)?;
-        Ok(Stream::Unix(UnixStream::from_std(s)?))
+        Ok(Stream::Unregistered {
+            fd: OwnedFd::from(s),
+            unix: true,
+        })
+    }
+
+    fn register(&mut self) -> io::Result<()> {
+        if let Stream::Unregistered { .. } = self {
+            let Stream::Unregistered { fd, unix } = std::mem::replace(self, Stream::Gone) else {
+                unreachable!()
+            };
+            *self = if unix {
+                Stream::Unix(UnixStream::from_std(std::os::unix::net::UnixStream::from(
+                    fd,
+                ))?)
+            } else {
+                Stream::Tcp(TcpStream::from_std(std::net::TcpStream::from(fd))?)
+            };
+        }
+        Ok(())
     }
 
     /// Detach the socket from this runtime, to hand it to another process.
     pub fn into_fd(self) -> io::Result<OwnedFd> {
         Ok(match self {
+            Stream::Unregistered { fd, .. } => fd,
             Stream::Tcp(s) => OwnedFd::from(s.into_std()?),
             Stream::Unix(s) => OwnedFd::from(s.into_std()?),
+            Stream::Gone => return Err(gone()),
         })
     }
 
-    async fn writable(&self) -> io::Result<()> {
-        match self {
-            Stream::Tcp(s) => s.writable().await,
-            Stream::Unix(s) => s.writable().await,
-        }
-    }
-
-    fn try_io<R>(&self, f: impl FnOnce() -> io::Result<R>) -> io::Result<R> {
-        match self {
-            Stream::Tcp(s) => s.try_io(Interest::WRITABLE, f),
-            Stream::Unix(s) => s.try_io(Interest::WRITABLE, f),
-        }
-    }
-
-    fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
-        match self {
-            Stream::Tcp(s) => s.as_fd(),
-            Stream::Unix(s) => s.as_fd(),
-        }
-    }
-
     /// Send `len` bytes of `file` from `offset` with sendfile(2): no copy through this
-    /// process. Fails on timeout or if the file shrank under us.
+    /// process. Fails if the file shrank under us.
     pub async fn sendfile(
-        &self,
+        &mut self,
         file: &std::fs::File,
         mut offset: u64,
         len: u64,
     ) -> io::Result<()> {
         let end = offset + len;
         while offset < end {
-            self.writable().await?;
             let want = (end - offset).min(1 << 30) as usize;
-            match self.try_io(|| {
-                Ok(rustix::fs::sendfile(
-                    self.fd(),
-                    file,
-                    Some(&mut offset),
-                    want,
-                )?)
-            }) {
+            let sent = match self {
+                Stream::Unregistered { fd, .. } => {
+                    match rustix::fs::sendfile(&*fd, file, Some(&mut offset), want) {
+                        Err(rustix::io::Errno::AGAIN) => {
+                            self.register()?;
+                            continue;
+                        }
+                        other => other.map_err(io::Error::from),
+                    }
+                }
+                Stream::Tcp(s) => {
+                    s.writable().await?;
+                    s.try_io(Interest::WRITABLE, || {
+                        Ok(rustix::fs::sendfile(
+                            s.as_fd(),
+                            file,
+                            Some(&mut offset),
+                            want,
+                        )?)
+                    })
+                }
+                Stream::Unix(s) => {
+                    s.writable().await?;
+                    s.try_io(Interest::WRITABLE, || {
+                        Ok(rustix::fs::sendfile(
+                            s.as_fd(),
+                            file,
+                            Some(&mut offset),
+                            want,
+                        )?)
+                    })
+                }
+                Stream::Gone => return Err(gone()),
+            };
+            match sent {
                 Ok(0) => {
                     return Err(io::Error::new(
                         io::ErrorKind::UnexpectedEof,
@@ -97,9 +139,14 @@ impl AsyncRead for Stream {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
+        let this = self.get_mut();
+        if let Err(e) = this.register() {
+            return Poll::Ready(Err(e));
+        }
+        match this {
             Stream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
             Stream::Unix(s) => Pin::new(s).poll_read(cx, buf),
+            _ => Poll::Ready(Err(gone())),
         }
     }
 }
@@ -110,9 +157,20 @@ impl AsyncWrite for Stream {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
+        let this = self.get_mut();
+        if let Stream::Unregistered { fd, .. } = this {
+            match rustix::io::write(&*fd, buf) {
+                Err(rustix::io::Errno::AGAIN) => {}
+                other => return Poll::Ready(other.map_err(io::Error::from)),
+            }
+            if let Err(e) = this.register() {
+                return Poll::Ready(Err(e));
+            }
+        }
+        match this {
             Stream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
             Stream::Unix(s) => Pin::new(s).poll_write(cx, buf),
+            _ => Poll::Ready(Err(gone())),
         }
     }
 
@@ -120,6 +178,7 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_flush(cx),
             Stream::Unix(s) => Pin::new(s).poll_flush(cx),
+            _ => Poll::Ready(Ok(())),
         }
     }
 
@@ -127,21 +186,10 @@ impl AsyncWrite for Stream {
         match self.get_mut() {
             Stream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
             Stream::Unix(s) => Pin::new(s).poll_shutdown(cx),
+            Stream::Unregistered { fd, .. } => Poll::Ready(
+                rustix::net::shutdown(&*fd, rustix::net::Shutdown::Write).map_err(io::Error::from),
+            ),
+            Stream::Gone => Poll::Ready(Err(gone())),
         }
-    }
-
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            Stream::Tcp(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            Stream::Unix(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-        }
-    }
-
-    fn is_write_vectored(&self) -> bool {
-        true
     }
 }
