@@ -363,9 +363,9 @@ EOF
             return 1
         fi
     fi
-    show_procs condo "$pid"
     ((CONDO_PASS_UP)) && check_vhosts condo-pass "$CONDO_PASS_PORT"
     ((CONDO_PROXY_UP)) && check_vhosts condo-proxy "$CONDO_PROXY_PORT"
+    show_procs condo "$pid"   # after both vhosts were asked: workers may start lazily
     return 0
 }
 
@@ -408,8 +408,8 @@ EOF
         stop_server nginx
         return 1
     fi
-    show_procs nginx "$pid"
     check_vhosts nginx "$NGINX_PORT"
+    show_procs nginx "$pid"
 }
 
 start_itk() {
@@ -489,8 +489,8 @@ EOF
         stop_server itk
         return 1
     fi
-    show_procs itk "$pid"
     check_vhosts itk "$ITK_PORT"
+    show_procs itk "$pid"
 }
 
 # ---- 5. measuring -----------------------------------------------------------------

@@ -142,9 +142,12 @@ async fn accept_loop(dispatcher: Arc<Dispatcher>, listener: OwnedFd, info: Liste
                 } else {
                     bound
                 };
+                let Some((fd, buf)) = dispatcher.accept_fast(fd, peer, local, info.handover) else {
+                    continue;
+                };
                 let d = dispatcher.clone();
                 let handover = info.handover;
-                tokio::spawn(async move { d.accepted(fd, peer, local, handover).await });
+                tokio::spawn(async move { d.accepted(fd, peer, local, handover, buf).await });
             }
             Ok(Err(e)) => {
                 // EMFILE and friends: back off briefly instead of spinning.
@@ -157,22 +160,44 @@ async fn accept_loop(dispatcher: Arc<Dispatcher>, listener: OwnedFd, info: Liste
 
 impl Dispatcher {
     /// A new connection. Clients send their request right after connecting, so try one
-    /// read before involving the reactor: when it brings a whole head for a pass-mode
-    /// site, the socket goes to the worker without ever being registered here.
-    async fn accepted(&self, fd: OwnedFd, peer: SocketAddr, local: SocketAddr, handover: Handover) {
+    /// read at once: when it brings a whole head for a pass-mode site whose worker link
+    /// is up, the socket goes to the worker without a task and without ever being
+    /// registered with this process's reactor. Otherwise returns the socket and the
+    /// bytes read, for [`Self::accepted`].
+    fn accept_fast(
+        &self,
+        fd: OwnedFd,
+        peer: SocketAddr,
+        local: SocketAddr,
+        handover: Handover,
+    ) -> Option<(OwnedFd, BytesMut)> {
         let mut buf = BytesMut::zeroed(4096);
         let read = rustix::io::read(&fd, &mut buf[..]);
         buf.truncate(*read.as_ref().unwrap_or(&0));
         if matches!(read, Ok(0)) {
-            return;
+            return None;
         }
         if handover == Handover::Pass
             && let Ok(Some(head)) = parse_request(&buf, &head_limits(&self.limits))
             && let Some(route) = self.routes.lookup(head.host.as_deref())
         {
-            self.pass(fd, peer, local, route, buf).await;
-            return;
+            let handoff = pass_handoff(peer, local, route, &buf);
+            if self.workers.try_hand_over(&route.tenant, handoff, &fd) {
+                return None;
+            }
         }
+        Some((fd, buf))
+    }
+
+    /// The slow path of a new connection: wait for its head, start workers, proxy.
+    async fn accepted(
+        &self,
+        fd: OwnedFd,
+        peer: SocketAddr,
+        local: SocketAddr,
+        handover: Handover,
+        buf: BytesMut,
+    ) {
         let Ok(stream) = tcp_stream(fd) else { return };
         self.serve_connection(stream, peer, local, handover, buf)
             .await;
@@ -262,13 +287,7 @@ impl Dispatcher {
         route: &Route,
         buf: BytesMut,
     ) {
-        let handoff = Handoff {
-            handover: Handover::Pass,
-            peer,
-            local,
-            site: route.site.clone(),
-            buffered: buf.to_vec(),
-        };
+        let handoff = pass_handoff(peer, local, route, &buf);
         if let Err(reason) = self.workers.hand_over(&route.tenant, &handoff, &fd).await {
             warn!(tenant = route.tenant, site = route.site, "{reason}");
             if let Ok(mut stream) = tcp_stream(fd) {
@@ -283,4 +302,14 @@ impl Dispatcher {
 /// with SOCK_NONBLOCK (handed-back ones too: the flag lives in the shared open file).
 fn tcp_stream(fd: OwnedFd) -> std::io::Result<TcpStream> {
     TcpStream::from_std(std::net::TcpStream::from(fd))
+}
+
+fn pass_handoff(peer: SocketAddr, local: SocketAddr, route: &Route, buf: &[u8]) -> Handoff {
+    Handoff {
+        handover: Handover::Pass,
+        peer,
+        local,
+        site: route.site.clone(),
+        buffered: buf.to_vec(),
+    }
 }

@@ -60,6 +60,28 @@ impl Workers {
         Err(format!("worker of `{tenant}` unreachable: {last_error}"))
     }
 
+    /// Give a connection to `tenant`'s worker only if that needs no waiting: the link
+    /// exists and takes the message at once. Saves a task per connection on the hot path.
+    pub fn try_hand_over(&self, tenant: &str, handoff: Handoff, fd: &OwnedFd) -> bool {
+        let link = self
+            .links
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(tenant)
+            .cloned();
+        let Some(link) = link else { return false };
+        let message = DispatcherToWorker::Connection(handoff);
+        match link.try_send(&message, &[fd.as_fd()]) {
+            Ok(()) => true,
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => false,
+            Err(e) => {
+                debug!(tenant, "worker link failed: {e}");
+                self.forget(tenant, &link);
+                false
+            }
+        }
+    }
+
     async fn link(&self, tenant: &str) -> Result<Arc<WorkerChannel>, String> {
         if let Some(link) = self
             .links

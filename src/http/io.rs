@@ -166,7 +166,8 @@ pub async fn respond_and_close<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S
 /// answer the client's unread bytes with a reset that destroys the response in flight.
 pub async fn close_gracefully<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S) {
     let _ = stream.shutdown().await;
-    let mut sink = [0u8; 4096];
+    // On the heap: an array here would be part of every connection task's future.
+    let mut sink = vec![0u8; 4096];
     let deadline = Instant::now() + Duration::from_secs(2);
     let mut drained = 0usize;
     while drained < 256 * 1024 {

@@ -62,36 +62,36 @@ impl<Tx: Serialize, Rx: DeserializeOwned> Channel<Tx, Rx> {
 
     /// Send one message with up to [`MAX_FDS`] fds.
     pub async fn send(&self, message: &Tx, fds: &[BorrowedFd<'_>]) -> io::Result<()> {
-        let bytes =
-            postcard::to_stdvec(message).map_err(|e| io::Error::other(format!("encode: {e}")))?;
-        if bytes.len() > MAX_MESSAGE || fds.len() > MAX_FDS {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "ipc message too large",
-            ));
-        }
+        let bytes = encode(message, fds)?;
         loop {
             self.socket.writable().await?;
-            let result = self.socket.try_io(Interest::WRITABLE, || {
-                let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
-                let mut control = SendAncillaryBuffer::new(&mut space);
-                if !fds.is_empty() && !control.push(SendAncillaryMessage::ScmRights(fds)) {
-                    return Err(io::Error::other("ancillary buffer too small"));
-                }
-                let sent = rustix::net::sendmsg(
-                    &self.socket,
-                    &[IoSlice::new(&bytes)],
-                    &mut control,
-                    SendFlags::NOSIGNAL,
-                )?;
-                debug_assert_eq!(sent, bytes.len(), "seqpacket sends are atomic");
-                Ok(())
-            });
-            match result {
+            match self
+                .socket
+                .try_io(Interest::WRITABLE, || self.send_now(&bytes, fds))
+            {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
                 other => return other,
             }
         }
+    }
+
+    /// Send without waiting: `WouldBlock` when the channel cannot take the message now.
+    pub fn try_send(&self, message: &Tx, fds: &[BorrowedFd<'_>]) -> io::Result<()> {
+        let bytes = encode(message, fds)?;
+        self.socket
+            .try_io(Interest::WRITABLE, || self.send_now(&bytes, fds))
+    }
+
+    fn send_now(&self, bytes: &[u8], fds: &[BorrowedFd<'_>]) -> io::Result<()> {
+        let mut space = [MaybeUninit::uninit(); rustix::cmsg_space!(ScmRights(MAX_FDS))];
+        let mut control = SendAncillaryBuffer::new(&mut space);
+        if !fds.is_empty() && !control.push(SendAncillaryMessage::ScmRights(fds)) {
+            return Err(io::Error::other("ancillary buffer too small"));
+        }
+        let iov = [IoSlice::new(bytes)];
+        let sent = rustix::net::sendmsg(&self.socket, &iov, &mut control, SendFlags::NOSIGNAL)?;
+        debug_assert_eq!(sent, bytes.len(), "seqpacket sends are atomic");
+        Ok(())
     }
 
     /// Receive one message and the fds that came with it; `Ok(None)` when the peer
@@ -142,6 +142,18 @@ impl<Tx: Serialize, Rx: DeserializeOwned> Channel<Tx, Rx> {
     pub fn as_fd(&self) -> BorrowedFd<'_> {
         self.socket.as_fd()
     }
+}
+
+fn encode<T: Serialize>(message: &T, fds: &[BorrowedFd<'_>]) -> io::Result<Vec<u8>> {
+    let bytes =
+        postcard::to_stdvec(message).map_err(|e| io::Error::other(format!("encode: {e}")))?;
+    if bytes.len() > MAX_MESSAGE || fds.len() > MAX_FDS {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "ipc message too large",
+        ));
+    }
+    Ok(bytes)
 }
 
 #[cfg(test)]
