@@ -74,6 +74,44 @@ pub struct Site {
     pub root: PathBuf,
     pub index: Vec<String>,
     pub autoindex: bool,
+    /// Environment for every handler's processes (CGI scripts).
+    pub env: Vec<(String, String)>,
+    /// Tried in order; a request no route matches is served as a static file.
+    pub routes: Vec<RouteConfig>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RouteConfig {
+    pub matcher: RouteMatch,
+    pub handler: Handler,
+    /// How long one request may run before its process is killed (504).
+    pub timeout: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RouteMatch {
+    /// The normalised path starts with this ("/cgi-bin/").
+    Prefix(String),
+    /// A path segment ends with this (".cgi"): that segment names the script.
+    Suffix(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Handler {
+    Static,
+    Cgi,
+}
+
+impl RouteConfig {
+    pub fn matches(&self, path: &str) -> bool {
+        match &self.matcher {
+            RouteMatch::Prefix(p) => path.starts_with(p.as_str()),
+            RouteMatch::Suffix(s) => path
+                .split('/')
+                .any(|seg| seg.len() > s.len() && seg.ends_with(s.as_str())),
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -192,6 +230,18 @@ struct SiteSection {
     index: Option<Vec<String>>,
     #[serde(default)]
     autoindex: bool,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+    #[serde(default)]
+    route: Vec<RouteSection>,
+}
+
+#[derive(Deserialize)]
+struct RouteSection {
+    path: Option<String>,
+    suffix: Option<String>,
+    handler: String,
+    timeout: Option<String>,
 }
 
 // ---- loading and validation ----
@@ -519,6 +569,24 @@ fn validate_site(
             ));
         }
     }
+    for name in s.env.keys() {
+        let valid = name
+            .bytes()
+            .enumerate()
+            .all(|(i, b)| b == b'_' || b.is_ascii_alphabetic() || (i > 0 && b.is_ascii_digit()));
+        if name.is_empty() || !valid {
+            diags.push(source.error(
+                &format!("{key}.env.{name}"),
+                "environment names use A-Z, a-z, 0-9 and _ and do not start with a digit",
+            ));
+        }
+    }
+    let routes: Vec<RouteConfig> = s
+        .route
+        .iter()
+        .enumerate()
+        .filter_map(|(j, r)| validate_route(source, &format!("{key}.route.{j}"), r, diags))
+        .collect();
     let here = format!("{}:{}", source.path.display(), source.error(key, "").line);
     for (host, k) in std::iter::once((&name, format!("{key}.name"))).chain(
         aliases
@@ -543,6 +611,79 @@ fn validate_site(
         root: s.root,
         index,
         autoindex: s.autoindex,
+        env: s.env.into_iter().collect(),
+        routes,
+    })
+}
+
+fn validate_route(
+    source: &Source,
+    key: &str,
+    r: &RouteSection,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<RouteConfig> {
+    let matcher = match (&r.path, &r.suffix) {
+        (Some(p), None)
+            if p.starts_with('/') && crate::http::path::normalize(p).is_ok_and(|n| &n == p) =>
+        {
+            RouteMatch::Prefix(p.clone())
+        }
+        (Some(_), None) => {
+            diags.push(source.error(
+                &format!("{key}.path"),
+                "must be a normalised absolute path such as \"/cgi-bin/\"",
+            ));
+            return None;
+        }
+        (None, Some(sfx))
+            if sfx.len() > 1 && sfx.starts_with('.') && !sfx[1..].contains(['.', '/']) =>
+        {
+            RouteMatch::Suffix(sfx.clone())
+        }
+        (None, Some(_)) => {
+            diags.push(source.error(
+                &format!("{key}.suffix"),
+                "must be a file extension such as \".cgi\"",
+            ));
+            return None;
+        }
+        _ => {
+            diags.push(source.error(key, "a route needs exactly one of `path` or `suffix`"));
+            return None;
+        }
+    };
+    let handler = match r.handler.as_str() {
+        "static" => Handler::Static,
+        "cgi" => Handler::Cgi,
+        "fastcgi" | "app" => {
+            diags.push(source.error(
+                &format!("{key}.handler"),
+                format!(
+                    "handler `{}` is not available in this release (only \"static\" and \"cgi\")",
+                    r.handler
+                ),
+            ));
+            return None;
+        }
+        other => {
+            diags.push(source.error(
+                &format!("{key}.handler"),
+                format!("unknown handler `{other}`: use \"static\" or \"cgi\""),
+            ));
+            return None;
+        }
+    };
+    let timeout = parse_duration(
+        source,
+        &format!("{key}.timeout"),
+        r.timeout.as_deref(),
+        Duration::from_secs(60),
+        diags,
+    );
+    Some(RouteConfig {
+        matcher,
+        handler,
+        timeout,
     })
 }
 

@@ -135,6 +135,41 @@ where
     Ok(total)
 }
 
+/// Read a whole chunked body and return its payload (for consumers that need the
+/// length up front, like CGI's CONTENT_LENGTH). More than `limit` bytes is an error.
+pub async fn read_chunked_payload<R: AsyncRead + Unpin>(
+    src: &mut R,
+    src_buf: &mut BytesMut,
+    limit: usize,
+    idle: Duration,
+) -> io::Result<Vec<u8>> {
+    let mut decoder = ChunkedDecoder::new();
+    let mut payload = Vec::new();
+    loop {
+        if src_buf.is_empty() {
+            fill(src, src_buf, idle).await?;
+        }
+        let (consumed, step) = decoder.decode(src_buf).map_err(|e| {
+            io::Error::new(io::ErrorKind::InvalidData, format!("bad chunked body: {e}"))
+        })?;
+        if let Step::Data { start, end } = step {
+            if payload.len() + (end - start) > limit {
+                return Err(io::Error::new(
+                    io::ErrorKind::FileTooLarge,
+                    "request body over the limit",
+                ));
+            }
+            payload.extend_from_slice(&src_buf[start..end]);
+        }
+        src_buf.advance(consumed);
+        match step {
+            Step::Done { .. } => return Ok(payload),
+            Step::NeedMore => fill(src, src_buf, idle).await?,
+            Step::Data { .. } => {}
+        }
+    }
+}
+
 async fn fill<R: AsyncRead + Unpin>(
     src: &mut R,
     buf: &mut BytesMut,

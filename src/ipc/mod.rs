@@ -68,12 +68,31 @@ pub struct WorkerInit {
     pub limits: ClientLimits,
 }
 
+/// The two logs every site has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum LogKind {
+    /// `<site>.access.log`: one line per request.
+    Access,
+    /// `<site>.error.log`: what the site's scripts write to stderr, and why a request
+    /// to them failed.
+    Error,
+}
+
+impl LogKind {
+    pub fn file_suffix(self) -> &'static str {
+        match self {
+            LogKind::Access => "access.log",
+            LogKind::Error => "error.log",
+        }
+    }
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 pub enum MasterToWorker {
-    /// First message; followed by one `AccessLog` per site before any `NewPeer`.
+    /// First message; followed by the `SiteLog`s of every site before any `NewPeer`.
     Init(WorkerInit),
-    /// One fd: the site's access log, opened by the master for appending.
-    AccessLog { site: String },
+    /// One fd: a log file of the site, opened by the master for appending.
+    SiteLog { site: String, kind: LogKind },
     /// One fd: a channel end to a dispatcher, which will send [`DispatcherToWorker`].
     NewPeer,
 }

@@ -7,6 +7,8 @@ use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 
+use crate::ipc::LogKind;
+
 pub struct LogFiles {
     dir: PathBuf,
     privileged: bool,
@@ -43,10 +45,15 @@ impl LogFiles {
         open_append(&path, 0o640).with_context(|| format!("opening {}", path.display()))
     }
 
-    /// Open `<log_dir>/<site>.access.log` for appending: owner root, group the
+    /// Open `<log_dir>/<site>.<kind>.log` for appending: owner root, group the
     /// tenant's, mode 0640, whatever the file looked like before.
-    pub fn open_access_log(&self, site: &str, tenant_gid: Option<u32>) -> anyhow::Result<File> {
-        let path = self.dir.join(format!("{site}.access.log"));
+    pub fn open_site_log(
+        &self,
+        site: &str,
+        kind: LogKind,
+        tenant_gid: Option<u32>,
+    ) -> anyhow::Result<File> {
+        let path = self.dir.join(format!("{site}.{}", kind.file_suffix()));
         let file =
             open_append(&path, 0o640).with_context(|| format!("opening {}", path.display()))?;
         if self.privileged {

@@ -15,8 +15,8 @@ use super::logs::LogFiles;
 use super::{DispatcherChannel, WorkerChannel};
 use crate::config::{Config, Credentials, Site};
 use crate::ipc::{
-    self, Channel, DispatcherInit, ListenerInfo, MasterToDispatcher, MasterToWorker, Route,
-    WorkerInit,
+    self, Channel, DispatcherInit, ListenerInfo, LogKind, MasterToDispatcher, MasterToWorker,
+    Route, WorkerInit,
 };
 use crate::sandbox::{self, SandboxPlan};
 
@@ -118,10 +118,16 @@ pub async fn start_worker(
     // Opened by root, readable by the tenant's group, writable only through the fd the
     // worker gets: the tenant can read its access logs but never rewrite them.
     let gid = credentials.as_ref().map(|c| c.gid);
-    let access_logs = sites
-        .iter()
-        .map(|s| logs.open_access_log(&s.name, gid))
-        .collect::<anyhow::Result<Vec<_>>>()?;
+    let mut site_logs = Vec::new();
+    for site in &sites {
+        for kind in [LogKind::Access, LogKind::Error] {
+            site_logs.push((
+                site.name.clone(),
+                kind,
+                logs.open_site_log(&site.name, kind, gid)?,
+            ));
+        }
+    }
     let (ours, theirs) = ipc::raw_pair().context("socketpair")?;
     let args: Vec<OsString> = vec![
         "worker".into(),
@@ -149,10 +155,8 @@ pub async fn start_worker(
         .send(&MasterToWorker::Init(init), &[])
         .await
         .context("sending the worker its config")?;
-    for (site, log) in config.tenant_sites(tenant).zip(&access_logs) {
-        let message = MasterToWorker::AccessLog {
-            site: site.name.clone(),
-        };
+    for (site, kind, log) in site_logs {
+        let message = MasterToWorker::SiteLog { site, kind };
         channel
             .send(&message, &[log.as_fd()])
             .await

@@ -11,7 +11,8 @@ use tracing::{debug, warn};
 
 use super::static_files::{self, Body, Method, RequestHeaders, Response};
 use super::stream::Stream;
-use super::{PeerChannel, SiteState, Tenant, access_log};
+use super::{PeerChannel, SiteState, Tenant, access_log, cgi};
+use crate::config::Handler;
 use crate::config::Handover;
 use crate::http::head::{self, BodyFraming, RequestHead, Version};
 use crate::http::io::{HeadRead, close_gracefully, read_head, relay_body, respond_and_close};
@@ -21,6 +22,8 @@ use crate::ipc::{Handoff, WorkerToDispatcher};
 /// A request body this small is read and discarded to keep the connection; a larger
 /// one (to a static site, which takes none) ends the connection after the response.
 const MAX_DISCARDED_BODY: u64 = 64 * 1024;
+/// Local redirects (CGI `Location: /path`) followed for one request.
+const MAX_LOCAL_REDIRECTS: u32 = 5;
 
 pub async fn serve(tenant: Arc<Tenant>, peer: Arc<PeerChannel>, handoff: Handoff, fd: OwnedFd) {
     let stream = match handoff.handover {
@@ -138,6 +141,91 @@ async fn respond(
     handoff: &Handoff,
 ) -> std::io::Result<bool> {
     let started = Instant::now();
+    let mut request = std::borrow::Cow::Borrowed(head);
+    let mut redirects = 0;
+    let (status, sent, keep_alive) = loop {
+        let route = crate::http::path::normalize(&request.path)
+            .ok()
+            .and_then(|path| {
+                site.config
+                    .routes
+                    .iter()
+                    .find(|r| r.matches(&path))
+                    .map(|r| (r, path))
+            });
+        match route {
+            Some((route, path)) if route.handler == Handler::Cgi => {
+                let call = cgi::CgiCall {
+                    tenant,
+                    site,
+                    route,
+                    head: &request,
+                    path: &path,
+                    peer: handoff.peer,
+                    local: handoff.local,
+                };
+                match cgi::serve(call, stream, buf).await? {
+                    cgi::CgiOutcome::Responded {
+                        status,
+                        sent,
+                        keep_alive,
+                    } => break (status, sent, keep_alive),
+                    cgi::CgiOutcome::LocalRedirect(target) if redirects < MAX_LOCAL_REDIRECTS => {
+                        // RFC 3875 §6.2.2: serve the new location as a GET, body already consumed.
+                        redirects += 1;
+                        let mut next = request.into_owned();
+                        let (path, query) = match target.split_once('?') {
+                            Some((p, q)) => (p.to_string(), Some(q.to_string())),
+                            None => (target, None),
+                        };
+                        next.method = head::Method::Get;
+                        next.path = path;
+                        next.query = query;
+                        next.body = BodyFraming::None;
+                        request = std::borrow::Cow::Owned(next);
+                    }
+                    cgi::CgiOutcome::LocalRedirect(target) => {
+                        warn!(site = site.config.name, "local redirect loop at {target}");
+                        let status = 500;
+                        let sent = write_response(
+                            stream,
+                            static_files::error_response(status),
+                            &request,
+                            false,
+                        )
+                        .await?;
+                        break (status, sent, false);
+                    }
+                }
+            }
+            _ => break serve_static(tenant, site, stream, buf, &request).await?,
+        }
+    };
+    if let Some(log) = site.access_log.get() {
+        let line = access_log::format(&access_log::Entry {
+            peer: handoff.peer.ip(),
+            method: head.method.as_str(),
+            target: &head.target,
+            version: head.version.as_str(),
+            status,
+            bytes: sent,
+            referer: head.header("referer"),
+            user_agent: head.header("user-agent"),
+            tenant: &tenant.name,
+            elapsed: started.elapsed(),
+        });
+        access_log::write(log, &line);
+    }
+    Ok(keep_alive)
+}
+
+async fn serve_static(
+    tenant: &Tenant,
+    site: &SiteState,
+    stream: &mut Stream,
+    buf: &mut BytesMut,
+    head: &RequestHead,
+) -> std::io::Result<(u16, u64, bool)> {
     let mut keep_alive = head.keep_alive;
     // Consume the request's body first, so the bytes after it are the next request.
     match head.body {
@@ -171,25 +259,57 @@ async fn respond(
     };
     let status = response.status;
     let sent = write_response(stream, response, head, keep_alive).await?;
-    if let Some(log) = site.access_log.get() {
-        let line = access_log::format(&access_log::Entry {
-            peer: handoff.peer.ip(),
-            method: head.method.as_str(),
-            target: &head.target,
-            version: match head.version {
-                Version::Http10 => "HTTP/1.0",
-                Version::Http11 => "HTTP/1.1",
-            },
-            status,
-            bytes: sent,
-            referer: head.header("referer"),
-            user_agent: head.header("user-agent"),
-            tenant: &tenant.name,
-            elapsed: started.elapsed(),
-        });
-        access_log::write(log, &line);
+    Ok((status, sent, keep_alive))
+}
+
+/// How a response body is delimited on the wire.
+#[derive(Clone, Copy)]
+pub(super) enum Framing {
+    Length(u64),
+    Chunked,
+    /// HTTP/1.0 without a length: the end of the body is the end of the connection.
+    UntilClose,
+    /// No body follows (HEAD, 204, 304); the length a GET would have had, if known.
+    HeadOnly(Option<u64>),
+}
+
+/// The status line and headers of a response, with condo's own headers added.
+pub(super) fn response_head(
+    status: u16,
+    reason: &str,
+    headers: &[(&str, &str)],
+    framing: Framing,
+    keep_alive: bool,
+    version: Version,
+) -> Vec<u8> {
+    let mut out = Vec::with_capacity(512);
+    out.extend_from_slice(
+        format!(
+            "HTTP/1.1 {status} {reason}\r\nServer: {SERVER_NAME}\r\nDate: {}\r\n",
+            http::http_date()
+        )
+        .as_bytes(),
+    );
+    for (name, value) in headers {
+        out.extend_from_slice(name.as_bytes());
+        out.extend_from_slice(b": ");
+        out.extend_from_slice(value.as_bytes());
+        out.extend_from_slice(b"\r\n");
     }
-    Ok(keep_alive)
+    match framing {
+        Framing::Length(n) | Framing::HeadOnly(Some(n)) if status != 304 && status != 204 => {
+            out.extend_from_slice(format!("Content-Length: {n}\r\n").as_bytes())
+        }
+        Framing::Chunked => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
+        _ => {}
+    }
+    match (keep_alive, version) {
+        (false, _) => out.extend_from_slice(b"Connection: close\r\n"),
+        (true, Version::Http10) => out.extend_from_slice(b"Connection: keep-alive\r\n"),
+        (true, Version::Http11) => {}
+    }
+    out.extend_from_slice(b"\r\n");
+    out
 }
 
 /// Write status line, headers and body; returns the body bytes sent.
@@ -201,30 +321,24 @@ async fn write_response(
 ) -> std::io::Result<u64> {
     let status = response.status;
     let length = response.content_length();
-    let mut out = Vec::with_capacity(512);
-    out.extend_from_slice(
-        format!(
-            "HTTP/1.1 {status} {}\r\nServer: {SERVER_NAME}\r\nDate: {}\r\n",
-            http::reason(status),
-            http::http_date()
-        )
-        .as_bytes(),
+    let headers: Vec<(&str, &str)> = response
+        .headers
+        .iter()
+        .map(|(n, v)| (*n, v.as_str()))
+        .collect();
+    let framing = if head.is_head() {
+        Framing::HeadOnly(Some(length))
+    } else {
+        Framing::Length(length)
+    };
+    let mut out = response_head(
+        status,
+        http::reason(status),
+        &headers,
+        framing,
+        keep_alive,
+        head.version,
     );
-    for (name, value) in &response.headers {
-        out.extend_from_slice(name.as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
-    if status != 304 && status != 204 {
-        out.extend_from_slice(format!("Content-Length: {length}\r\n").as_bytes());
-    }
-    match (keep_alive, head.version) {
-        (false, _) => out.extend_from_slice(b"Connection: close\r\n"),
-        (true, Version::Http10) => out.extend_from_slice(b"Connection: keep-alive\r\n"),
-        (true, Version::Http11) => {}
-    }
-    out.extend_from_slice(b"\r\n");
     if head.is_head() {
         stream.write_all(&out).await?;
         return Ok(0);

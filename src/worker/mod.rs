@@ -3,6 +3,7 @@
 //! them, and hands a connection back when its next request is for another tenant.
 
 mod access_log;
+mod cgi;
 mod conn;
 pub mod static_files;
 mod stream;
@@ -17,7 +18,9 @@ use tracing::{info, warn};
 
 use crate::config::{ClientLimits, Site};
 use crate::http::routing::RouteTable;
-use crate::ipc::{Channel, DispatcherToWorker, MasterToWorker, WorkerToDispatcher, WorkerToMaster};
+use crate::ipc::{
+    Channel, DispatcherToWorker, LogKind, MasterToWorker, WorkerToDispatcher, WorkerToMaster,
+};
 use crate::sandbox;
 use static_files::SiteFiles;
 
@@ -30,6 +33,7 @@ pub struct SiteState {
     /// request to the site then gets 500 and the reason is in the error log).
     pub files: Result<SiteFiles, String>,
     pub access_log: OnceLock<File>,
+    pub error_log: OnceLock<File>,
 }
 
 pub struct Tenant {
@@ -118,9 +122,13 @@ async fn serve(name: String, master_fd: OwnedFd) -> anyhow::Result<()> {
             continue;
         };
         match message {
-            MasterToWorker::AccessLog { site } => match tenant.site_named(&site) {
+            MasterToWorker::SiteLog { site, kind } => match tenant.site_named(&site) {
                 Some(s) => {
-                    let _ = s.access_log.set(File::from(fd));
+                    let slot = match kind {
+                        LogKind::Access => &s.access_log,
+                        LogKind::Error => &s.error_log,
+                    };
+                    let _ = slot.set(File::from(fd));
                 }
                 None => warn!(site, "access log for a site this worker does not serve"),
             },
@@ -156,6 +164,7 @@ fn open_site(config: Site) -> SiteState {
         config,
         files,
         access_log: OnceLock::new(),
+        error_log: OnceLock::new(),
     }
 }
 

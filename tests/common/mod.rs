@@ -399,23 +399,65 @@ impl Client {
             .iter()
             .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
             .map_or(0, |(_, v)| v.parse().unwrap());
-        let length = if head_request || status == 304 || status == 204 {
-            0
-        } else {
-            length
-        };
-        while self.buf.len() < end + length {
+        let no_body = head_request || status == 304 || status == 204;
+        let chunked = headers.iter().any(|(n, v)| {
+            n.eq_ignore_ascii_case("transfer-encoding") && v.eq_ignore_ascii_case("chunked")
+        });
+        self.buf.drain(..end);
+        if chunked && !no_body {
+            let body = self.read_chunked()?;
+            return Some(Response {
+                status,
+                headers,
+                body,
+            });
+        }
+        let length = if no_body { 0 } else { length };
+        while self.buf.len() < length {
             if !self.fill() {
                 return None;
             }
         }
-        let body = self.buf[end..end + length].to_vec();
-        self.buf.drain(..end + length);
+        let body = self.buf[..length].to_vec();
+        self.buf.drain(..length);
         Some(Response {
             status,
             headers,
             body,
         })
+    }
+
+    /// A chunked body (no trailers), strictly.
+    fn read_chunked(&mut self) -> Option<Vec<u8>> {
+        let mut body = Vec::new();
+        loop {
+            let line_end = loop {
+                if let Some(i) = self.buf.windows(2).position(|w| w == b"\r\n") {
+                    break i;
+                }
+                if !self.fill() {
+                    return None;
+                }
+            };
+            let size =
+                usize::from_str_radix(std::str::from_utf8(&self.buf[..line_end]).ok()?, 16).ok()?;
+            self.buf.drain(..line_end + 2);
+            while self.buf.len() < size + 2 {
+                if !self.fill() {
+                    return None;
+                }
+            }
+            assert_eq!(
+                &self.buf[size..size + 2],
+                b"\r\n",
+                "chunk not followed by CRLF"
+            );
+            body.extend_from_slice(&self.buf[..size]);
+            self.buf.drain(..size + 2);
+            if size == 0 {
+                return Some(body);
+            }
+        }
     }
 
     /// True when the server has closed the connection (EOF within the timeout).

@@ -1,0 +1,570 @@
+//! CGI/1.1 (RFC 3875) scripts, run by the worker as the tenant: one process per
+//! request, request body on stdin, CGI response head parsed, body streamed back.
+//!
+//! The worker already runs as the tenant with no_new_privs, so the script runs with
+//! exactly the tenant's rights. Before running it, the checks suexec makes: a regular
+//! file below the site root, owned by the tenant, executable, neither it nor its
+//! directory writable by group or others.
+
+pub mod env;
+pub mod response;
+
+use std::io::{self, Write as _};
+use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
+use std::path::PathBuf;
+use std::process::Stdio;
+
+use bytes::{Buf, BytesMut};
+use rustix::fs::{Mode, OFlags, ResolveFlags};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::process::{Child, ChildStdout};
+use tokio::time::Instant;
+use tracing::warn;
+
+use super::conn::{Framing, response_head};
+use super::stream::Stream;
+use super::{SiteState, Tenant};
+use crate::config::{RouteConfig, RouteMatch};
+use crate::http::head::{BodyFraming, RequestHead, Version};
+use crate::http::io::{read_chunked_payload, relay_body};
+use response::{CgiHead, Location, parse_cgi_head};
+
+/// A chunked request body is read whole before the script starts (it must know
+/// CONTENT_LENGTH); past this size the request gets 413.
+const MAX_CHUNKED_BODY: usize = 8 * 1024 * 1024;
+const MAX_CGI_HEAD: usize = 64 * 1024;
+
+pub struct CgiCall<'a> {
+    pub tenant: &'a Tenant,
+    pub site: &'a SiteState,
+    pub route: &'a RouteConfig,
+    pub head: &'a RequestHead,
+    /// The request path, percent-decoded and normalised.
+    pub path: &'a str,
+    pub peer: SocketAddr,
+    pub local: SocketAddr,
+}
+
+pub enum CgiOutcome {
+    Responded {
+        status: u16,
+        sent: u64,
+        keep_alive: bool,
+    },
+    /// The script answered with a local `Location`: serve that path instead.
+    LocalRedirect(String),
+}
+
+/// A failure before any byte of the response was sent: answered with `status`, and
+/// `reason` goes to the site's error log.
+struct Refusal {
+    status: u16,
+    reason: String,
+}
+
+fn refuse(status: u16, reason: impl Into<String>) -> Refusal {
+    Refusal {
+        status,
+        reason: reason.into(),
+    }
+}
+
+struct Script {
+    /// Path below the site root, without a leading '/'.
+    relative: String,
+    script_name: String,
+    path_info: String,
+}
+
+pub async fn serve(
+    call: CgiCall<'_>,
+    stream: &mut Stream,
+    buf: &mut BytesMut,
+) -> io::Result<CgiOutcome> {
+    let deadline = Instant::now() + call.route.timeout;
+    let mut slot = None;
+    let result = tokio::time::timeout_at(deadline, run(&call, stream, buf, &mut slot)).await;
+    // Still here only when `run` did not finish: kill what it started.
+    let head_sent = slot.as_ref().is_some_and(|r: &Running| r.head_sent);
+    if let Some(running) = slot.take() {
+        running.kill();
+    }
+    let refusal = match result {
+        Ok(Ok(outcome)) => return Ok(outcome),
+        Ok(Err(Failure::Io(e))) => return Err(e),
+        Ok(Err(Failure::Refused(r))) => r,
+        Err(_elapsed) => refuse(
+            504,
+            format!("killed after the route timeout of {:?}", call.route.timeout),
+        ),
+    };
+    log_error(
+        call.site,
+        &format!(
+            "{} {}: {}",
+            call.head.method.as_str(),
+            call.path,
+            refusal.reason
+        ),
+    );
+    if head_sent {
+        // Part of the response is out: closing is the only honest end.
+        return Err(io::Error::new(io::ErrorKind::TimedOut, refusal.reason));
+    }
+    let page = crate::http::error_response(refusal.status, false, call.head.is_head());
+    stream.write_all(&page).await?;
+    Ok(CgiOutcome::Responded {
+        status: refusal.status,
+        sent: 0,
+        keep_alive: false,
+    })
+}
+
+enum Failure {
+    Refused(Refusal),
+    Io(io::Error),
+}
+
+impl From<Refusal> for Failure {
+    fn from(r: Refusal) -> Self {
+        Failure::Refused(r)
+    }
+}
+
+impl From<io::Error> for Failure {
+    fn from(e: io::Error) -> Self {
+        Failure::Io(e)
+    }
+}
+
+/// The script's process; killed with its whole process group when dropped early.
+struct Running {
+    child: Child,
+    head_sent: bool,
+}
+
+impl Running {
+    fn kill(mut self) {
+        if let Some(pid) = self
+            .child
+            .id()
+            .and_then(|p| rustix::process::Pid::from_raw(p as i32))
+        {
+            let _ = rustix::process::kill_process_group(pid, rustix::process::Signal::KILL);
+        }
+        let _ = self.child.start_kill();
+        // Reap in the background so no zombie is left.
+        tokio::spawn(async move {
+            let _ = self.child.wait().await;
+        });
+    }
+}
+
+async fn run(
+    call: &CgiCall<'_>,
+    stream: &mut Stream,
+    buf: &mut BytesMut,
+    slot: &mut Option<Running>,
+) -> Result<CgiOutcome, Failure> {
+    let files = call
+        .site
+        .files
+        .as_ref()
+        .map_err(|reason| refuse(500, reason.clone()))?;
+    let script = locate(&files.root, call.path, call.route)?;
+    let script_file = call.site.config.root.join(&script.relative);
+    let directory = script_file
+        .parent()
+        .map(PathBuf::from)
+        .unwrap_or_else(|| call.site.config.root.clone());
+
+    // The body: streamed for Content-Length, read whole for chunked (CONTENT_LENGTH
+    // must be known before the script starts).
+    let limits = &call.tenant.limits;
+    if call.head.expect_continue && !matches!(call.head.body, BodyFraming::None) {
+        stream.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await?;
+    }
+    let (content_length, whole_body) = match &call.head.body {
+        BodyFraming::None => (None, None),
+        BodyFraming::Length(n) => (Some(*n), None),
+        BodyFraming::Chunked => {
+            match read_chunked_payload(stream, buf, MAX_CHUNKED_BODY, limits.header_timeout).await {
+                Ok(body) => (Some(body.len() as u64), Some(body)),
+                Err(e) if e.kind() == io::ErrorKind::FileTooLarge => {
+                    return Err(refuse(413, "chunked request body over 8 MiB").into());
+                }
+                Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                    return Err(refuse(400, e.to_string()).into());
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    };
+
+    let header_pairs = &call.head.headers;
+    let request = env::CgiRequest {
+        method: call.head.method.as_str(),
+        request_uri: &call.head.target,
+        query: call.head.query.as_deref(),
+        protocol: version_str(call.head.version),
+        headers: header_pairs,
+        remote: call.peer,
+        local: call.local,
+        server_name: &call.site.config.name,
+        https: false,
+        document_root: &call.site.config.root,
+        script_name: &script.script_name,
+        script_filename: &script_file,
+        path_info: &script.path_info,
+        content_length,
+        site_env: &call.site.config.env,
+    };
+    let mut command = tokio::process::Command::new(&script_file);
+    command
+        .env_clear()
+        .envs(env::meta_variables(&request))
+        .current_dir(&directory)
+        .stdin(if content_length.unwrap_or(0) > 0 {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        // Its own process group, so a timeout kills whatever the script started too.
+        .process_group(0)
+        .kill_on_drop(true);
+    let mut child = command
+        .spawn()
+        .map_err(|e| refuse(500, format!("cannot run {}: {e}", script_file.display())))?;
+    let stdin = child.stdin.take();
+    let mut stdout = child.stdout.take().expect("piped");
+    if let Some(stderr) = child.stderr.take() {
+        copy_stderr(call.site, script.script_name.clone(), stderr);
+    }
+    *slot = Some(Running {
+        child,
+        head_sent: false,
+    });
+
+    let feed = async {
+        let Some(mut stdin) = stdin else {
+            return Ok(());
+        };
+        let fed = match (&whole_body, &call.head.body) {
+            (Some(body), _) => stdin.write_all(body).await,
+            (None, framing) => relay_body(
+                stream,
+                buf,
+                Some(&mut stdin),
+                framing,
+                limits.header_timeout,
+            )
+            .await
+            .map(drop),
+        };
+        match fed {
+            // A script may answer without reading its input; that is its right.
+            Err(e) if e.kind() == io::ErrorKind::BrokenPipe => Ok(()),
+            other => other,
+        }
+    };
+    let mut out = BytesMut::with_capacity(8 * 1024);
+    let (fed, cgi_head) = tokio::join!(feed, read_cgi_head(&mut stdout, &mut out));
+    fed?;
+    let cgi_head = cgi_head?;
+    out.advance(cgi_head.head_len);
+
+    match &cgi_head.location {
+        Some(Location::Local(path)) if cgi_head.status == 200 => {
+            return Ok(CgiOutcome::LocalRedirect(path.clone()));
+        }
+        _ => {}
+    }
+    let keep_alive = call.head.keep_alive;
+    let head_only = call.head.is_head() || cgi_head.status == 204 || cgi_head.status == 304;
+    let framing = match (head_only, cgi_head.content_length, call.head.version) {
+        (true, Some(n), _) => Framing::HeadOnly(Some(n)),
+        (true, None, _) => Framing::HeadOnly(None),
+        (false, Some(n), _) => Framing::Length(n),
+        (false, None, Version::Http11) => Framing::Chunked,
+        (false, None, Version::Http10) => Framing::UntilClose,
+    };
+    let keep_alive = keep_alive && !matches!(framing, Framing::UntilClose);
+    let mut headers: Vec<(&str, &str)> = cgi_head
+        .headers
+        .iter()
+        .map(|(n, v)| (n.as_str(), v.as_str()))
+        .collect();
+    if let Some(Location::Client(uri) | Location::Local(uri)) = &cgi_head.location {
+        headers.push(("Location", uri));
+    }
+    let reason = cgi_head
+        .reason
+        .as_deref()
+        .unwrap_or(crate::http::reason(cgi_head.status));
+    let head_bytes = response_head(
+        cgi_head.status,
+        reason,
+        &headers,
+        framing,
+        keep_alive,
+        call.head.version,
+    );
+    stream.write_all(&head_bytes).await?;
+    if let Some(running) = slot.as_mut() {
+        running.head_sent = true;
+    }
+    let sent = match framing {
+        Framing::HeadOnly(_) => 0,
+        Framing::Length(n) => copy_exact(&mut out, &mut stdout, stream, n).await?,
+        Framing::Chunked => copy_chunked(&mut out, &mut stdout, stream).await?,
+        Framing::UntilClose => copy_until_eof(&mut out, &mut stdout, stream).await?,
+    };
+    // A script that sent less than its Content-Length broke the framing.
+    let complete = match framing {
+        Framing::Length(n) => sent == n,
+        _ => true,
+    };
+    if let Some(mut running) = slot.take() {
+        let status = running.child.wait().await?;
+        if !status.success() {
+            log_error(
+                call.site,
+                &format!("{}: exited with {status}", script.script_name),
+            );
+        }
+    }
+    Ok(CgiOutcome::Responded {
+        status: cgi_head.status,
+        sent,
+        keep_alive: keep_alive && complete,
+    })
+}
+
+fn version_str(v: Version) -> &'static str {
+    match v {
+        Version::Http10 => "HTTP/1.0",
+        Version::Http11 => "HTTP/1.1",
+    }
+}
+
+/// Find the script a request path names, and the PATH_INFO after it.
+fn locate(root: &OwnedFd, path: &str, route: &RouteConfig) -> Result<Script, Refusal> {
+    let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    let mut relative = String::new();
+    for (i, segment) in segments.iter().enumerate() {
+        if segment.is_empty() {
+            break;
+        }
+        if !relative.is_empty() {
+            relative.push('/');
+        }
+        relative.push_str(segment);
+        let url_path = format!("/{relative}");
+        let wanted = match &route.matcher {
+            RouteMatch::Prefix(prefix) => url_path.len() >= prefix.trim_end_matches('/').len(),
+            RouteMatch::Suffix(suffix) => segment.ends_with(suffix.as_str()),
+        };
+        let fd = rustix::fs::openat2(
+            root,
+            relative.as_str(),
+            OFlags::PATH | OFlags::CLOEXEC | OFlags::NOFOLLOW,
+            Mode::empty(),
+            ResolveFlags::BENEATH | ResolveFlags::NO_MAGICLINKS,
+        );
+        let fd = match fd {
+            Ok(fd) => fd,
+            Err(rustix::io::Errno::NOENT | rustix::io::Errno::NOTDIR) => {
+                return Err(refuse(404, format!("no script at {url_path}")));
+            }
+            Err(rustix::io::Errno::ACCESS | rustix::io::Errno::PERM) => {
+                return Err(refuse(403, format!("{url_path}: permission denied")));
+            }
+            Err(e) => return Err(refuse(404, format!("{url_path}: {e}"))),
+        };
+        let stat =
+            rustix::fs::fstat(&fd).map_err(|e| refuse(500, format!("stat {url_path}: {e}")))?;
+        let kind = rustix::fs::FileType::from_raw_mode(stat.st_mode);
+        if kind == rustix::fs::FileType::Directory {
+            continue;
+        }
+        if !wanted {
+            return Err(refuse(
+                404,
+                format!("{url_path} is not a script of this route"),
+            ));
+        }
+        check_script(root, &relative, &stat)?;
+        let rest = segments[i + 1..].join("/");
+        let path_info = if rest.is_empty() && !path.ends_with(&format!("{segment}/")) {
+            String::new()
+        } else {
+            format!("/{rest}")
+        };
+        return Ok(Script {
+            script_name: url_path,
+            relative,
+            path_info,
+        });
+    }
+    Err(refuse(
+        403,
+        format!("{path} names a directory, not a script"),
+    ))
+}
+
+/// suexec's rules, against the tenant's own mistakes and against another account
+/// planting a script: the tenant must own it and nobody else may change it.
+fn check_script(root: &OwnedFd, relative: &str, stat: &rustix::fs::Stat) -> Result<(), Refusal> {
+    let uid = rustix::process::geteuid().as_raw();
+    let kind = rustix::fs::FileType::from_raw_mode(stat.st_mode);
+    if kind != rustix::fs::FileType::RegularFile {
+        return Err(refuse(403, format!("/{relative} is not a regular file")));
+    }
+    if stat.st_uid != uid {
+        return Err(refuse(
+            403,
+            format!(
+                "/{relative} is owned by uid {}, not by this tenant (uid {uid})",
+                stat.st_uid
+            ),
+        ));
+    }
+    if stat.st_mode & 0o022 != 0 {
+        return Err(refuse(
+            403,
+            format!(
+                "/{relative} is writable by group or others (mode {:o})",
+                stat.st_mode & 0o7777
+            ),
+        ));
+    }
+    if stat.st_mode & 0o100 == 0 {
+        return Err(refuse(
+            403,
+            format!(
+                "/{relative} is not executable by its owner (mode {:o})",
+                stat.st_mode & 0o7777
+            ),
+        ));
+    }
+    let parent = relative.rsplit_once('/').map_or(".", |(dir, _)| dir);
+    let dir = rustix::fs::openat2(
+        root,
+        parent,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+        ResolveFlags::BENEATH,
+    )
+    .and_then(|d| rustix::fs::fstat(&d))
+    .map_err(|e| refuse(500, format!("stat of the directory of /{relative}: {e}")))?;
+    if dir.st_mode & 0o022 != 0 {
+        return Err(refuse(
+            403,
+            format!("the directory of /{relative} is writable by group or others"),
+        ));
+    }
+    Ok(())
+}
+
+async fn read_cgi_head(stdout: &mut ChildStdout, out: &mut BytesMut) -> Result<CgiHead, Failure> {
+    loop {
+        match parse_cgi_head(out, MAX_CGI_HEAD) {
+            Ok(Some(head)) => return Ok(head),
+            Ok(None) => {}
+            Err(e) => {
+                return Err(refuse(502, format!("bad response head from the script: {e}")).into());
+            }
+        }
+        out.reserve(8 * 1024);
+        if stdout.read_buf(out).await? == 0 {
+            return Err(refuse(502, "the script ended without a complete response head").into());
+        }
+    }
+}
+
+async fn copy_exact(
+    out: &mut BytesMut,
+    stdout: &mut ChildStdout,
+    stream: &mut Stream,
+    length: u64,
+) -> io::Result<u64> {
+    let mut sent = 0u64;
+    loop {
+        let take = (out.len() as u64).min(length - sent) as usize;
+        stream.write_all(&out[..take]).await?;
+        sent += take as u64;
+        out.clear();
+        if sent == length || stdout.read_buf(out).await? == 0 {
+            return Ok(sent);
+        }
+    }
+}
+
+async fn copy_chunked(
+    out: &mut BytesMut,
+    stdout: &mut ChildStdout,
+    stream: &mut Stream,
+) -> io::Result<u64> {
+    let mut sent = 0u64;
+    loop {
+        if !out.is_empty() {
+            let mut chunk = Vec::with_capacity(out.len() + 16);
+            write!(chunk, "{:x}\r\n", out.len())?;
+            chunk.extend_from_slice(out);
+            chunk.extend_from_slice(b"\r\n");
+            stream.write_all(&chunk).await?;
+            sent += out.len() as u64;
+            out.clear();
+        }
+        out.reserve(16 * 1024);
+        if stdout.read_buf(out).await? == 0 {
+            stream.write_all(b"0\r\n\r\n").await?;
+            return Ok(sent);
+        }
+    }
+}
+
+async fn copy_until_eof(
+    out: &mut BytesMut,
+    stdout: &mut ChildStdout,
+    stream: &mut Stream,
+) -> io::Result<u64> {
+    let mut sent = out.len() as u64;
+    stream.write_all(out).await?;
+    out.clear();
+    sent += tokio::io::copy(stdout, stream).await?;
+    Ok(sent)
+}
+
+fn copy_stderr(site: &SiteState, script: String, stderr: tokio::process::ChildStderr) {
+    let Some(log) = site.error_log.get().and_then(|f| f.try_clone().ok()) else {
+        return;
+    };
+    let site_name = site.config.name.clone();
+    tokio::spawn(async move {
+        let mut lines = BufReader::new(stderr).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            let text = format!(
+                "{} [{site_name}] {script}: {}\n",
+                crate::http::http_date(),
+                line.escape_debug()
+            );
+            let _ = (&log).write_all(text.as_bytes());
+        }
+    });
+}
+
+fn log_error(site: &SiteState, message: &str) {
+    warn!(site = site.config.name, "cgi: {message}");
+    if let Some(log) = site.error_log.get() {
+        let line = format!(
+            "{} [{}] condo: {message}\n",
+            crate::http::http_date(),
+            site.config.name
+        );
+        let _ = (&*log).write_all(line.as_bytes());
+    }
+}
