@@ -82,6 +82,19 @@ mod tests {
     }
 
     #[test]
+    fn uids_outside_the_range_are_refused() {
+        let t = Tenant {
+            name: "n".into(),
+            user: "nobody".into(),
+            group: None,
+        };
+        let creds = resolve_user("nobody").expect("Debian has `nobody`");
+        let err = resolve_tenant(&t, (1000, creds.uid - 1)).unwrap_err();
+        assert!(err.contains("outside server.uid_range"), "{err}");
+        assert!(resolve_tenant(&t, (1000, creds.uid.max(creds.gid))).is_ok());
+    }
+
+    #[test]
     fn unknown_users_are_named() {
         let err = resolve_user("no-such-user-condo-test").unwrap_err();
         assert!(err.contains("no-such-user-condo-test"), "{err}");

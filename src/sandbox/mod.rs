@@ -63,7 +63,8 @@ fn apply(plan: &SandboxPlan, groups: &[Gid], parent: Pid) -> io::Result<()> {
         let uid = Uid::from_raw(c.uid);
         rustix::thread::set_thread_res_uid(uid, uid, uid)?;
         if rustix::process::geteuid().is_root() || rustix::process::getuid().is_root() {
-            return Err(io::Error::other("still root after setuid"));
+            // Raw errno values: allocating here could deadlock on a lock held at fork.
+            return Err(io::Error::from_raw_os_error(libc::EPERM));
         }
     }
     if plan.die_with_parent {
@@ -71,7 +72,7 @@ fn apply(plan: &SandboxPlan, groups: &[Gid], parent: Pid) -> io::Result<()> {
         rustix::process::set_parent_process_death_signal(Some(Signal::KILL))?;
         if rustix::process::getppid() != Some(parent) {
             // The master died between fork and prctl.
-            return Err(io::Error::other("parent exited"));
+            return Err(io::Error::from_raw_os_error(libc::ESRCH));
         }
     }
     rustix::thread::set_no_new_privs(true)?;
