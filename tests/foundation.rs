@@ -548,8 +548,23 @@ fn a_killed_dispatcher_is_restarted_and_listeners_stay_open() {
     let first = condo.wait_child("dispatcher", None);
     let pid = rustix::process::Pid::from_raw(first as i32).unwrap();
     rustix::process::kill_process(pid, rustix::process::Signal::KILL).unwrap();
+    // kill(2) returns before the process is gone; a connection it still accepted in
+    // that moment dies with it. Wait until it is a zombie or reaped.
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while std::fs::read_to_string(format!("/proc/{first}/status"))
+        .is_ok_and(|s| status_field(&s, "State") != "Z (zombie)")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "dispatcher did not die"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
     // The master holds the listening sockets: a connection made while no dispatcher
     // runs waits in the backlog and is answered by the next one.
+    if let Err(e) = std::net::TcpStream::connect(condo.pass) {
+        panic!("connect: {e}\n{}", condo.log_text());
+    }
     let mut c = Client::connect(condo.pass);
     let r = c.get("a.test", "/");
     assert_eq!(

@@ -86,6 +86,28 @@ pub struct RouteConfig {
     pub handler: Handler,
     /// How long one request may run before its process is killed (504).
     pub timeout: Duration,
+    /// The FastCGI application, for `handler = "fastcgi"` only.
+    pub fastcgi: Option<FastCgi>,
+}
+
+/// A FastCGI application behind a route.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FastCgi {
+    pub app: FastCgiApp,
+    /// Processes condo runs at most (and concurrent requests to the app).
+    pub processes_max: usize,
+    /// Idle processes are stopped after this long; `None` keeps them.
+    pub idle_timeout: Option<Duration>,
+    /// A process is replaced after this many requests.
+    pub max_requests: u32,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum FastCgiApp {
+    /// condo starts and pools these processes as the tenant (argv; looked up in PATH).
+    Command(Vec<String>),
+    /// A socket the tenant runs itself; used only if its peer runs as the tenant.
+    Socket(PathBuf),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -101,6 +123,7 @@ pub enum RouteMatch {
 pub enum Handler {
     Static,
     Cgi,
+    FastCgi,
 }
 
 impl RouteConfig {
@@ -242,6 +265,11 @@ struct RouteSection {
     suffix: Option<String>,
     handler: String,
     timeout: Option<String>,
+    command: Option<Vec<String>>,
+    socket: Option<PathBuf>,
+    processes_max: Option<usize>,
+    idle_timeout: Option<String>,
+    max_requests: Option<u32>,
 }
 
 // ---- loading and validation ----
@@ -655,20 +683,18 @@ fn validate_route(
     let handler = match r.handler.as_str() {
         "static" => Handler::Static,
         "cgi" => Handler::Cgi,
-        "fastcgi" | "app" => {
+        "fastcgi" => Handler::FastCgi,
+        "app" => {
             diags.push(source.error(
                 &format!("{key}.handler"),
-                format!(
-                    "handler `{}` is not available in this release (only \"static\" and \"cgi\")",
-                    r.handler
-                ),
+                "handler `app` is not available in this release (only \"static\", \"cgi\" and \"fastcgi\")",
             ));
             return None;
         }
         other => {
             diags.push(source.error(
                 &format!("{key}.handler"),
-                format!("unknown handler `{other}`: use \"static\" or \"cgi\""),
+                format!("unknown handler `{other}`: use \"static\", \"cgi\" or \"fastcgi\""),
             ));
             return None;
         }
@@ -680,10 +706,111 @@ fn validate_route(
         Duration::from_secs(60),
         diags,
     );
+    let fastcgi = if handler == Handler::FastCgi {
+        Some(validate_fastcgi(source, key, r, &matcher, diags)?)
+    } else {
+        let extra = [
+            ("command", r.command.is_some()),
+            ("socket", r.socket.is_some()),
+            ("processes_max", r.processes_max.is_some()),
+            ("idle_timeout", r.idle_timeout.is_some()),
+            ("max_requests", r.max_requests.is_some()),
+        ];
+        let mut bad = false;
+        for (name, set) in extra {
+            if set {
+                diags.push(source.error(
+                    &format!("{key}.{name}"),
+                    format!("`{name}` only applies to handler = \"fastcgi\""),
+                ));
+                bad = true;
+            }
+        }
+        if bad {
+            return None;
+        }
+        None
+    };
     Some(RouteConfig {
         matcher,
         handler,
         timeout,
+        fastcgi,
+    })
+}
+
+fn validate_fastcgi(
+    source: &Source,
+    key: &str,
+    r: &RouteSection,
+    matcher: &RouteMatch,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<FastCgi> {
+    let before = diags.len();
+    // Only files with the route's suffix ever reach the app (PHP-FPM's
+    // security.limit_extensions): a prefix route would hand it any file, such as an
+    // uploaded image with PHP inside.
+    if !matches!(matcher, RouteMatch::Suffix(_)) {
+        diags.push(source.error(
+            &format!("{key}.path"),
+            "a fastcgi route matches by `suffix` (e.g. \".php\"), so only such files reach the app",
+        ));
+    }
+    let app = match (&r.command, &r.socket) {
+        (Some(_), Some(_)) => {
+            diags.push(source.error(
+                &format!("{key}.socket"),
+                "give either `command` (condo runs the app) or `socket` (the tenant runs it), not both",
+            ));
+            None
+        }
+        (None, None) => {
+            diags.push(source.error(
+                key,
+                "a fastcgi route needs `command` (e.g. [\"php-cgi\"]) or `socket`",
+            ));
+            None
+        }
+        (Some(cmd), None) if cmd.is_empty() || cmd[0].is_empty() => {
+            diags.push(source.error(&format!("{key}.command"), "must name a program"));
+            None
+        }
+        (Some(cmd), None) if cmd.iter().any(|a| a.contains('\0')) => {
+            diags.push(source.error(&format!("{key}.command"), "must not contain NUL"));
+            None
+        }
+        (Some(cmd), None) => Some(FastCgiApp::Command(cmd.clone())),
+        (None, Some(path)) if !path.is_absolute() => {
+            diags.push(source.error(&format!("{key}.socket"), "must be an absolute path"));
+            None
+        }
+        (None, Some(path)) => Some(FastCgiApp::Socket(path.clone())),
+    };
+    let processes_max = r.processes_max.unwrap_or(4);
+    if !(1..=256).contains(&processes_max) {
+        diags.push(source.error(&format!("{key}.processes_max"), "must be between 1 and 256"));
+    }
+    let max_requests = r.max_requests.unwrap_or(500);
+    if max_requests == 0 {
+        diags.push(source.error(&format!("{key}.max_requests"), "must be at least 1"));
+    }
+    let idle_timeout = r.idle_timeout.as_deref().map(|v| {
+        parse_duration(
+            source,
+            &format!("{key}.idle_timeout"),
+            Some(v),
+            Duration::from_secs(60),
+            diags,
+        )
+    });
+    if diags.len() > before {
+        return None;
+    }
+    Some(FastCgi {
+        app: app?,
+        processes_max,
+        idle_timeout,
+        max_requests,
     })
 }
 
@@ -715,6 +842,95 @@ mod tests {
         assert!(!valid_host("a..b"));
         assert!(!valid_host("a b"));
         assert!(!valid_host(""));
+    }
+
+    /// Validate the first route of a one-site file; the diagnostics as "line: key: message".
+    fn route(text: &str) -> (Option<RouteConfig>, Vec<String>) {
+        let source = Source::from_text(Path::new("site.toml"), text.to_string());
+        let (file, diags) = source.deserialize::<SiteFile>();
+        assert!(diags.is_empty(), "{diags:?}");
+        let site = file.unwrap().site.into_iter().next().unwrap();
+        let mut diags = Vec::new();
+        let r = validate_route(&source, "site.0.route.0", &site.route[0], &mut diags);
+        let msgs = diags
+            .iter()
+            .map(|d| format!("{}: {}: {}", d.line, d.key, d.message))
+            .collect();
+        (r, msgs)
+    }
+
+    const SITE: &str =
+        "[[site]]\nname = \"a.test\"\ntenant = \"a\"\nroot = \"/srv\"\n\n[[site.route]]\n";
+
+    #[test]
+    fn fastcgi_routes_are_validated() {
+        let (r, msgs) = route(&format!(
+            "{SITE}suffix = \".php\"\nhandler = \"fastcgi\"\ncommand = [\"php-cgi\"]\nidle_timeout = \"30s\"\n"
+        ));
+        assert!(msgs.is_empty(), "{msgs:?}");
+        let f = r.unwrap().fastcgi.unwrap();
+        assert_eq!(f.app, FastCgiApp::Command(vec!["php-cgi".into()]));
+        assert_eq!(
+            (f.processes_max, f.max_requests, f.idle_timeout),
+            (4, 500, Some(Duration::from_secs(30)))
+        );
+
+        let (r, msgs) = route(&format!(
+            "{SITE}suffix = \".php\"\nhandler = \"fastcgi\"\nsocket = \"/home/a/php.sock\"\n"
+        ));
+        assert!(msgs.is_empty(), "{msgs:?}");
+        assert_eq!(
+            r.unwrap().fastcgi.unwrap().app,
+            FastCgiApp::Socket("/home/a/php.sock".into())
+        );
+
+        for (body, expected) in [
+            (
+                "suffix = \".php\"\nhandler = \"fastcgi\"\n",
+                "needs `command`",
+            ),
+            (
+                "suffix = \".php\"\nhandler = \"fastcgi\"\ncommand = [\"php-cgi\"]\nsocket = \"/s\"\n",
+                "not both",
+            ),
+            (
+                "suffix = \".php\"\nhandler = \"fastcgi\"\nsocket = \"rel.sock\"\n",
+                "absolute",
+            ),
+            (
+                "path = \"/app/\"\nhandler = \"fastcgi\"\ncommand = [\"php-cgi\"]\n",
+                "matches by `suffix`",
+            ),
+            (
+                "suffix = \".php\"\nhandler = \"fastcgi\"\ncommand = []\n",
+                "must name a program",
+            ),
+            (
+                "suffix = \".php\"\nhandler = \"fastcgi\"\ncommand = [\"php-cgi\"]\nprocesses_max = 0\n",
+                "between 1 and 256",
+            ),
+            (
+                "suffix = \".cgi\"\nhandler = \"cgi\"\ncommand = [\"php-cgi\"]\n",
+                "only applies to handler = \"fastcgi\"",
+            ),
+            (
+                "path = \"/s/\"\nhandler = \"static\"\nsocket = \"/s\"\n",
+                "only applies to handler = \"fastcgi\"",
+            ),
+        ] {
+            let (r, msgs) = route(&format!("{SITE}{body}"));
+            assert!(r.is_none(), "{body}");
+            assert!(
+                msgs.iter().any(|m| m.contains(expected)),
+                "{body}: {msgs:?}"
+            );
+            // Every message points into the route table (line 7 on).
+            assert!(
+                msgs.iter()
+                    .all(|m| m.split(':').next().unwrap().parse::<usize>().unwrap() >= 6),
+                "{msgs:?}"
+            );
+        }
     }
 
     #[test]

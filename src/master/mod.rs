@@ -161,7 +161,12 @@ impl Master {
         let mut int = signal(SignalKind::interrupt())?;
         let mut hup = signal(SignalKind::hangup())?;
         let mut usr1 = signal(SignalKind::user_defined1())?;
-        self.start_dispatcher().await?;
+        if let Err(e) = self.start_dispatcher().await {
+            self.restart_dispatcher_later(
+                Duration::ZERO,
+                &format!("starting the dispatcher failed: {e:#}"),
+            );
+        }
         loop {
             tokio::select! {
                 Some(event) = self.events.recv() => self.handle(event).await,
@@ -218,24 +223,17 @@ impl Master {
                     .dispatcher
                     .take()
                     .map_or(Duration::ZERO, |d| d.2.elapsed());
-                self.dispatcher_crashes.exited(lived);
-                let delay = self
-                    .dispatcher_crashes
-                    .delay()
-                    .max(Duration::from_millis(20));
-                error!(pid, "dispatcher exited ({status}); restarting in {delay:?}");
-                let tx = self.events_tx.clone();
-                tokio::spawn(async move {
-                    tokio::time::sleep(delay).await;
-                    let _ = tx.send(Event::RestartDispatcher);
-                });
+                self.restart_dispatcher_later(
+                    lived,
+                    &format!("dispatcher {pid} exited ({status})"),
+                );
             }
             Event::RestartDispatcher => {
                 if let Err(e) = self.start_dispatcher().await {
-                    error!("restarting the dispatcher failed: {e:#}");
-                    let _ = self
-                        .events_tx
-                        .send(Event::DispatcherExited(0, "failed to start".into()));
+                    self.restart_dispatcher_later(
+                        Duration::ZERO,
+                        &format!("starting the dispatcher failed: {e:#}"),
+                    );
                 }
             }
             Event::WorkerExited(tenant, pid, status) => {
@@ -336,8 +334,23 @@ impl Master {
         Ok(channel)
     }
 
+    /// Start a new dispatcher after a backoff that grows while it keeps dying quickly.
+    fn restart_dispatcher_later(&mut self, lived: Duration, why: &str) {
+        self.dispatcher_crashes.exited(lived);
+        let delay = self
+            .dispatcher_crashes
+            .delay()
+            .max(Duration::from_millis(20));
+        error!("{why}; restarting the dispatcher in {delay:?}");
+        let tx = self.events_tx.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            let _ = tx.send(Event::RestartDispatcher);
+        });
+    }
+
     async fn start_dispatcher(&mut self) -> anyhow::Result<()> {
-        let (child, channel) = spawn::start_dispatcher(
+        let (child, channel, init) = spawn::start_dispatcher(
             &self.exe,
             &self.config,
             self.dispatcher_credentials.clone(),
@@ -349,10 +362,11 @@ impl Master {
         let channel = Arc::new(channel);
         self.dispatcher = Some((pid, channel.clone(), Instant::now()));
         let tx = self.events_tx.clone();
+        let reader = channel.clone();
         tokio::spawn(async move {
             // Read requests until the channel closes; then report the exit.
             loop {
-                match channel.recv().await {
+                match reader.recv().await {
                     Ok(Some((message, _fds))) => {
                         if tx.send(Event::FromDispatcher(pid, message)).is_err() {
                             return;
@@ -368,6 +382,10 @@ impl Master {
             let status = spawn::wait(child).await;
             let _ = tx.send(Event::DispatcherExited(pid, status));
         });
+        if let Err(e) = channel.send(&init, &[]).await {
+            // It died already; its exit event brings the restart.
+            warn!(pid, "sending the dispatcher its config: {e}");
+        }
         Ok(())
     }
 

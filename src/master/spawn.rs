@@ -60,7 +60,7 @@ pub async fn start_dispatcher(
     config: &Config,
     credentials: Option<Credentials>,
     listeners: &[OwnedFd],
-) -> anyhow::Result<(Child, DispatcherChannel)> {
+) -> anyhow::Result<(Child, DispatcherChannel, MasterToDispatcher)> {
     let (ours, theirs) = ipc::raw_pair().context("socketpair")?;
     let mut args: Vec<OsString> = vec!["dispatcher".into(), "--ipc-fd".into(), fd_arg(&theirs)];
     for l in listeners {
@@ -100,11 +100,9 @@ pub async fn start_dispatcher(
         unknown_host_status: config.server.unknown_host_status,
         limits: config.server.limits,
     };
-    channel
-        .send(&MasterToDispatcher::Init(init), &[])
-        .await
-        .context("sending the dispatcher its config")?;
-    Ok((child, channel))
+    // The caller sends this once it watches the child: a dispatcher that dies at
+    // once must be seen exiting, not make the send fail the master.
+    Ok((child, channel, MasterToDispatcher::Init(init)))
 }
 
 pub async fn start_worker(

@@ -79,6 +79,23 @@ fn apply(plan: &SandboxPlan, groups: &[Gid], parent: Pid) -> io::Result<()> {
     Ok(())
 }
 
+/// Make a process the worker starts (a tenant's FastCGI app) get SIGKILL when the
+/// worker dies, so no app process outlives its worker holding a socket. The signal
+/// follows the thread that forks: spawn from one of the runtime's long-lived threads.
+pub fn die_with_parent(cmd: &mut tokio::process::Command) {
+    let parent = rustix::process::getpid();
+    // SAFETY: runs in the forked child; raw syscalls only, no allocation.
+    unsafe {
+        cmd.pre_exec(move || {
+            rustix::process::set_parent_process_death_signal(Some(Signal::KILL))?;
+            if rustix::process::getppid() != Some(parent) {
+                return Err(io::Error::from_raw_os_error(libc::ESRCH));
+            }
+            Ok(())
+        });
+    }
+}
+
 /// Take ownership of an fd this process inherited by number (named on its command
 /// line), after checking it is open.
 pub fn inherited_fd(fd: RawFd) -> io::Result<OwnedFd> {

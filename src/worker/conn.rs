@@ -11,7 +11,7 @@ use tracing::{debug, warn};
 
 use super::static_files::{self, Body, Method, RequestHeaders, Response};
 use super::stream::Stream;
-use super::{PeerChannel, SiteState, Tenant, access_log, cgi};
+use super::{PeerChannel, SiteState, Tenant, access_log, cgi, fastcgi};
 use crate::config::Handler;
 use crate::config::Handover;
 use crate::http::head::{self, BodyFraming, RequestHead, Version};
@@ -154,7 +154,7 @@ async fn respond(
                     .map(|r| (r, path))
             });
         match route {
-            Some((route, path)) if route.handler == Handler::Cgi => {
+            Some((route, path)) if matches!(route.handler, Handler::Cgi | Handler::FastCgi) => {
                 let call = cgi::CgiCall {
                     tenant,
                     site,
@@ -164,7 +164,12 @@ async fn respond(
                     peer: handoff.peer,
                     local: handoff.local,
                 };
-                match cgi::serve(call, stream, buf).await? {
+                let outcome = if route.handler == Handler::FastCgi {
+                    fastcgi::serve(call, stream, buf).await?
+                } else {
+                    cgi::serve(call, stream, buf).await?
+                };
+                match outcome {
                     cgi::CgiOutcome::Responded {
                         status,
                         sent,

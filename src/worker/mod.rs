@@ -5,6 +5,7 @@
 mod access_log;
 mod cgi;
 mod conn;
+mod fastcgi;
 pub mod static_files;
 mod stream;
 
@@ -34,6 +35,8 @@ pub struct SiteState {
     pub files: Result<SiteFiles, String>,
     pub access_log: OnceLock<File>,
     pub error_log: OnceLock<File>,
+    /// The FastCGI process pools of the site's routes (same index as `config.routes`).
+    pub fastcgi: Vec<Option<Arc<fastcgi::pool::Pool>>>,
 }
 
 pub struct Tenant {
@@ -161,6 +164,7 @@ fn open_site(config: Site) -> SiteState {
         reason
     });
     SiteState {
+        fastcgi: fastcgi::pools_for(&config),
         config,
         files,
         access_log: OnceLock::new(),

@@ -9,16 +9,17 @@
 pub mod env;
 pub mod response;
 
+use std::ffi::OsString;
 use std::io::{self, Write as _};
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
 use bytes::{Buf, BytesMut};
 use rustix::fs::{Mode, OFlags, ResolveFlags};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::process::{Child, ChildStdout};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::process::Child;
 use tokio::time::Instant;
 use tracing::warn;
 
@@ -58,23 +59,32 @@ pub enum CgiOutcome {
 
 /// A failure before any byte of the response was sent: answered with `status`, and
 /// `reason` goes to the site's error log.
-struct Refusal {
+pub(super) struct Refusal {
     status: u16,
     reason: String,
 }
 
-fn refuse(status: u16, reason: impl Into<String>) -> Refusal {
+pub(super) fn refuse(status: u16, reason: impl Into<String>) -> Refusal {
     Refusal {
         status,
         reason: reason.into(),
     }
 }
 
-struct Script {
+pub(super) struct Script {
     /// Path below the site root, without a leading '/'.
-    relative: String,
-    script_name: String,
-    path_info: String,
+    pub relative: String,
+    pub script_name: String,
+    pub path_info: String,
+}
+
+/// What a handler requires of the file a request names, besides being below the root.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(super) enum ScriptRules {
+    /// suexec's checks: owned by the tenant, executable, not writable by others.
+    Cgi,
+    /// A regular file only (its contents are read by the app, not executed).
+    FastCgi,
 }
 
 pub async fn serve(
@@ -90,11 +100,23 @@ pub async fn serve(
     if let Some(running) = slot.take() {
         running.kill();
     }
+    finish(&call, stream, result.ok(), head_sent).await
+}
+
+/// The end every script handler shares: an outcome goes back as it is; a refusal or a
+/// timeout (`None`) is logged and answered with an error page, or ends the connection
+/// when part of the response is already out.
+pub(super) async fn finish(
+    call: &CgiCall<'_>,
+    stream: &mut Stream,
+    result: Option<Result<CgiOutcome, Failure>>,
+    head_sent: bool,
+) -> io::Result<CgiOutcome> {
     let refusal = match result {
-        Ok(Ok(outcome)) => return Ok(outcome),
-        Ok(Err(Failure::Io(e))) => return Err(e),
-        Ok(Err(Failure::Refused(r))) => r,
-        Err(_elapsed) => refuse(
+        Some(Ok(outcome)) => return Ok(outcome),
+        Some(Err(Failure::Io(e))) => return Err(e),
+        Some(Err(Failure::Refused(r))) => r,
+        None => refuse(
             504,
             format!("killed after the route timeout of {:?}", call.route.timeout),
         ),
@@ -121,7 +143,7 @@ pub async fn serve(
     })
 }
 
-enum Failure {
+pub(super) enum Failure {
     Refused(Refusal),
     Io(io::Error),
 }
@@ -172,58 +194,19 @@ async fn run(
         .files
         .as_ref()
         .map_err(|reason| refuse(500, reason.clone()))?;
-    let script = locate(&files.root, call.path, call.route)?;
+    let script = locate(&files.root, call.path, call.route, ScriptRules::Cgi)?;
     let script_file = call.site.config.root.join(&script.relative);
     let directory = script_file
         .parent()
         .map(PathBuf::from)
         .unwrap_or_else(|| call.site.config.root.clone());
-
-    // The body: streamed for Content-Length, read whole for chunked (CONTENT_LENGTH
-    // must be known before the script starts).
+    let (content_length, whole_body) = read_body(call, stream, buf).await?;
     let limits = &call.tenant.limits;
-    if call.head.expect_continue && !matches!(call.head.body, BodyFraming::None) {
-        stream.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await?;
-    }
-    let (content_length, whole_body) = match &call.head.body {
-        BodyFraming::None => (None, None),
-        BodyFraming::Length(n) => (Some(*n), None),
-        BodyFraming::Chunked => {
-            match read_chunked_payload(stream, buf, MAX_CHUNKED_BODY, limits.header_timeout).await {
-                Ok(body) => (Some(body.len() as u64), Some(body)),
-                Err(e) if e.kind() == io::ErrorKind::FileTooLarge => {
-                    return Err(refuse(413, "chunked request body over 8 MiB").into());
-                }
-                Err(e) if e.kind() == io::ErrorKind::InvalidData => {
-                    return Err(refuse(400, e.to_string()).into());
-                }
-                Err(e) => return Err(e.into()),
-            }
-        }
-    };
-
-    let header_pairs = &call.head.headers;
-    let request = env::CgiRequest {
-        method: call.head.method.as_str(),
-        request_uri: &call.head.target,
-        query: call.head.query.as_deref(),
-        protocol: version_str(call.head.version),
-        headers: header_pairs,
-        remote: call.peer,
-        local: call.local,
-        server_name: &call.site.config.name,
-        https: false,
-        document_root: &call.site.config.root,
-        script_name: &script.script_name,
-        script_filename: &script_file,
-        path_info: &script.path_info,
-        content_length,
-        site_env: &call.site.config.env,
-    };
+    let variables = meta_variables(call, &script, &script_file, content_length);
     let mut command = tokio::process::Command::new(&script_file);
     command
         .env_clear()
-        .envs(env::meta_variables(&request))
+        .envs(variables)
         .current_dir(&directory)
         .stdin(if content_length.unwrap_or(0) > 0 {
             Stdio::piped()
@@ -274,17 +257,107 @@ async fn run(
     let (fed, cgi_head) = tokio::join!(feed, read_cgi_head(&mut stdout, &mut out));
     fed?;
     let cgi_head = cgi_head?;
-    out.advance(cgi_head.head_len);
+    // The flag lives in the slot, so a timeout that drops this future mid-body still
+    // sees that the head went out.
+    let running = slot.as_mut().expect("set when the script started");
+    let outcome = answer(
+        call.head,
+        cgi_head,
+        out,
+        &mut stdout,
+        stream,
+        &mut running.head_sent,
+    )
+    .await?;
+    if let Some(mut running) = slot.take() {
+        let status = running.child.wait().await?;
+        if !status.success() {
+            log_error(
+                call.site,
+                &format!("{}: exited with {status}", script.script_name),
+            );
+        }
+    }
+    Ok(outcome)
+}
 
+/// The request body for a script: `(CONTENT_LENGTH, the whole body if it had to be
+/// read first)`. A Content-Length body is left in the stream, to be relayed; a chunked
+/// one is read whole (CONTENT_LENGTH must be known before the script starts).
+pub(super) async fn read_body(
+    call: &CgiCall<'_>,
+    stream: &mut Stream,
+    buf: &mut BytesMut,
+) -> Result<(Option<u64>, Option<Vec<u8>>), Failure> {
+    if call.head.expect_continue && !matches!(call.head.body, BodyFraming::None) {
+        stream.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await?;
+    }
+    Ok(match &call.head.body {
+        BodyFraming::None => (None, None),
+        BodyFraming::Length(n) => (Some(*n), None),
+        BodyFraming::Chunked => {
+            let idle = call.tenant.limits.header_timeout;
+            match read_chunked_payload(stream, buf, MAX_CHUNKED_BODY, idle).await {
+                Ok(body) => (Some(body.len() as u64), Some(body)),
+                Err(e) if e.kind() == io::ErrorKind::FileTooLarge => {
+                    return Err(refuse(413, "chunked request body over 8 MiB").into());
+                }
+                Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                    return Err(refuse(400, e.to_string()).into());
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+    })
+}
+
+/// The CGI meta-variables for `script` (environment for CGI, FCGI_PARAMS for FastCGI).
+pub(super) fn meta_variables(
+    call: &CgiCall<'_>,
+    script: &Script,
+    script_file: &Path,
+    content_length: Option<u64>,
+) -> Vec<(OsString, OsString)> {
+    env::meta_variables(&env::CgiRequest {
+        method: call.head.method.as_str(),
+        request_uri: &call.head.target,
+        query: call.head.query.as_deref(),
+        protocol: version_str(call.head.version),
+        headers: &call.head.headers,
+        remote: call.peer,
+        local: call.local,
+        server_name: &call.site.config.name,
+        https: false,
+        document_root: &call.site.config.root,
+        script_name: &script.script_name,
+        script_filename: script_file,
+        path_info: &script.path_info,
+        content_length,
+        site_env: &call.site.config.env,
+    })
+}
+
+/// Everything after the script's response head was parsed, shared by CGI and FastCGI:
+/// a local redirect, or the HTTP response with the rest of `body` (`out` holds what was
+/// already read after the head start). `head_sent` turns true once bytes went out.
+pub(super) async fn answer<R: AsyncRead + Unpin>(
+    request: &RequestHead,
+    cgi_head: CgiHead,
+    mut out: BytesMut,
+    body: &mut R,
+    stream: &mut Stream,
+    head_sent: &mut bool,
+) -> io::Result<CgiOutcome> {
+    out.advance(cgi_head.head_len);
     match &cgi_head.location {
         Some(Location::Local(path)) if cgi_head.status == 200 => {
             return Ok(CgiOutcome::LocalRedirect(path.clone()));
         }
         _ => {}
     }
-    let keep_alive = call.head.keep_alive;
-    let head_only = call.head.is_head() || cgi_head.status == 204 || cgi_head.status == 304;
-    let framing = match (head_only, cgi_head.content_length, call.head.version) {
+    let keep_alive = request.keep_alive;
+    let head_only = request.is_head() || cgi_head.status == 204 || cgi_head.status == 304;
+    let framing = match (head_only, cgi_head.content_length, request.version) {
         (true, Some(n), _) => Framing::HeadOnly(Some(n)),
         (true, None, _) => Framing::HeadOnly(None),
         (false, Some(n), _) => Framing::Length(n),
@@ -310,32 +383,21 @@ async fn run(
         &headers,
         framing,
         keep_alive,
-        call.head.version,
+        request.version,
     );
+    *head_sent = true;
     stream.write_all(&head_bytes).await?;
-    if let Some(running) = slot.as_mut() {
-        running.head_sent = true;
-    }
     let sent = match framing {
         Framing::HeadOnly(_) => 0,
-        Framing::Length(n) => copy_exact(&mut out, &mut stdout, stream, n).await?,
-        Framing::Chunked => copy_chunked(&mut out, &mut stdout, stream).await?,
-        Framing::UntilClose => copy_until_eof(&mut out, &mut stdout, stream).await?,
+        Framing::Length(n) => copy_exact(&mut out, body, stream, n).await?,
+        Framing::Chunked => copy_chunked(&mut out, body, stream).await?,
+        Framing::UntilClose => copy_until_eof(&mut out, body, stream).await?,
     };
     // A script that sent less than its Content-Length broke the framing.
     let complete = match framing {
         Framing::Length(n) => sent == n,
         _ => true,
     };
-    if let Some(mut running) = slot.take() {
-        let status = running.child.wait().await?;
-        if !status.success() {
-            log_error(
-                call.site,
-                &format!("{}: exited with {status}", script.script_name),
-            );
-        }
-    }
     Ok(CgiOutcome::Responded {
         status: cgi_head.status,
         sent,
@@ -351,7 +413,12 @@ fn version_str(v: Version) -> &'static str {
 }
 
 /// Find the script a request path names, and the PATH_INFO after it.
-fn locate(root: &OwnedFd, path: &str, route: &RouteConfig) -> Result<Script, Refusal> {
+pub(super) fn locate(
+    root: &OwnedFd,
+    path: &str,
+    route: &RouteConfig,
+    rules: ScriptRules,
+) -> Result<Script, Refusal> {
     let segments: Vec<&str> = path.trim_start_matches('/').split('/').collect();
     let mut relative = String::new();
     for (i, segment) in segments.iter().enumerate() {
@@ -396,7 +463,14 @@ fn locate(root: &OwnedFd, path: &str, route: &RouteConfig) -> Result<Script, Ref
                 format!("{url_path} is not a script of this route"),
             ));
         }
-        check_script(root, &relative, &stat)?;
+        match rules {
+            ScriptRules::Cgi => check_script(root, &relative, &stat)?,
+            ScriptRules::FastCgi => {
+                if kind != rustix::fs::FileType::RegularFile {
+                    return Err(refuse(403, format!("{url_path} is not a regular file")));
+                }
+            }
+        }
         let rest = segments[i + 1..].join("/");
         let path_info = if rest.is_empty() && !path.ends_with(&format!("{segment}/")) {
             String::new()
@@ -469,7 +543,10 @@ fn check_script(root: &OwnedFd, relative: &str, stat: &rustix::fs::Stat) -> Resu
     Ok(())
 }
 
-async fn read_cgi_head(stdout: &mut ChildStdout, out: &mut BytesMut) -> Result<CgiHead, Failure> {
+pub(super) async fn read_cgi_head<R: AsyncRead + Unpin>(
+    stdout: &mut R,
+    out: &mut BytesMut,
+) -> Result<CgiHead, Failure> {
     loop {
         match parse_cgi_head(out, MAX_CGI_HEAD) {
             Ok(Some(head)) => return Ok(head),
@@ -485,9 +562,9 @@ async fn read_cgi_head(stdout: &mut ChildStdout, out: &mut BytesMut) -> Result<C
     }
 }
 
-async fn copy_exact(
+async fn copy_exact<R: AsyncRead + Unpin>(
     out: &mut BytesMut,
-    stdout: &mut ChildStdout,
+    stdout: &mut R,
     stream: &mut Stream,
     length: u64,
 ) -> io::Result<u64> {
@@ -503,9 +580,9 @@ async fn copy_exact(
     }
 }
 
-async fn copy_chunked(
+async fn copy_chunked<R: AsyncRead + Unpin>(
     out: &mut BytesMut,
-    stdout: &mut ChildStdout,
+    stdout: &mut R,
     stream: &mut Stream,
 ) -> io::Result<u64> {
     let mut sent = 0u64;
@@ -527,9 +604,9 @@ async fn copy_chunked(
     }
 }
 
-async fn copy_until_eof(
+async fn copy_until_eof<R: AsyncRead + Unpin>(
     out: &mut BytesMut,
-    stdout: &mut ChildStdout,
+    stdout: &mut R,
     stream: &mut Stream,
 ) -> io::Result<u64> {
     let mut sent = out.len() as u64;
@@ -539,7 +616,11 @@ async fn copy_until_eof(
     Ok(sent)
 }
 
-fn copy_stderr(site: &SiteState, script: String, stderr: tokio::process::ChildStderr) {
+pub(super) fn copy_stderr<R: AsyncRead + Unpin + Send + 'static>(
+    site: &SiteState,
+    script: String,
+    stderr: R,
+) {
     let Some(log) = site.error_log.get().and_then(|f| f.try_clone().ok()) else {
         return;
     };
@@ -557,7 +638,7 @@ fn copy_stderr(site: &SiteState, script: String, stderr: tokio::process::ChildSt
     });
 }
 
-fn log_error(site: &SiteState, message: &str) {
+pub(super) fn log_error(site: &SiteState, message: &str) {
     warn!(site = site.config.name, "cgi: {message}");
     if let Some(log) = site.error_log.get() {
         let line = format!(
