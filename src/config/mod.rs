@@ -88,6 +88,19 @@ pub struct RouteConfig {
     pub timeout: Duration,
     /// The FastCGI application, for `handler = "fastcgi"` only.
     pub fastcgi: Option<FastCgi>,
+    /// The tenant's own HTTP server, for `handler = "app"` only.
+    pub app: Option<App>,
+}
+
+/// A long-running HTTP server of the tenant's, started and supervised by its worker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct App {
+    /// argv, looked up in PATH; run as the tenant.
+    pub command: Vec<String>,
+    /// The app's working directory; `None`: the site root.
+    pub workdir: Option<PathBuf>,
+    /// Stop the app after this long without requests; `None` keeps it running.
+    pub idle_timeout: Option<Duration>,
 }
 
 /// A FastCGI application behind a route.
@@ -124,6 +137,7 @@ pub enum Handler {
     Static,
     Cgi,
     FastCgi,
+    App,
 }
 
 impl RouteConfig {
@@ -270,6 +284,7 @@ struct RouteSection {
     processes_max: Option<usize>,
     idle_timeout: Option<String>,
     max_requests: Option<u32>,
+    workdir: Option<PathBuf>,
 }
 
 // ---- loading and validation ----
@@ -684,17 +699,13 @@ fn validate_route(
         "static" => Handler::Static,
         "cgi" => Handler::Cgi,
         "fastcgi" => Handler::FastCgi,
-        "app" => {
-            diags.push(source.error(
-                &format!("{key}.handler"),
-                "handler `app` is not available in this release (only \"static\", \"cgi\" and \"fastcgi\")",
-            ));
-            return None;
-        }
+        "app" => Handler::App,
         other => {
             diags.push(source.error(
                 &format!("{key}.handler"),
-                format!("unknown handler `{other}`: use \"static\", \"cgi\" or \"fastcgi\""),
+                format!(
+                    "unknown handler `{other}`: use \"static\", \"cgi\", \"fastcgi\" or \"app\""
+                ),
             ));
             return None;
         }
@@ -706,29 +717,57 @@ fn validate_route(
         Duration::from_secs(60),
         diags,
     );
+    // Which handlers each optional key applies to: a key set on any other handler is
+    // an error, so a misplaced setting never silently does nothing.
+    let extra: [(&str, bool, &[Handler]); 6] = [
+        (
+            "command",
+            r.command.is_some(),
+            &[Handler::FastCgi, Handler::App],
+        ),
+        (
+            "idle_timeout",
+            r.idle_timeout.is_some(),
+            &[Handler::FastCgi, Handler::App],
+        ),
+        ("socket", r.socket.is_some(), &[Handler::FastCgi]),
+        (
+            "processes_max",
+            r.processes_max.is_some(),
+            &[Handler::FastCgi],
+        ),
+        (
+            "max_requests",
+            r.max_requests.is_some(),
+            &[Handler::FastCgi],
+        ),
+        ("workdir", r.workdir.is_some(), &[Handler::App]),
+    ];
+    let mut bad = false;
+    for (name, set, handlers) in extra {
+        if set && !handlers.contains(&handler) {
+            let names: Vec<String> = handlers
+                .iter()
+                .map(|h| format!("handler = \"{}\"", handler_name(*h)))
+                .collect();
+            diags.push(source.error(
+                &format!("{key}.{name}"),
+                format!("`{name}` only applies to {}", names.join(" or ")),
+            ));
+            bad = true;
+        }
+    }
+    if bad {
+        return None;
+    }
     let fastcgi = if handler == Handler::FastCgi {
         Some(validate_fastcgi(source, key, r, &matcher, diags)?)
     } else {
-        let extra = [
-            ("command", r.command.is_some()),
-            ("socket", r.socket.is_some()),
-            ("processes_max", r.processes_max.is_some()),
-            ("idle_timeout", r.idle_timeout.is_some()),
-            ("max_requests", r.max_requests.is_some()),
-        ];
-        let mut bad = false;
-        for (name, set) in extra {
-            if set {
-                diags.push(source.error(
-                    &format!("{key}.{name}"),
-                    format!("`{name}` only applies to handler = \"fastcgi\""),
-                ));
-                bad = true;
-            }
-        }
-        if bad {
-            return None;
-        }
+        None
+    };
+    let app = if handler == Handler::App {
+        Some(validate_app(source, key, r, diags)?)
+    } else {
         None
     };
     Some(RouteConfig {
@@ -736,6 +775,60 @@ fn validate_route(
         handler,
         timeout,
         fastcgi,
+        app,
+    })
+}
+
+fn handler_name(h: Handler) -> &'static str {
+    match h {
+        Handler::Static => "static",
+        Handler::Cgi => "cgi",
+        Handler::FastCgi => "fastcgi",
+        Handler::App => "app",
+    }
+}
+
+fn validate_app(
+    source: &Source,
+    key: &str,
+    r: &RouteSection,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<App> {
+    let before = diags.len();
+    match &r.command {
+        None => diags.push(source.error(
+            key,
+            "an app route needs `command`, e.g. [\"python3\", \"app.py\"]",
+        )),
+        Some(cmd) if cmd.is_empty() || cmd[0].is_empty() => {
+            diags.push(source.error(&format!("{key}.command"), "must name a program"))
+        }
+        Some(cmd) if cmd.iter().any(|a| a.contains('\0')) => {
+            diags.push(source.error(&format!("{key}.command"), "must not contain NUL"))
+        }
+        Some(_) => {}
+    }
+    if let Some(dir) = &r.workdir
+        && !dir.is_absolute()
+    {
+        diags.push(source.error(&format!("{key}.workdir"), "must be an absolute path"));
+    }
+    let idle_timeout = r.idle_timeout.as_deref().map(|v| {
+        parse_duration(
+            source,
+            &format!("{key}.idle_timeout"),
+            Some(v),
+            Duration::from_secs(300),
+            diags,
+        )
+    });
+    if diags.len() > before {
+        return None;
+    }
+    Some(App {
+        command: r.command.clone()?,
+        workdir: r.workdir.clone(),
+        idle_timeout,
     })
 }
 
@@ -925,6 +1018,64 @@ mod tests {
                 "{body}: {msgs:?}"
             );
             // Every message points into the route table (line 7 on).
+            assert!(
+                msgs.iter()
+                    .all(|m| m.split(':').next().unwrap().parse::<usize>().unwrap() >= 6),
+                "{msgs:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn app_routes_are_validated() {
+        let (r, msgs) = route(&format!(
+            "{SITE}path = \"/app/\"\nhandler = \"app\"\ncommand = [\"python3\", \"app.py\"]\nworkdir = \"/srv/app\"\nidle_timeout = \"5m\"\n"
+        ));
+        assert!(msgs.is_empty(), "{msgs:?}");
+        let r = r.unwrap();
+        assert_eq!(r.handler, Handler::App);
+        assert_eq!(
+            r.app.unwrap(),
+            App {
+                command: vec!["python3".into(), "app.py".into()],
+                workdir: Some("/srv/app".into()),
+                idle_timeout: Some(Duration::from_secs(300)),
+            }
+        );
+        for (body, expected) in [
+            ("path = \"/app/\"\nhandler = \"app\"\n", "needs `command`"),
+            (
+                "path = \"/app/\"\nhandler = \"app\"\ncommand = []\n",
+                "must name a program",
+            ),
+            (
+                "path = \"/app/\"\nhandler = \"app\"\ncommand = [\"x\"]\nworkdir = \"rel\"\n",
+                "absolute",
+            ),
+            (
+                "path = \"/app/\"\nhandler = \"app\"\ncommand = [\"x\"]\nsocket = \"/s\"\n",
+                "only applies to handler = \"fastcgi\"",
+            ),
+            (
+                "path = \"/app/\"\nhandler = \"app\"\ncommand = [\"x\"]\nprocesses_max = 2\n",
+                "only applies to handler = \"fastcgi\"",
+            ),
+            (
+                "suffix = \".php\"\nhandler = \"fastcgi\"\ncommand = [\"php-cgi\"]\nworkdir = \"/srv\"\n",
+                "only applies to handler = \"app\"",
+            ),
+            (
+                "path = \"/s/\"\nhandler = \"static\"\ncommand = [\"x\"]\n",
+                "only applies to handler = \"fastcgi\" or handler = \"app\"",
+            ),
+            ("path = \"/s/\"\nhandler = \"apps\"\n", "unknown handler"),
+        ] {
+            let (r, msgs) = route(&format!("{SITE}{body}"));
+            assert!(r.is_none(), "{body}");
+            assert!(
+                msgs.iter().any(|m| m.contains(expected)),
+                "{body}: {msgs:?}"
+            );
             assert!(
                 msgs.iter()
                     .all(|m| m.split(':').next().unwrap().parse::<usize>().unwrap() >= 6),

@@ -19,6 +19,7 @@ use super::workers::Workers;
 use crate::config::{ClientLimits, Handover};
 use crate::http::head::{BodyFraming, RequestHead};
 use crate::http::io::relay_body;
+use crate::http::response::{ResponseBody, ResponseHead, parse_response_head};
 use crate::ipc::{Handoff, Route};
 
 /// How long the dispatcher waits for a worker's response head.
@@ -42,18 +43,6 @@ struct Upstream {
 #[derive(Default)]
 pub struct Upstreams {
     by_site: HashMap<String, Upstream>,
-}
-
-enum ResponseBody {
-    Framed(BodyFraming),
-    UntilClose,
-}
-
-struct ResponseHead {
-    len: usize,
-    status: u16,
-    body: ResponseBody,
-    close: bool,
 }
 
 impl Upstreams {
@@ -146,12 +135,31 @@ async fn relay(
         }
         break response;
     };
+    if response.status == 101 && head.header("upgrade").is_none() {
+        // Switching protocols the client never asked for would turn its connection
+        // into a tunnel to this tenant for every later request.
+        return Err(502);
+    }
     // From here on the client may have seen part of the response: on failure the only
     // honest thing left is to close the connection.
     if client.write_all(&up.buf[..response.len]).await.is_err() {
         return Ok(false);
     }
     up.buf.advance(response.len);
+    if response.status == 101 {
+        // The worker switched protocols (a tenant app's WebSocket): from now on the
+        // bytes are opaque, both ways, until either side closes. Bytes already read
+        // past the heads go first.
+        let early_up = std::mem::take(&mut up.buf);
+        let early_client = std::mem::take(client_buf);
+        if client.write_all(&early_up).await.is_err()
+            || up.stream.write_all(&early_client).await.is_err()
+        {
+            return Ok(false);
+        }
+        let _ = tokio::io::copy_bidirectional(client, &mut up.stream).await;
+        return Ok(false);
+    }
     match response.body {
         ResponseBody::Framed(framing) => {
             if let Err(e) = relay_body(
@@ -195,92 +203,5 @@ async fn read_response_head(
             Ok(Ok(0)) | Ok(Err(_)) => return Err(502),
             Ok(Ok(_)) => {}
         }
-    }
-}
-
-/// Parse a worker's response head. Strict: anything odd is the worker's fault (502).
-fn parse_response_head(buf: &[u8], request_was_head: bool) -> Result<Option<ResponseHead>, u16> {
-    let mut headers = [httparse::EMPTY_HEADER; 64];
-    let mut response = httparse::Response::new(&mut headers);
-    let len = match response.parse(buf) {
-        Ok(httparse::Status::Complete(len)) => len,
-        Ok(httparse::Status::Partial) => return Ok(None),
-        Err(_) => return Err(502),
-    };
-    let status = response.code.ok_or(502u16)?;
-    let mut length = None;
-    let mut chunked = false;
-    let mut close = false;
-    for h in response.headers.iter() {
-        if h.name.eq_ignore_ascii_case("content-length") {
-            let value = std::str::from_utf8(h.value).map_err(|_| 502u16)?.trim();
-            let n: u64 = value.parse().map_err(|_| 502u16)?;
-            if length.is_some_and(|l| l != n) {
-                return Err(502);
-            }
-            length = Some(n);
-        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
-            chunked = true;
-        } else if h.name.eq_ignore_ascii_case("connection") {
-            close |= h
-                .value
-                .split(|&b| b == b',')
-                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"));
-        }
-    }
-    let no_body =
-        request_was_head || (100..200).contains(&status) || status == 204 || status == 304;
-    let body = match (no_body, chunked, length) {
-        (true, _, _) => ResponseBody::Framed(BodyFraming::None),
-        (false, true, Some(_)) => return Err(502),
-        (false, true, None) => ResponseBody::Framed(BodyFraming::Chunked),
-        (false, false, Some(n)) => ResponseBody::Framed(BodyFraming::Length(n)),
-        (false, false, None) => ResponseBody::UntilClose,
-    };
-    Ok(Some(ResponseHead {
-        len,
-        status,
-        body,
-        close,
-    }))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn response_framing() {
-        let r = parse_response_head(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\nhello", false)
-            .unwrap()
-            .unwrap();
-        assert!(matches!(
-            r.body,
-            ResponseBody::Framed(BodyFraming::Length(5))
-        ));
-        assert_eq!(r.len, 38);
-        let r = parse_response_head(b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", true)
-            .unwrap()
-            .unwrap();
-        assert!(matches!(r.body, ResponseBody::Framed(BodyFraming::None)));
-        let r = parse_response_head(
-            b"HTTP/1.1 304 Not Modified\r\nConnection: close\r\n\r\n",
-            false,
-        )
-        .unwrap()
-        .unwrap();
-        assert!(r.close && matches!(r.body, ResponseBody::Framed(BodyFraming::None)));
-        assert!(
-            parse_response_head(
-                b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
-                false
-            )
-            .is_err()
-        );
-        assert!(
-            parse_response_head(b"HTTP/1.1 200 OK\r\nContent-Le", false)
-                .unwrap()
-                .is_none()
-        );
     }
 }

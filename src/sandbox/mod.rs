@@ -96,6 +96,30 @@ pub fn die_with_parent(cmd: &mut tokio::process::Command) {
     }
 }
 
+/// Give the child `fd` as fd 3 (systemd socket activation's `SD_LISTEN_FDS_START`),
+/// open across exec. `fd` is owned by the command from now on, so it stays open until
+/// the spawn is done and is closed in the parent when the command is dropped.
+pub fn pass_listen_fd(cmd: &mut tokio::process::Command, fd: OwnedFd) {
+    const TARGET: RawFd = 3;
+    // SAFETY: runs in the forked child after stdio is set up; dup2 and fcntl are
+    // async-signal-safe raw syscalls and nothing is allocated. `fd` is open (owned by
+    // the closure) for as long as the closure exists.
+    unsafe {
+        cmd.pre_exec(move || {
+            let raw = fd.as_raw_fd();
+            if raw == TARGET {
+                // dup2 onto itself would keep FD_CLOEXEC: clear it instead.
+                if libc::fcntl(raw, libc::F_SETFD, 0) == -1 {
+                    return Err(io::Error::last_os_error());
+                }
+            } else if libc::dup2(raw, TARGET) == -1 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
 /// Take ownership of an fd this process inherited by number (named on its command
 /// line), after checking it is open.
 pub fn inherited_fd(fd: RawFd) -> io::Result<OwnedFd> {

@@ -11,7 +11,7 @@ use tracing::{debug, warn};
 
 use super::static_files::{self, Body, Method, RequestHeaders, Response};
 use super::stream::Stream;
-use super::{PeerChannel, SiteState, Tenant, access_log, cgi, fastcgi};
+use super::{PeerChannel, SiteState, Tenant, access_log, app, cgi, fastcgi};
 use crate::config::Handler;
 use crate::config::Handover;
 use crate::http::head::{self, BodyFraming, RequestHead, Version};
@@ -154,6 +154,18 @@ async fn respond(
                     .map(|r| (r, path))
             });
         match route {
+            Some((route, path)) if route.handler == Handler::App => {
+                let call = cgi::CgiCall {
+                    tenant,
+                    site,
+                    route,
+                    head: &request,
+                    path: &path,
+                    peer: handoff.peer,
+                    local: handoff.local,
+                };
+                break app::serve(call, stream, buf).await?;
+            }
             Some((route, path)) if matches!(route.handler, Handler::Cgi | Handler::FastCgi) => {
                 let call = cgi::CgiCall {
                     tenant,

@@ -3,6 +3,7 @@
 //! them, and hands a connection back when its next request is for another tenant.
 
 mod access_log;
+mod app;
 mod cgi;
 mod conn;
 mod fastcgi;
@@ -37,6 +38,8 @@ pub struct SiteState {
     pub error_log: OnceLock<File>,
     /// The FastCGI process pools of the site's routes (same index as `config.routes`).
     pub fastcgi: Vec<Option<Arc<fastcgi::pool::Pool>>>,
+    /// The app processes of the site's `handler = "app"` routes (same index).
+    pub apps: Vec<Option<Arc<app::process::App>>>,
 }
 
 pub struct Tenant {
@@ -165,6 +168,7 @@ fn open_site(config: Site) -> SiteState {
     });
     SiteState {
         fastcgi: fastcgi::pools_for(&config),
+        apps: app::apps_for(&config),
         config,
         files,
         access_log: OnceLock::new(),

@@ -580,7 +580,7 @@ async fn copy_exact<R: AsyncRead + Unpin>(
     }
 }
 
-async fn copy_chunked<R: AsyncRead + Unpin>(
+pub(super) async fn copy_chunked<R: AsyncRead + Unpin>(
     out: &mut BytesMut,
     stdout: &mut R,
     stream: &mut Stream,
@@ -604,7 +604,7 @@ async fn copy_chunked<R: AsyncRead + Unpin>(
     }
 }
 
-async fn copy_until_eof<R: AsyncRead + Unpin>(
+pub(super) async fn copy_until_eof<R: AsyncRead + Unpin>(
     out: &mut BytesMut,
     stdout: &mut R,
     stream: &mut Stream,

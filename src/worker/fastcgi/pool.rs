@@ -153,7 +153,7 @@ impl Pool {
     }
 
     fn spawn(self: &Arc<Self>, site: &SiteState) -> io::Result<Process> {
-        let dir = private_dir()?;
+        let dir = private_dir("fcgi")?;
         let socket = dir.join("fcgi.sock");
         let listener = match std::os::unix::net::UnixListener::bind(&socket) {
             Ok(l) => l,
@@ -238,18 +238,23 @@ impl Pool {
     }
 }
 
-/// A new directory only this tenant can enter, for one process's socket. Created
-/// with mkdir, so a name someone else planted in the shared temp dir is never used.
-fn private_dir() -> io::Result<PathBuf> {
+/// A new directory only this tenant can enter, for one process's socket (`kind`:
+/// "fcgi" or "app"). Created with mkdir, so a name someone else planted in the shared
+/// temp dir is never used.
+pub(crate) fn private_dir(kind: &str) -> io::Result<PathBuf> {
     static NEXT: AtomicU64 = AtomicU64::new(0);
     static SWEPT: std::sync::Once = std::sync::Once::new();
     let base = std::env::temp_dir();
     let uid = rustix::process::geteuid().as_raw();
     let pid = std::process::id();
-    SWEPT.call_once(|| remove_stale_dirs(&base, uid));
+    SWEPT.call_once(|| {
+        for kind in ["fcgi", "app"] {
+            remove_stale_dirs(&base, uid, kind);
+        }
+    });
     loop {
         let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let dir = base.join(format!("condo-fcgi-{uid}-{pid}-{n}"));
+        let dir = base.join(format!("condo-{kind}-{uid}-{pid}-{n}"));
         match std::fs::DirBuilder::new().mode(0o700).create(&dir) {
             Ok(()) => return Ok(dir),
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists && n < 1_000_000 => continue,
@@ -260,8 +265,8 @@ fn private_dir() -> io::Result<PathBuf> {
 
 /// A worker that was killed (condo stopped with TERM) leaves its socket directories
 /// behind; the next worker of the same tenant removes those whose worker is gone.
-fn remove_stale_dirs(base: &Path, uid: u32) {
-    let prefix = format!("condo-fcgi-{uid}-");
+fn remove_stale_dirs(base: &Path, uid: u32, kind: &str) {
+    let prefix = format!("condo-{kind}-{uid}-");
     let Ok(entries) = std::fs::read_dir(base) else {
         return;
     };
