@@ -284,3 +284,120 @@ fn a_socket_is_used_only_when_its_app_runs_as_the_tenant() {
     let log = error_log(&t, "a.test");
     assert!(log.contains("not as this tenant"), "{log}");
 }
+
+#[test]
+fn another_tenants_code_cannot_reach_a_php_pool_socket() {
+    if !require_root() {
+        return;
+    }
+    let (t, config) = setup(pooled_route);
+    let condo = Condo::start(&config);
+    let mut c = Client::connect(condo.pass);
+    assert_eq!(c.get("a.test", "/hello.php").status, 200);
+    // A's pool sockets live in directories named after A's uid and worker pid.
+    let worker = condo.wait_child("worker", Some("a"));
+    let prefix = format!("condo-fcgi-{}-{worker}-", t.a.uid);
+    let dir = std::fs::read_dir(std::env::temp_dir())
+        .unwrap()
+        .flatten()
+        .find(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+        .expect("A's FastCGI socket directory")
+        .path();
+    let socket = std::fs::read_dir(&dir)
+        .unwrap()
+        .flatten()
+        .next()
+        .expect("a socket")
+        .path();
+    let connect = "import socket, sys\ns = socket.socket(socket.AF_UNIX)\ntry:\n    s.connect(sys.argv[1])\n    print('connected')\nexcept OSError as e:\n    print(type(e).__name__, e.errno)\n";
+    let run_as = |user: &TestUser| {
+        let out = Command::new("setpriv")
+            .arg(format!("--reuid={}", user.uid))
+            .arg(format!("--regid={}", user.gid))
+            .arg("--clear-groups")
+            .args(["python3", "-c", connect])
+            .arg(&socket)
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .output()
+            .expect("setpriv python3");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    assert_eq!(
+        run_as(&t.b),
+        "PermissionError 13",
+        "B reached A's php-cgi at {}",
+        socket.display()
+    );
+    // A itself can: the refusal is the directory's mode, not a dead socket.
+    assert_eq!(run_as(&t.a), "connected");
+}
+
+#[test]
+fn killing_php_under_load_fails_only_the_requests_in_flight() {
+    if !require_root() {
+        return;
+    }
+    let (_t, config) = setup(pooled_route);
+    let condo = Condo::start(&config);
+    let addr = condo.pass;
+    let mut warm = Client::connect(addr);
+    assert_eq!(warm.get("a.test", "/hello.php").status, 200);
+    let worker = condo.wait_child("worker", Some("a"));
+    // Four clients loop for about three seconds (bounded by time and count); halfway,
+    // every php-cgi of tenant A is killed.
+    let stop_at = Instant::now() + Duration::from_secs(3);
+    let clients: Vec<_> = (0..4)
+        .map(|_| {
+            std::thread::spawn(move || {
+                let mut failures = 0u32;
+                let mut last_ok = false;
+                let mut client = Client::connect(addr);
+                for _ in 0..20_000 {
+                    if Instant::now() >= stop_at {
+                        break;
+                    }
+                    client.send(b"GET /hello.php HTTP/1.1\r\nHost: a.test\r\n\r\n");
+                    match client.read_response(false) {
+                        Some(r) if r.status == 200 && r.header("connection") != Some("close") => {
+                            last_ok = true
+                        }
+                        _ => {
+                            failures += 1;
+                            last_ok = false;
+                            client = Client::connect(addr);
+                        }
+                    }
+                }
+                (failures, last_ok)
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(1500));
+    let killed = children_named(worker, "php-cgi");
+    assert!(!killed.is_empty());
+    for pid in &killed {
+        let _ = rustix::process::kill_process(
+            rustix::process::Pid::from_raw(*pid as i32).unwrap(),
+            rustix::process::Signal::KILL,
+        );
+    }
+    let results: Vec<(u32, bool)> = clients.into_iter().map(|h| h.join().unwrap()).collect();
+    let failures: u32 = results.iter().map(|r| r.0).sum();
+    eprintln!(
+        "killed {} php-cgi processes under load: {failures} requests failed",
+        killed.len()
+    );
+    // processes_max = 2: at most two requests were inside php-cgi when it died.
+    assert!(
+        failures <= killed.len() as u32,
+        "{failures} failures for {} killed processes: {results:?}",
+        killed.len()
+    );
+    assert!(
+        results.iter().all(|r| r.1),
+        "a client's last request failed: {results:?}"
+    );
+    let mut c = Client::connect(addr);
+    assert_eq!(c.get("b.test", "/hello.php").status, 200);
+}

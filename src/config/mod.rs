@@ -113,6 +113,8 @@ pub struct FastCgi {
     pub idle_timeout: Option<Duration>,
     /// A process is replaced after this many requests.
     pub max_requests: u32,
+    /// The processes' working directory; `None`: the site root.
+    pub workdir: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -741,7 +743,11 @@ fn validate_route(
             r.max_requests.is_some(),
             &[Handler::FastCgi],
         ),
-        ("workdir", r.workdir.is_some(), &[Handler::App]),
+        (
+            "workdir",
+            r.workdir.is_some(),
+            &[Handler::FastCgi, Handler::App],
+        ),
     ];
     let mut bad = false;
     for (name, set, handlers) in extra {
@@ -899,11 +905,18 @@ fn validate_fastcgi(
     if diags.len() > before {
         return None;
     }
+    if let Some(dir) = &r.workdir
+        && !dir.is_absolute()
+    {
+        diags.push(source.error(&format!("{key}.workdir"), "must be an absolute path"));
+        return None;
+    }
     Some(FastCgi {
         app: app?,
         processes_max,
         idle_timeout,
         max_requests,
+        workdir: r.workdir.clone(),
     })
 }
 
@@ -1061,8 +1074,8 @@ mod tests {
                 "only applies to handler = \"fastcgi\"",
             ),
             (
-                "suffix = \".php\"\nhandler = \"fastcgi\"\ncommand = [\"php-cgi\"]\nworkdir = \"/srv\"\n",
-                "only applies to handler = \"app\"",
+                "path = \"/cgi-bin/\"\nhandler = \"cgi\"\nworkdir = \"/srv\"\n",
+                "only applies to handler = \"fastcgi\" or handler = \"app\"",
             ),
             (
                 "path = \"/s/\"\nhandler = \"static\"\ncommand = [\"x\"]\n",

@@ -181,7 +181,7 @@ impl Pool {
                 "PHP_FCGI_MAX_REQUESTS",
                 self.config.max_requests.to_string(),
             )
-            .current_dir(&site.config.root)
+            .current_dir(self.config.workdir.as_ref().unwrap_or(&site.config.root))
             .stdin(Stdio::from(OwnedFd::from(listener)))
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
