@@ -12,80 +12,20 @@ REPO_DIR=$(cd -- "$SCRIPT_DIR/.." && pwd)
 RESULTS_DIR=$SCRIPT_DIR/results
 
 # ---- knobs (environment) ----------------------------------------------------------
-BENCH_DURATION=${BENCH_DURATION:-10s}   # wrk -d, per run
-BENCH_CONNS=${BENCH_CONNS:-50}          # wrk -c
-BENCH_THREADS=${BENCH_THREADS:-2}       # wrk -t
-BENCH_RUNS=${BENCH_RUNS:-2}             # measured runs per cell; the best one is reported
-BENCH_WARMUP=${BENCH_WARMUP:-2s}        # one unrecorded wrk run before each cell; 0 = none
 BENCH_SERVERS=${BENCH_SERVERS:-"condo-pass condo-proxy nginx itk"}
 CONDO_PASS_PORT=${CONDO_PASS_PORT:-18081}
 CONDO_PROXY_PORT=${CONDO_PROXY_PORT:-18082}
 NGINX_PORT=${NGINX_PORT:-18083}
 ITK_PORT=${ITK_PORT:-18084}
-CONDO_BIN_FROM_ENV=${CONDO_BIN:-}                 # set: use this binary, do not build
-CONDO_START_TIMEOUT=${CONDO_START_TIMEOUT:-20}   # seconds until condo must answer
-
-# Throw-away accounts. The GECOS marker lets a later run remove leftovers of a run
-# that was killed before its cleanup could run, and nothing else.
-USER_A=condo-bench-a        # tenant a
-USER_B=condo-bench-b        # tenant b
-USER_D=condo-bench-d        # condo's dispatcher
-USER_W=condo-bench-w        # nginx workers (member of both tenant groups); itk default user
-USER_MARK="condo bench (temporary)"
 
 SERVERS_ALL=(condo-pass condo-proxy nginx itk)
 WORKLOADS=("small.txt keep-alive" "small.txt close" "big.bin keep-alive" "big.bin close")
 SMALL_BODY=$'Hello, world\n'   # 13 bytes
 BIG_SIZE=102400                # 100 KiB
+PROBE_PATH=/small.txt          # what "the server answers" means
 
-# ---- state ------------------------------------------------------------------------
-TMP=""                  # temp dir with docroots, configs, logs
-CREATED_USERS=()        # accounts this run created (deleted at exit)
-POLICY_RC_CREATED=0     # did we write /usr/sbin/policy-rc.d?
-declare -A SERVER_PID=()        # name -> pid of the process we started (a session leader)
-declare -A RPS=() P99=() ERRS=() CELL=()   # key "server|workload"
-declare -A ALLRUNS=()           # key -> per-run summary lines
-NOTES=()                # printed under the table
-FAILED=0                # exit status 1 at the end if something did not work
-RAW=""                  # raw wrk log in results/
-MD=""                   # the Markdown report in results/
-
-# ---- small helpers ----------------------------------------------------------------
-log() { printf '==> %s\n' "$*" >&2; }
-warn() { printf '!!! %s\n' "$*" >&2; }
-die() { warn "$*"; exit 1; }
-want() { [[ " $BENCH_SERVERS " == *" $1 "* ]]; }
-want_condo() { want condo-pass || want condo-proxy; }
-raw() { [[ -z $RAW ]] || printf '%s\n' "$@" >>"$RAW"; }
-
-# A process is alive if it exists and is not a zombie (kill -0 succeeds on zombies).
-alive() {
-    local st
-    st=$(ps -o stat= -p "$1" 2>/dev/null) || return 1
-    [[ -n $st && $st != Z* ]]
-}
-
-# Seconds in a wrk duration ("10s", "2m", "1h", "30").
-dur_secs() {
-    local d=$1
-    [[ $d =~ ^([0-9]+)(s|m|h)?$ ]] || die "cannot parse duration '$d' (use e.g. 10s, 2m)"
-    case ${BASH_REMATCH[2]} in
-        m) echo $((BASH_REMATCH[1] * 60)) ;;
-        h) echo $((BASH_REMATCH[1] * 3600)) ;;
-        *) echo "${BASH_REMATCH[1]}" ;;
-    esac
-}
-
-# wrk prints latencies as 812.00us / 1.23ms / 2.01s / 1.50m; turn them into ms.
-to_ms() {
-    awk -v v="$1" 'BEGIN {
-        n = v + 0; u = v; sub(/^[0-9.]+/, "", u)
-        if (u == "us") n /= 1000; else if (u == "s") n *= 1000; else if (u == "m") n *= 60000
-        else if (u != "ms") { print "?"; exit }
-        printf "%.2f", n }'
-}
-
-port_busy() { ss -Hltn "sport = :$1" 2>/dev/null | grep -q .; }
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+. "$SCRIPT_DIR/lib.sh"
 
 # ---- 1. packages ------------------------------------------------------------------
 install_deps() {
@@ -98,65 +38,10 @@ install_deps() {
     [[ -e /etc/mime.types ]] || need+=(media-types)    # Apache's TypesConfig
     command -v ss >/dev/null || need+=(iproute2)
     command -v ps >/dev/null || need+=(procps)
-    ((${#need[@]})) || return 0
-    log "installing: ${need[*]}"
-    # Keep the packages from starting their Debian services: we run our own instances.
-    # An existing policy-rc.d (e.g. in a container) is left as it is.
-    if [[ ! -e /usr/sbin/policy-rc.d ]]; then
-        printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d
-        chmod 0755 /usr/sbin/policy-rc.d
-        POLICY_RC_CREATED=1
-    fi
-    apt-get update -q
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${need[@]}"
-    if ((POLICY_RC_CREATED)); then
-        rm -f /usr/sbin/policy-rc.d
-        POLICY_RC_CREATED=0
-    fi
-}
-
-# ---- 2. condo binary --------------------------------------------------------------
-CONDO_OK=0                      # condo binary is there
-CONDO_PASS_UP=0 CONDO_PROXY_UP=0  # its listeners answered 200
-CONDO_WHY_PASS="" CONDO_WHY_PROXY=""
-build_condo() {
-    if [[ -n ${CONDO_BIN_FROM_ENV:-} ]]; then
-        [[ -x $CONDO_BIN ]] || { warn "CONDO_BIN=$CONDO_BIN is not an executable"; return 1; }
-        log "using CONDO_BIN=$CONDO_BIN (not building)"
-        return 0
-    fi
-    command -v cargo >/dev/null || PATH=$PATH:${HOME:-/root}/.cargo/bin
-    command -v cargo >/dev/null || { warn "cargo not found; set CONDO_BIN"; return 1; }
-    log "cargo build --release (log: $TMP/cargo-build.log)"
-    if ! (cd "$REPO_DIR" && timeout 1800 cargo build --release) >"$TMP/cargo-build.log" 2>&1; then
-        warn "cargo build --release FAILED; last 50 lines:"
-        tail -n 50 "$TMP/cargo-build.log" >&2
-        raw "=== cargo build --release failed; last 50 lines: ===" "$(tail -n 50 "$TMP/cargo-build.log")"
-        return 1
-    fi
-    [[ -x $CONDO_BIN ]] || { warn "build succeeded but $CONDO_BIN is missing"; return 1; }
+    apt_install "${need[@]}"
 }
 
 # ---- 3. users and docroots --------------------------------------------------------
-make_user() {
-    local name=$1
-    if getent passwd "$name" >/dev/null; then
-        if [[ $(getent passwd "$name" | cut -d: -f5) == "$USER_MARK" ]]; then
-            warn "removing leftover account $name from an earlier interrupted run"
-            userdel "$name" || die "cannot remove leftover $name (processes still running as it?)"
-            if getent group "$name" >/dev/null; then groupdel "$name" || true; fi
-        else
-            die "user $name exists and was not made by this script; not touching it"
-        fi
-    fi
-    if getent group "$name" >/dev/null; then
-        die "group $name exists without its user; remove it or pick other names"
-    fi
-    useradd --system --no-create-home --shell /usr/sbin/nologin --user-group \
-        --comment "$USER_MARK" "$name"
-    CREATED_USERS+=("$name")
-}
-
 make_tree() {
     make_user "$USER_A"
     make_user "$USER_B"
@@ -181,96 +66,7 @@ make_tree() {
     mkdir -p "$TMP/sites" "$TMP/nginx/logs" "$TMP/apache/logs" "$TMP/apache/run"
 }
 
-# ---- process handling -------------------------------------------------------------
-# Every server is started with setsid, so the pid we get from $! leads its own session
-# and process group; stopping it reaches its children and nothing else.
-session_pids() { ps -o pid= -s "$1" 2>/dev/null | tr -d ' ' | grep -v '^$' || true; }
-
-stop_server() {
-    local name=$1 pid=${SERVER_PID[$1]:-} p i
-    [[ -n $pid ]] || return 0
-    unset 'SERVER_PID[$name]'
-    if alive "$pid"; then
-        log "stopping $name (pid $pid)"
-        kill -TERM "$pid" 2>/dev/null || true
-    fi
-    for ((i = 0; i < 100; i++)); do           # up to 10 s for a graceful stop
-        local left=0
-        for p in $(session_pids "$pid"); do alive "$p" && left=1; done
-        ((left)) || break
-        sleep 0.1
-    done
-    for p in $(session_pids "$pid"); do
-        if alive "$p"; then
-            warn "$name: pid $p still running after 10 s, sending KILL"
-            kill -KILL "$p" 2>/dev/null || true
-        fi
-    done
-    wait "$pid" 2>/dev/null || true
-}
-
-# Processes still running as one of our throw-away accounts were started by this run
-# (a server that left its session, say); stop them by pid so userdel can work.
-stop_account_leftovers() {
-    local u p
-    for u in "${CREATED_USERS[@]}"; do
-        # Zombies are already dead: orphans wait for init to reap them.
-        for p in $(ps -o pid=,stat= -u "$u" 2>/dev/null | awk '$2 !~ /^Z/ {print $1}' || true); do
-            warn "pid $p still runs as $u ($(ps -o stat=,args= -p "$p" 2>/dev/null)); sending KILL"
-            kill -KILL "$p" 2>/dev/null || true
-        done
-    done
-    sleep 0.2
-}
-
-cleanup() {
-    local rc=$? name u
-    set +e
-    trap - EXIT INT TERM
-    for name in "${!SERVER_PID[@]}"; do stop_server "$name"; done
-    ((POLICY_RC_CREATED)) && rm -f /usr/sbin/policy-rc.d
-    if ((${#CREATED_USERS[@]})); then
-        stop_account_leftovers
-        for u in "${CREATED_USERS[@]}"; do
-            userdel "$u" 2>/dev/null || warn "userdel $u failed"
-            getent group "$u" >/dev/null && { groupdel "$u" || warn "groupdel $u failed"; }
-        done
-    fi
-    if [[ -n $TMP && -d $TMP ]]; then
-        if ((KEEP_TMP_ON_FAIL)) && ((rc != 0 || FAILED)); then
-            warn "keeping $TMP (BENCH_KEEP_TMP=1)"
-        else
-            rm -rf -- "$TMP"
-        fi
-    fi
-    exit "$rc"
-}
-KEEP_TMP_ON_FAIL=${BENCH_KEEP_TMP:-0}
-
-# probe PORT HOST: does http://127.0.0.1:PORT/small.txt answer 200 for HOST?
-# PROBE_MSG says what curl saw.
-PROBE_MSG=""
-probe() {
-    local code rc=0
-    code=$(curl -s --max-time 2 -o /dev/null -w '%{http_code}' -H "Host: $2" \
-        "http://127.0.0.1:$1/small.txt") || rc=$?
-    if ((rc != 0)); then PROBE_MSG="no answer (curl exit status $rc)"; else PROBE_MSG="HTTP $code"; fi
-    [[ $rc == 0 && $code == 200 ]]
-}
-
-# Wait until PORT answers 200 for HOST, at most SECS seconds.
-# Returns 2 if the process died first, 1 on timeout.
-wait_ready() {
-    local port=$1 host=$2 pid=$3 secs=$4 deadline
-    deadline=$((SECONDS + secs))
-    while ((SECONDS < deadline)); do
-        alive "$pid" || return 2
-        probe "$port" "$host" && return 0
-        sleep 0.2
-    done
-    return 1
-}
-
+# ---- hooks for lib.sh -------------------------------------------------------------
 # After a server answers: does each vhost serve its own tenant's files?
 check_vhosts() {
     local name=$1 port=$2 t sum want
@@ -285,90 +81,9 @@ check_vhosts() {
     done
 }
 
-show_procs() {
-    raw "--- processes of $1 (user, group) ---"
-    raw "$(ps -o pid,ppid,user:16,group:16,args -s "$2" 2>/dev/null || true)"
-}
+expected_file() { printf '%s\n' "$TMP/a/www/$1"; }
 
 # ---- 4. servers -------------------------------------------------------------------
-start_condo() {
-    local pid rc=0 port
-    for port in "$CONDO_PASS_PORT" "$CONDO_PROXY_PORT"; do
-        if port_busy "$port"; then
-            warn "port $port is already in use"
-            CONDO_WHY_PASS="port $port already in use" CONDO_WHY_PROXY="port $port already in use"
-            return 1
-        fi
-    done
-    cat >"$TMP/condo.toml" <<EOF
-[server]
-listen = [{ addr = "127.0.0.1:$CONDO_PASS_PORT", handover = "pass" }, { addr = "127.0.0.1:$CONDO_PROXY_PORT", handover = "proxy" }]
-user = "$USER_D"
-uid_range = [100, 60000]
-sites = "sites/*.toml"
-log_dir = "$TMP/log"
-run_dir = "$TMP/run"
-
-[tenant.a]
-user = "$USER_A"
-
-[tenant.b]
-user = "$USER_B"
-EOF
-    local t
-    for t in a b; do
-        printf '[[site]]\nname = "%s.test"\ntenant = "%s"\nroot = "%s"\n' "$t" "$t" "$TMP/$t/www" \
-            >"$TMP/sites/$t.toml"
-    done
-    # condo's own validation first: its diagnostics explain most start failures.
-    if ! timeout 30 "$CONDO_BIN" check -c "$TMP/condo.toml" >"$TMP/condo-check.log" 2>&1; then
-        warn "condo check -c $TMP/condo.toml reports problems:"
-        sed 's/^/    /' "$TMP/condo-check.log" | tail -n 50 >&2
-        raw "=== condo check failed: ===" "$(tail -n 50 "$TMP/condo-check.log")"
-    fi
-    log "starting condo: $CONDO_BIN serve -c $TMP/condo.toml"
-    setsid "$CONDO_BIN" serve -c "$TMP/condo.toml" >"$TMP/condo.stderr.log" 2>&1 </dev/null &
-    pid=$!
-    SERVER_PID[condo]=$pid
-    # Both listeners get the same deadline; each handover mode is judged on its own.
-    local deadline=$((SECONDS + CONDO_START_TIMEOUT)) pass_msg="" proxy_msg="" died=0
-    CONDO_PASS_UP=0 CONDO_PROXY_UP=0
-    while ((SECONDS < deadline)); do
-        alive "$pid" || { died=1; break; }
-        if ((!CONDO_PASS_UP)); then
-            if probe "$CONDO_PASS_PORT" a.test; then CONDO_PASS_UP=1; else pass_msg=$PROBE_MSG; fi
-        fi
-        if ((!CONDO_PROXY_UP)); then
-            if probe "$CONDO_PROXY_PORT" a.test; then CONDO_PROXY_UP=1; else proxy_msg=$PROBE_MSG; fi
-        fi
-        ((CONDO_PASS_UP && CONDO_PROXY_UP)) && break
-        sleep 0.2
-    done
-    if ((!CONDO_PASS_UP || !CONDO_PROXY_UP)); then
-        if ((died)); then
-            warn "condo FAILED: the process exited (listeners up: pass $CONDO_PASS_UP, proxy $CONDO_PROXY_UP)"
-        fi
-        ((CONDO_PASS_UP)) || warn "condo pass listener FAILED: no 200 for 'curl -H \"Host: a.test\" http://127.0.0.1:$CONDO_PASS_PORT/small.txt' within ${CONDO_START_TIMEOUT}s (last try: ${pass_msg:-none})"
-        ((CONDO_PROXY_UP)) || warn "condo proxy listener FAILED: no 200 for 'curl -H \"Host: a.test\" http://127.0.0.1:$CONDO_PROXY_PORT/small.txt' within ${CONDO_START_TIMEOUT}s (last try: ${proxy_msg:-none})"
-        if ((died)); then
-            CONDO_WHY_PASS="condo exited" CONDO_WHY_PROXY="condo exited"
-        else
-            CONDO_WHY_PASS="no 200 from condo ($pass_msg)" CONDO_WHY_PROXY="no 200 from condo ($proxy_msg)"
-        fi
-        warn "last 50 lines of $TMP/condo.stderr.log:"
-        tail -n 50 "$TMP/condo.stderr.log" | sed 's/^/    /' >&2
-        raw "=== condo did not answer on all listeners; its log: ===" "$(tail -n 50 "$TMP/condo.stderr.log")"
-        if ((died || (!CONDO_PASS_UP && !CONDO_PROXY_UP))); then
-            stop_server condo
-            return 1
-        fi
-    fi
-    ((CONDO_PASS_UP)) && check_vhosts condo-pass "$CONDO_PASS_PORT"
-    ((CONDO_PROXY_UP)) && check_vhosts condo-proxy "$CONDO_PROXY_PORT"
-    show_procs condo "$pid"   # after both vhosts were asked: workers may start lazily
-    return 0
-}
-
 start_nginx() {
     local pid rc=0
     port_busy "$NGINX_PORT" && { warn "port $NGINX_PORT is already in use"; return 1; }
@@ -493,175 +208,10 @@ EOF
     show_procs itk "$pid"
 }
 
-# ---- 5. measuring -----------------------------------------------------------------
-# verify URL MODE FILE: HTTP 200 and the exact body, before benchmarking it.
-VERIFY_MSG=""
-verify() {
-    local url=$1 mode=$2 file=$3 code size hdr=()
-    [[ $mode == close ]] && hdr=(-H 'Connection: close')
-    code=$(curl -s --max-time 5 -o "$TMP/body" -w '%{http_code}' -H 'Host: a.test' "${hdr[@]}" "$url") || true
-    size=$(stat -c %s "$TMP/body" 2>/dev/null || echo 0)
-    VERIFY_MSG="HTTP ${code:-none}, $size bytes"
-    [[ $code == 200 ]] && cmp -s "$TMP/body" "$TMP/a/www/$file"
-}
-
-# One wrk run; prints its output. Bounded by wrk's own -d and by timeout.
-run_wrk() {
-    local url=$1 mode=$2 dur=$3 limit hdr=()
-    [[ $mode == close ]] && hdr=(-H 'Connection: close')
-    limit=$(($(dur_secs "$dur") + 30))
-    timeout --kill-after=5 "$limit" \
-        wrk -t"$BENCH_THREADS" -c"$BENCH_CONNS" -d"$dur" --latency \
-        -H 'Host: a.test' "${hdr[@]}" "$url" 2>&1 || echo "wrk exited with status $?"
-}
-
-# Parse one wrk output: sets W_RPS, W_P99 (ms), W_NON2XX, W_SOCK (sum), W_SOCKTXT.
-parse_wrk() {
-    local out=$1 lat
-    W_RPS=$(awk '/^Requests\/sec:/ {print $2}' <<<"$out")
-    lat=$(awk '$1 == "99%" {print $2; exit}' <<<"$out")
-    W_P99=$([[ -n $lat ]] && to_ms "$lat" || echo "?")
-    W_NON2XX=$(awk -F: '/Non-2xx or 3xx responses/ {gsub(/ /, "", $2); print $2}' <<<"$out")
-    W_NON2XX=${W_NON2XX:-0}
-    W_SOCKTXT=$(sed -n 's/^ *Socket errors: *//p' <<<"$out")
-    W_SOCK=0
-    if [[ -n $W_SOCKTXT ]]; then
-        W_SOCK=$(grep -oE '[0-9]+' <<<"$W_SOCKTXT" | awk '{s += $1} END {print s + 0}')
-    fi
-}
-
-bench_cell() {
-    local srv=$1 port=$2 file=$3 mode=$4 key url out r best=-1 best_clean=-1 pick
-    key="$srv|$file $mode"
-    url="http://127.0.0.1:$port/$file"
-    log "$srv  $file  $mode"
-    raw "" "################ $srv | $file | $mode | $url"
-    if ! verify "$url" "$mode" "$file"; then
-        warn "$srv $file $mode: verification FAILED ($VERIFY_MSG); not benchmarked"
-        raw "verification FAILED: $VERIFY_MSG"
-        CELL[$key]="verify failed: $VERIFY_MSG"
-        FAILED=1
-        return 0
-    fi
-    raw "verified: $VERIFY_MSG"
-    if [[ $BENCH_WARMUP != 0 ]]; then
-        out=$(run_wrk "$url" "$mode" "$BENCH_WARMUP")
-        parse_wrk "$out"
-        raw "--- warm-up ($BENCH_WARMUP, not counted): ${W_RPS:-?} req/s"
-    fi
-    local rps=() p99=() errs=() errtxt=() parsed=()
-    for ((r = 1; r <= BENCH_RUNS; r++)); do
-        out=$(run_wrk "$url" "$mode" "$BENCH_DURATION")
-        raw "--- run $r" "$out"
-        parse_wrk "$out"
-        local n=$((W_NON2XX + W_SOCK)) txt="non-2xx $W_NON2XX; socket errors: ${W_SOCKTXT:-none}"
-        if [[ -z $W_RPS ]]; then   # wrk failed or was cut off: that is an error too
-            warn "    could not parse wrk's output (see the raw log)"
-            n=$((n + 1)) txt="wrk gave no result ($(tail -n 1 <<<"$out"))"
-        fi
-        rps+=("${W_RPS:-0}")
-        parsed+=("$([[ -n $W_RPS ]] && echo 1 || echo 0)")
-        p99+=("$W_P99")
-        errs+=("$n")
-        errtxt+=("$txt")
-        ALLRUNS[$key]+="| $srv | $file $mode | $r | ${W_RPS:-none} | $W_P99 ms | $W_NON2XX | ${W_SOCKTXT:-0} |"$'\n'
-        log "    run $r: ${W_RPS:-?} req/s, p99 $W_P99 ms, errors $n"
-    done
-    # The best run: highest req/s, preferring runs without errors (an error answer can
-    # be faster than a real one).
-    for ((r = 0; r < BENCH_RUNS; r++)); do
-        if ((best < 0)) || awk -v a="${rps[r]}" -v b="${rps[best]}" 'BEGIN {exit !(a > b)}'; then best=$r; fi
-        if ((errs[r] == 0)); then
-            if ((best_clean < 0)) || awk -v a="${rps[r]}" -v b="${rps[best_clean]}" 'BEGIN {exit !(a > b)}'; then best_clean=$r; fi
-        fi
-    done
-    pick=$((best_clean >= 0 ? best_clean : best))
-    RPS[$key]=${rps[pick]}
-    P99[$key]=${p99[pick]}
-    ERRS[$key]=${errs[pick]}
-    CELL[$key]=ok
-    ((parsed[pick])) || CELL[$key]="wrk gave no result"
-    if ((errs[pick] > 0)); then
-        NOTES+=("**$srv, $file $mode: ${errs[pick]} errors in the reported run** (${errtxt[pick]})")
-        FAILED=1
-    fi
-    for ((r = 0; r < BENCH_RUNS; r++)); do
-        if ((r != pick && errs[r] > 0)); then
-            NOTES+=("$srv, $file $mode: run $((r + 1)) (not reported) had ${errs[r]} errors (${errtxt[r]})")
-        fi
-    done
-    if [[ -n ${SERVER_PID[${srv%%-*}]:-} ]] && ! alive "${SERVER_PID[${srv%%-*}]}"; then
-        warn "$srv: the server process died during the benchmark"
-        NOTES+=("**$srv: the server process died during $file $mode**")
-        FAILED=1
-    fi
-}
-
-bench_server() {
-    local srv=$1 port=$2 w
-    for w in "${WORKLOADS[@]}"; do
-        # shellcheck disable=SC2086 # w is "file mode"
-        bench_cell "$srv" "$port" $w
-    done
-}
-
-# bench_condo_mode NAME PORT UP WHY: one of condo's listeners, if it answered.
-bench_condo_mode() {
-    local srv=$1 port=$2 up=$3 why=$4
-    want "$srv" || return 0
-    if ((up)); then
-        bench_server "$srv" "$port"
-    else
-        FAILED=1
-        mark_server_failed "$srv" "$why"
-        NOTES+=("**$srv: $why** (see the script's output and the raw log)")
-    fi
-}
-
-mark_server_failed() {
-    local srv=$1 why=$2 w
-    for w in "${WORKLOADS[@]}"; do CELL["$srv|$w"]=$why; done
-}
-
 # ---- 6. report --------------------------------------------------------------------
-fmt_cell() {   # rps and p99 columns for one server and workload
-    local key=$1 st=${CELL[$1]:-not run}
-    if [[ $st != ok ]]; then
-        printf '%s | –' "$st"
-        return
-    fi
-    local r
-    r=$(printf '%.0f' "${RPS[$key]}")
-    if ((ERRS[$key] > 0)); then r="$r ⚠ ${ERRS[$key]} err"; fi
-    printf '%s | %s ms' "$r" "${P99[$key]}"
-}
-
-ratio() {   # rps(a) / rps(b)
-    local a=$1 b=$2 flag=""
-    [[ ${CELL[$a]:-} == ok && ${CELL[$b]:-} == ok ]] || { printf '–'; return; }
-    if ((ERRS[$a] > 0 || ERRS[$b] > 0)); then flag=" ⚠"; fi
-    awk -v x="${RPS[$a]}" -v y="${RPS[$b]}" -v f="$flag" \
-        'BEGIN { if (y <= 0) { printf "–"; exit }
-                 r = x / y; printf (r >= 0.1 ? "%.2fx%s" : "%.3fx%s"), r, f }'
-}
-
 HEADER=""
 machine_header() {
-    local model rev
-    model=$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)
-    rev=$(git -C "$REPO_DIR" -c safe.directory="$REPO_DIR" rev-parse --short HEAD 2>/dev/null || echo "no commit")
-    if [[ -n $(git -C "$REPO_DIR" -c safe.directory="$REPO_DIR" status --porcelain 2>/dev/null) ]]; then
-        rev="$rev (work tree has uncommitted changes)"
-    fi
-    HEADER=$(
-        echo "- date: $(date -u '+%Y-%m-%d %H:%M UTC'), host: $(hostname)"
-        echo "- machine: $(nproc) cores, ${model:-unknown CPU}, $(awk '/MemTotal/ {printf "%.0f GiB", $2 / 1048576}' /proc/meminfo) RAM, kernel $(uname -r)"
-        echo "- nginx: $(nginx -v 2>&1 | sed 's/^nginx version: //')"
-        echo "- apache: $(apache2 -v 2>/dev/null | sed -n 's/^Server version: //p') + mpm-itk $(dpkg-query -W -f '${Version}' libapache2-mpm-itk 2>/dev/null || echo '?')"
-        echo "- wrk: $(wrk -v 2>&1 | head -n1 | sed 's/ Copyright.*//' || true)"
-        echo "- condo: git $rev${CONDO_BIN:+, binary $CONDO_BIN}"
-        echo "- load: wrk -t$BENCH_THREADS -c$BENCH_CONNS -d$BENCH_DURATION --latency, best of $BENCH_RUNS run(s), $([[ $BENCH_WARMUP == 0 ]] && echo "no warm-up" || echo "$BENCH_WARMUP warm-up before each cell"), Host: a.test"
-    )
+    HEADER=$(header_common; header_load)
 }
 
 report() {
@@ -690,26 +240,7 @@ report() {
             "groups (shared uid); Apache 2.4 prefork + mpm-itk with MaxKeepAliveRequests 0 (unlimited)," \
             "EnableSendfile On, one AssignUserID per vhost; all servers write an access log." \
             "wrk runs on the same cores as the server."
-        if ((${#NOTES[@]})); then
-            echo
-            echo "Problems:"
-            echo
-            local n
-            for n in "${NOTES[@]}"; do echo "- $n"; done
-        fi
-        echo
-        echo "<details><summary>All runs</summary>"
-        echo
-        echo "| server | workload | run | rps | p99 | non-2xx | socket errors |"
-        echo "|---|---|--:|--:|--:|--:|---|"
-        local s
-        for s in "${SERVERS_ALL[@]}"; do
-            for w in "${WORKLOADS[@]}"; do printf '%s' "${ALLRUNS["$s|$w"]:-}"; done
-        done
-        echo
-        echo "</details>"
-        echo
-        echo "Raw wrk output: \`$(basename "$RAW")\` (not committed)."
+        report_tail
     } >"$MD"
     echo
     cat "$MD"
@@ -720,81 +251,25 @@ report() {
 
 # ---- main -------------------------------------------------------------------------
 main() {
-    [[ $(id -u) == 0 ]] || die "run as root (it creates users and starts servers that switch uid)"
-    [[ $BENCH_RUNS =~ ^[1-9][0-9]*$ ]] || die "BENCH_RUNS must be a positive integer"
-    [[ $BENCH_CONNS =~ ^[1-9][0-9]*$ && $BENCH_THREADS =~ ^[1-9][0-9]*$ ]] ||
-        die "BENCH_CONNS and BENCH_THREADS must be positive integers"
-    ((BENCH_CONNS >= BENCH_THREADS)) || die "BENCH_CONNS must be >= BENCH_THREADS"
-    dur_secs "$BENCH_DURATION" >/dev/null
-    [[ $BENCH_WARMUP == 0 ]] || dur_secs "$BENCH_WARMUP" >/dev/null
-    local s
-    for s in $BENCH_SERVERS; do
-        [[ " ${SERVERS_ALL[*]} " == *" $s "* ]] || die "unknown server '$s' in BENCH_SERVERS (known: ${SERVERS_ALL[*]})"
-    done
-
+    check_knobs
     trap cleanup EXIT
     trap 'exit 130' INT
     trap 'exit 143' TERM
 
     install_deps
-    TMP=$(mktemp -d /tmp/condo-bench.XXXXXX)
-    chmod 0755 "$TMP"   # the tenants, the dispatcher and nginx's workers must traverse it
-
-    mkdir -p "$RESULTS_DIR"
-    local stamp
-    stamp=$(date +%Y%m%d-%H%M%S)-$(hostname -s 2>/dev/null || hostname)
-    MD=$RESULTS_DIR/static-$stamp.md
-    RAW=$RESULTS_DIR/static-$stamp.raw.log
-    : >"$RAW"
+    open_results static
 
     if want_condo; then CONDO_BIN=${CONDO_BIN:-$REPO_DIR/target/release/condo}; fi
     machine_header
     echo "$HEADER"
     raw "$HEADER"
 
-    if want_condo; then
-        if build_condo; then CONDO_OK=1; else
-            warn "condo could not be built; its columns will say so"
-            FAILED=1
-        fi
-    fi
-
+    prepare_condo
     make_tree
 
-    if want_condo; then
-        if ((CONDO_OK)) && start_condo; then
-            bench_condo_mode condo-pass "$CONDO_PASS_PORT" "$CONDO_PASS_UP" "$CONDO_WHY_PASS"
-            bench_condo_mode condo-proxy "$CONDO_PROXY_PORT" "$CONDO_PROXY_UP" "$CONDO_WHY_PROXY"
-            stop_server condo
-        else
-            FAILED=1
-            if ((CONDO_OK)); then
-                bench_condo_mode condo-pass "$CONDO_PASS_PORT" 0 "${CONDO_WHY_PASS:-condo failed to start}"
-                bench_condo_mode condo-proxy "$CONDO_PROXY_PORT" 0 "${CONDO_WHY_PROXY:-condo failed to start}"
-            else
-                bench_condo_mode condo-pass "$CONDO_PASS_PORT" 0 "condo build failed"
-                bench_condo_mode condo-proxy "$CONDO_PROXY_PORT" 0 "condo build failed"
-            fi
-        fi
-    fi
-    if want nginx; then
-        if start_nginx; then
-            bench_server nginx "$NGINX_PORT"
-            stop_server nginx
-        else
-            FAILED=1
-            mark_server_failed nginx "nginx failed to start"
-        fi
-    fi
-    if want itk; then
-        if start_itk; then
-            bench_server itk "$ITK_PORT"
-            stop_server itk
-        else
-            FAILED=1
-            mark_server_failed itk "apache failed to start"
-        fi
-    fi
+    run_condo_columns
+    run_column nginx "$NGINX_PORT" start_nginx
+    run_column itk "$ITK_PORT" start_itk
 
     report
     if ((FAILED)); then
