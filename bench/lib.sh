@@ -582,3 +582,90 @@ run_column() {
     stop_server "$srv"
     for other in "${@:4}"; do stop_server "$other"; done
 }
+
+# ---- Apache mpm-itk, shared by the scripts -----------------------------------------
+ITK_LABEL=${ITK_LABEL:-mpm-itk}
+ITK_EXTRA=${ITK_EXTRA:-}
+
+start_itk() {
+    local pid rc=0 m=/usr/lib/apache2/modules t
+    local start=$((BENCH_CONNS + 5)) maxspare=$((BENCH_CONNS + 10)) maxworkers=150
+    ((maxworkers >= maxspare + 10)) || maxworkers=$((maxspare + 10))
+    port_busy "$ITK_PORT" && { warn "port $ITK_PORT is already in use"; return 1; }
+    # Self-contained: does not read /etc/apache2/apache2.conf, so none of Debian's
+    # APACHE_* environment variables are needed. $ITK_EXTRA adds what a script needs
+    # (modules, handlers) before the vhosts.
+    cat >"$TMP/apache/apache2.conf" <<EOF
+ServerRoot "$TMP/apache"
+ServerName localhost
+DefaultRuntimeDir "$TMP/apache/run"
+PidFile "$TMP/apache/run/apache2.pid"
+Mutex file:$TMP/apache/run default
+Listen 127.0.0.1:$ITK_PORT
+
+LoadModule mpm_prefork_module $m/mod_mpm_prefork.so
+LoadModule mpm_itk_module $m/mpm_itk.so
+LoadModule authz_core_module $m/mod_authz_core.so
+LoadModule mime_module $m/mod_mime.so
+
+# Requests that match no vhost run as this account.
+User $USER_W
+Group $USER_W
+
+# prefork sized for a 2-core box and for the load: every keep-alive connection holds
+# a child, and prefork adds at most 32 children a second, so a pool smaller than the
+# $BENCH_CONNS connections would make the first seconds of each run measure its
+# ramp-up. MaxSpareServers keeps the pool between runs.
+StartServers $start
+MinSpareServers 5
+MaxSpareServers $maxspare
+ServerLimit $maxworkers
+MaxRequestWorkers $maxworkers
+MaxConnectionsPerChild 0
+
+KeepAlive On
+MaxKeepAliveRequests 0
+KeepAliveTimeout 5
+Timeout 60
+EnableSendfile On
+HostnameLookups Off
+TypesConfig /etc/mime.types
+
+ErrorLog $TMP/apache/logs/error.log
+LogLevel warn
+LogFormat "%h %l %u %t \"%r\" %>s %O \"%{Referer}i\" \"%{User-Agent}i\"" combined
+CustomLog $TMP/apache/logs/access.log combined
+
+<Directory />
+    AllowOverride None
+    Require all denied
+</Directory>
+$ITK_EXTRA
+EOF
+    for t in a b; do
+        cat >>"$TMP/apache/apache2.conf" <<EOF
+
+<VirtualHost 127.0.0.1:$ITK_PORT>
+    ServerName $t.test
+    DocumentRoot $TMP/$t/www
+    AssignUserID condo-bench-$t condo-bench-$t
+    <Directory $TMP/$t/www>
+        Require all granted
+    </Directory>
+</VirtualHost>
+EOF
+    done
+    log "starting apache2 ($ITK_LABEL)"
+    setsid apache2 -f "$TMP/apache/apache2.conf" -DFOREGROUND >"$TMP/apache/logs/stderr.log" 2>&1 </dev/null &
+    pid=$!
+    SERVER_PID[itk]=$pid
+    wait_ready "$ITK_PORT" a.test "$pid" 10 || rc=$?
+    if ((rc != 0)); then
+        warn "apache2 ($ITK_LABEL) FAILED to start; its logs:"
+        cat "$TMP/apache/logs/stderr.log" "$TMP/apache/logs/error.log" 2>/dev/null | tail -n 50 >&2
+        stop_server itk
+        return 1
+    fi
+    check_vhosts itk "$ITK_PORT"
+    show_procs itk "$pid"
+}

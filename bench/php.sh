@@ -225,87 +225,17 @@ EOF
     show_procs php-fpm "${SERVER_PID[php-fpm]}"
 }
 
-start_itk() {
-    local pid rc=0 m=/usr/lib/apache2/modules t
-    local start=$((BENCH_CONNS + 5)) maxspare=$((BENCH_CONNS + 10)) maxworkers=150
-    ((maxworkers >= maxspare + 10)) || maxworkers=$((maxspare + 10))
-    port_busy "$ITK_PORT" && { warn "port $ITK_PORT is already in use"; return 1; }
-    # Self-contained: does not read /etc/apache2/apache2.conf, so none of Debian's
-    # APACHE_* environment variables are needed. mod_php reads Debian's
-    # /etc/php/X.Y/apache2/php.ini as usual.
-    cat >"$TMP/apache/apache2.conf" <<EOF
-ServerRoot "$TMP/apache"
-ServerName localhost
-DefaultRuntimeDir "$TMP/apache/run"
-PidFile "$TMP/apache/run/apache2.pid"
-Mutex file:$TMP/apache/run default
-Listen 127.0.0.1:$ITK_PORT
 
-LoadModule mpm_prefork_module $m/mod_mpm_prefork.so
-LoadModule mpm_itk_module $m/mpm_itk.so
-LoadModule authz_core_module $m/mod_authz_core.so
-LoadModule mime_module $m/mod_mime.so
-LoadModule php_module $LIBPHP
-
-# Requests that match no vhost run as this account.
-User $USER_W
-Group $USER_W
-
-# prefork sized for the load, as in static.sh: every keep-alive connection holds a
-# child, and prefork adds at most 32 children a second.
-StartServers $start
-MinSpareServers 5
-MaxSpareServers $maxspare
-ServerLimit $maxworkers
-MaxRequestWorkers $maxworkers
-MaxConnectionsPerChild 0
-
-KeepAlive On
-MaxKeepAliveRequests 0
-KeepAliveTimeout 5
-Timeout 60
-HostnameLookups Off
-TypesConfig /etc/mime.types
-
-ErrorLog $TMP/apache/logs/error.log
-LogLevel warn
-LogFormat "%h %l %u %t \"%r\" %>s %O \"%{Referer}i\" \"%{User-Agent}i\"" combined
-CustomLog $TMP/apache/logs/access.log combined
-
-<Directory />
-    AllowOverride None
-    Require all denied
-</Directory>
-<FilesMatch "\\.php\$">
-    SetHandler application/x-httpd-php
-</FilesMatch>
-EOF
-    for t in a b; do
-        cat >>"$TMP/apache/apache2.conf" <<EOF
-
-<VirtualHost 127.0.0.1:$ITK_PORT>
-    ServerName $t.test
-    DocumentRoot $TMP/$t/www
-    AssignUserID condo-bench-$t condo-bench-$t
-    <Directory $TMP/$t/www>
-        Require all granted
-    </Directory>
-</VirtualHost>
-EOF
-    done
-    log "starting apache2 (mpm-itk + mod_php)"
-    setsid apache2 -f "$TMP/apache/apache2.conf" -DFOREGROUND >"$TMP/apache/logs/stderr.log" 2>&1 </dev/null &
-    pid=$!
-    SERVER_PID[itk]=$pid
-    wait_ready "$ITK_PORT" a.test "$pid" 10 || rc=$?
-    if ((rc != 0)); then
-        warn "apache2 (mpm-itk + mod_php) FAILED to answer; its logs:"
-        cat "$TMP/apache/logs/stderr.log" "$TMP/apache/logs/error.log" 2>/dev/null | tail -n 50 >&2
-        stop_server itk
-        return 1
-    fi
-    check_vhosts itk "$ITK_PORT"
-    show_procs itk "$pid"
+# Apache mpm-itk (lib.sh's start_itk) with mod_php for .php files. mod_php reads
+# Debian's /etc/php/X.Y/apache2/php.ini as usual.
+start_itk_php() {
+    ITK_LABEL="mpm-itk + mod_php"
+    printf -v ITK_EXTRA '%s\n%s\n%s\n%s' \
+        "LoadModule php_module $LIBPHP" \
+        '<FilesMatch "\.php$">' \
+        '    SetHandler application/x-httpd-php' \
+        '</FilesMatch>'
+    start_itk
 }
 
 # ---- 6. report --------------------------------------------------------------------
@@ -384,7 +314,7 @@ main() {
 
     run_condo_columns
     run_column nginx "$NGINX_PORT" start_nginx php-fpm
-    run_column itk "$ITK_PORT" start_itk
+    run_column itk "$ITK_PORT" start_itk_php
 
     report
     if ((FAILED)); then
