@@ -6,7 +6,6 @@ mod common;
 
 use std::io::{Read, Write};
 use std::path::PathBuf;
-use std::process::Command;
 use std::time::Duration;
 
 use common::*;
@@ -118,23 +117,6 @@ fn setup_with(settings: &str) -> (TwoTenants, PathBuf) {
         .unwrap();
     }
     (t, config)
-}
-
-/// Pids of `parent`'s children named `comm`.
-fn children_named(parent: u32, comm: &str) -> Vec<u32> {
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| e.file_name().to_string_lossy().parse::<u32>().ok())
-        .filter(|pid| {
-            let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
-                return false;
-            };
-            status_field(&status, "PPid") == parent.to_string()
-                && status_field(&status, "Name") == comm
-                && status_field(&status, "State").starts_with(['R', 'S', 'D'])
-        })
-        .collect()
 }
 
 #[test]
@@ -262,31 +244,15 @@ fn another_tenant_cannot_connect_to_the_app_socket() {
         .map(|v| String::from_utf8_lossy(v).into_owned())
         .expect("CONDO_SOCKET in the app's environment");
     assert!(std::path::Path::new(&socket).exists(), "{socket}");
-    let connect = "import socket, sys\ns = socket.socket(socket.AF_UNIX)\ntry:\n    s.connect(sys.argv[1])\n    print('connected')\nexcept OSError as e:\n    print(type(e).__name__, e.errno)\n";
-    let run_as = |user: &TestUser| {
-        let out = Command::new("setpriv")
-            .arg(format!("--reuid={}", user.uid))
-            .arg(format!("--regid={}", user.gid))
-            .arg("--clear-groups")
-            .args(["python3", "-c", connect, &socket])
-            .env_clear()
-            .env("PATH", "/usr/bin:/bin")
-            .output()
-            .expect("setpriv python3");
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout).trim(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        )
-    };
-    assert_eq!(run_as(&t.b), "PermissionError 13");
+    assert_eq!(
+        unix_connect_as(&t.b, std::path::Path::new(&socket)),
+        "PermissionError 13"
+    );
     // The tenant itself can: the refusal is the directory's mode, not a broken socket.
-    assert_eq!(run_as(&t.a), "connected");
-}
-
-fn error_log(t: &TwoTenants, site: &str) -> String {
-    std::thread::sleep(Duration::from_millis(200));
-    std::fs::read_to_string(t.dir.path().join(format!("log/{site}.error.log"))).unwrap_or_default()
+    assert_eq!(
+        unix_connect_as(&t.a, std::path::Path::new(&socket)),
+        "connected"
+    );
 }
 
 #[test]
@@ -353,7 +319,7 @@ fn a_crashing_app_is_restarted_with_backoff() {
     // Started, died: 502. The first restart is immediate: 502 again. Then a delay,
     // during which requests get 503 instead of starting it again.
     assert_eq!(statuses, [502, 502, 503], "{}", condo.log_text());
-    let log = error_log(&t, "a.test");
+    let log = t.error_log("a.test");
     assert!(log.contains("exit status: 3"), "{log}");
     assert!(log.contains("keeps exiting"), "{log}");
 }
@@ -369,7 +335,7 @@ fn a_hanging_app_gets_504() {
     let mut c = Client::connect(condo.pass);
     assert_eq!(c.get("a.test", "/app/sleep").status, 504);
     assert!(started.elapsed() < Duration::from_secs(5));
-    assert!(error_log(&t, "a.test").contains("no response from the app"));
+    assert!(t.error_log("a.test").contains("no response from the app"));
     // The app itself still serves.
     assert_eq!(
         Client::connect(condo.pass).get("a.test", "/app/").status,

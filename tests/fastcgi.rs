@@ -53,28 +53,6 @@ fn pooled_route(_name: &str, home: &Path) -> String {
     )
 }
 
-/// Pids of the processes whose parent is `parent` and whose name is `comm`.
-fn children_named(parent: u32, comm: &str) -> Vec<u32> {
-    std::fs::read_dir("/proc")
-        .unwrap()
-        .flatten()
-        .filter_map(|e| e.file_name().to_string_lossy().parse::<u32>().ok())
-        .filter(|pid| {
-            let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
-                return false;
-            };
-            status_field(&status, "PPid") == parent.to_string()
-                && status_field(&status, "Name") == comm
-                && status_field(&status, "State").starts_with(['R', 'S', 'D'])
-        })
-        .collect()
-}
-
-fn error_log(t: &TwoTenants, site: &str) -> String {
-    std::thread::sleep(Duration::from_millis(200));
-    std::fs::read_to_string(t.dir.path().join(format!("log/{site}.error.log"))).unwrap_or_default()
-}
-
 #[test]
 fn php_runs_as_each_tenant_on_both_handovers() {
     if !require_root() {
@@ -210,7 +188,7 @@ fn a_hanging_script_gets_504_and_its_process_is_killed() {
         c.get("a.test", "/hello.php").text(),
         format!("hello {}", t.a.name)
     );
-    assert!(error_log(&t, "a.test").contains("route timeout"));
+    assert!(t.error_log("a.test").contains("route timeout"));
 }
 
 /// `php-cgi -b SOCKET` run as `user`, stopped (by pid) on drop.
@@ -281,7 +259,7 @@ fn a_socket_is_used_only_when_its_app_runs_as_the_tenant() {
     let r = c.get("a.test", "/hello.php");
     assert_eq!(r.status, 502, "{}", r.text());
     assert!(!r.text().contains("hello"));
-    let log = error_log(&t, "a.test");
+    let log = t.error_log("a.test");
     assert!(log.contains("not as this tenant"), "{log}");
 }
 
@@ -309,28 +287,14 @@ fn another_tenants_code_cannot_reach_a_php_pool_socket() {
         .next()
         .expect("a socket")
         .path();
-    let connect = "import socket, sys\ns = socket.socket(socket.AF_UNIX)\ntry:\n    s.connect(sys.argv[1])\n    print('connected')\nexcept OSError as e:\n    print(type(e).__name__, e.errno)\n";
-    let run_as = |user: &TestUser| {
-        let out = Command::new("setpriv")
-            .arg(format!("--reuid={}", user.uid))
-            .arg(format!("--regid={}", user.gid))
-            .arg("--clear-groups")
-            .args(["python3", "-c", connect])
-            .arg(&socket)
-            .env_clear()
-            .env("PATH", "/usr/bin:/bin")
-            .output()
-            .expect("setpriv python3");
-        String::from_utf8_lossy(&out.stdout).trim().to_string()
-    };
     assert_eq!(
-        run_as(&t.b),
+        unix_connect_as(&t.b, &socket),
         "PermissionError 13",
         "B reached A's php-cgi at {}",
         socket.display()
     );
     // A itself can: the refusal is the directory's mode, not a dead socket.
-    assert_eq!(run_as(&t.a), "connected");
+    assert_eq!(unix_connect_as(&t.a, &socket), "connected");
 }
 
 #[test]

@@ -144,8 +144,12 @@ async fn respond(
     let mut request = std::borrow::Cow::Borrowed(head);
     let mut redirects = 0;
     let (status, sent, keep_alive) = loop {
-        let route = crate::http::path::normalize(&request.path)
-            .ok()
+        // Most sites have no routes: do not normalise the path twice for them (the
+        // static handler does it again).
+        let routed = !site.config.routes.is_empty();
+        let route = routed
+            .then(|| crate::http::path::normalize(&request.path).ok())
+            .flatten()
             .and_then(|path| {
                 site.config
                     .routes

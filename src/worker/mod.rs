@@ -55,6 +55,23 @@ impl Tenant {
     }
 }
 
+/// PATH for the tenant's processes unless the site's `env` sets one.
+pub(crate) const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
+
+/// Put the site's `env` into a process's (already cleared) environment; returns the
+/// PATH the caller sets, as the site chose it or [`DEFAULT_PATH`].
+fn site_env(command: &mut tokio::process::Command, site: &Site) -> String {
+    let mut path = DEFAULT_PATH.to_string();
+    for (name, value) in &site.env {
+        if name == "PATH" {
+            path = value.clone();
+        } else {
+            command.env(name, value);
+        }
+    }
+    path
+}
+
 pub fn run(tenant: &str, ipc_fd: RawFd, threads: usize) -> anyhow::Result<()> {
     // First of all: the tenant's own processes must not be able to ptrace us or read
     // our memory through /proc.

@@ -482,3 +482,50 @@ pub fn curl(args: &[&str]) -> (String, bool) {
         out.status.success(),
     )
 }
+
+/// Pids of the live processes whose parent is `parent` and whose name is `comm`.
+pub fn children_named(parent: u32, comm: &str) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_string_lossy().parse::<u32>().ok())
+        .filter(|pid| {
+            let Ok(status) = std::fs::read_to_string(format!("/proc/{pid}/status")) else {
+                return false;
+            };
+            status_field(&status, "PPid") == parent.to_string()
+                && status_field(&status, "Name") == comm
+                && status_field(&status, "State").starts_with(['R', 'S', 'D'])
+        })
+        .collect()
+}
+
+impl TwoTenants {
+    /// The site's error log, after a moment for the worker's writes to land.
+    pub fn error_log(&self, site: &str) -> String {
+        std::thread::sleep(Duration::from_millis(200));
+        std::fs::read_to_string(self.dir.path().join(format!("log/{site}.error.log")))
+            .unwrap_or_default()
+    }
+}
+
+/// Try to connect to a unix socket as `user` (a real process with that uid, gid and no
+/// supplementary groups): "connected", or the error's class and errno.
+pub fn unix_connect_as(user: &TestUser, socket: &Path) -> String {
+    let script = "import socket, sys\ns = socket.socket(socket.AF_UNIX)\ntry:\n    s.connect(sys.argv[1])\n    print('connected')\nexcept OSError as e:\n    print(type(e).__name__, e.errno)\n";
+    let out = Command::new("setpriv")
+        .arg(format!("--reuid={}", user.uid))
+        .arg(format!("--regid={}", user.gid))
+        .arg("--clear-groups")
+        .args(["python3", "-c", script])
+        .arg(socket)
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .output()
+        .expect("setpriv python3");
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout).trim(),
+        String::from_utf8_lossy(&out.stderr).trim()
+    )
+}

@@ -21,7 +21,6 @@ use crate::worker::SiteState;
 use crate::worker::cgi::copy_stderr;
 use crate::worker::fastcgi::pool::private_dir;
 
-const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 
@@ -198,14 +197,7 @@ impl App {
             .arg("condo-app")
             .args(argv)
             .env_clear();
-        let mut path = DEFAULT_PATH.to_string();
-        for (name, value) in &site.config.env {
-            if name == "PATH" {
-                path = value.clone();
-            } else {
-                command.env(name, value);
-            }
-        }
+        let path = crate::worker::site_env(&mut command, &site.config);
         command
             .env("PATH", &path)
             .env("LISTEN_FDS", "1")

@@ -67,7 +67,7 @@ const RESERVED: &[&str] = &[
     "SERVER_SOFTWARE",
 ];
 
-const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
+use crate::worker::DEFAULT_PATH;
 
 /// Builds the environment for a CGI script, sorted by name.
 ///

@@ -21,8 +21,6 @@ use crate::config::FastCgi;
 use crate::worker::SiteState;
 use crate::worker::cgi::copy_stderr;
 
-const DEFAULT_PATH: &str = "/usr/local/bin:/usr/bin:/bin";
-
 pub struct Pool {
     argv: Vec<String>,
     config: FastCgi,
@@ -164,14 +162,7 @@ impl Pool {
         };
         let mut command = tokio::process::Command::new(&self.argv[0]);
         command.args(&self.argv[1..]).env_clear();
-        let mut path = DEFAULT_PATH.to_string();
-        for (name, value) in &site.config.env {
-            if name == "PATH" {
-                path = value.clone();
-            } else {
-                command.env(name, value);
-            }
-        }
+        let path = crate::worker::site_env(&mut command, &site.config);
         command
             // Set in the command's environment, PATH is also where `argv[0]` is found.
             .env("PATH", &path)
