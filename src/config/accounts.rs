@@ -76,6 +76,7 @@ mod tests {
             name: "r".into(),
             user: "root".into(),
             group: None,
+            pool: Default::default(),
         };
         let err = resolve_tenant(&t, (0, 60000)).unwrap_err();
         assert!(err.contains("uid 0"), "{err}");
@@ -87,6 +88,7 @@ mod tests {
             name: "n".into(),
             user: "nobody".into(),
             group: None,
+            pool: Default::default(),
         };
         let creds = resolve_user("nobody").expect("Debian has `nobody`");
         let err = resolve_tenant(&t, (1000, creds.uid - 1)).unwrap_err();

@@ -6,6 +6,7 @@
 
 mod accounts;
 mod diag;
+mod pool;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -16,6 +17,7 @@ use serde::{Deserialize, Serialize};
 
 pub use accounts::{Credentials, resolve_tenant, resolve_user};
 pub use diag::{Diagnostic, Source};
+pub use pool::{Pool, parse_size};
 
 /// How a listener gives a connection to the tenant's worker.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
@@ -57,6 +59,8 @@ pub struct Server {
     pub limits: ClientLimits,
     /// Threads of each tenant worker's runtime.
     pub worker_threads: usize,
+    /// Dispatcher processes, each with its own SO_REUSEPORT listening sockets.
+    pub dispatchers: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -64,6 +68,7 @@ pub struct Tenant {
     pub name: String,
     pub user: String,
     pub group: Option<String>,
+    pub pool: Pool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -78,6 +83,12 @@ pub struct Site {
     pub env: Vec<(String, String)>,
     /// Tried in order; a request no route matches is served as a static file.
     pub routes: Vec<RouteConfig>,
+    /// Requests of this site served at once (mpm-itk's MaxClientsVHost); `None`: no cap.
+    pub max_clients: Option<usize>,
+    /// Requests waiting for a slot at the cap; beyond it they get 503 at once.
+    pub queue_max: usize,
+    /// How long a request waits for a slot before it gets 503.
+    pub queue_timeout: Duration,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -107,6 +118,8 @@ pub struct App {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FastCgi {
     pub app: FastCgiApp,
+    /// Processes kept running even without work (the tenant's `workers_min`).
+    pub processes_min: usize,
     /// Processes condo runs at most (and concurrent requests to the app).
     pub processes_max: usize,
     /// Idle processes are stopped after this long; `None` keeps them.
@@ -180,6 +193,8 @@ pub struct Loaded {
 struct MainFile {
     server: ServerSection,
     #[serde(default)]
+    defaults: pool::PoolKeys,
+    #[serde(default)]
     tenant: BTreeMap<String, TenantSection>,
 }
 
@@ -199,6 +214,9 @@ fn default_run_dir() -> PathBuf {
     "/run/condo".into()
 }
 fn default_worker_threads() -> usize {
+    1
+}
+fn default_dispatchers() -> usize {
     1
 }
 fn default_unknown_host() -> u16 {
@@ -225,6 +243,8 @@ struct ServerSection {
     unknown_host: u16,
     #[serde(default = "default_worker_threads")]
     worker_threads: usize,
+    #[serde(default = "default_dispatchers")]
+    dispatchers: usize,
     max_request_line: Option<usize>,
     max_head_bytes: Option<usize>,
     max_headers: Option<usize>,
@@ -251,6 +271,26 @@ struct ListenTable {
 struct TenantSection {
     user: String,
     group: Option<String>,
+    // The pool keys, as in `[defaults]` (no `flatten`: it would hide unknown keys).
+    workers_min: Option<usize>,
+    workers_max: Option<usize>,
+    idle_timeout: Option<String>,
+    max_requests: Option<u64>,
+    request_timeout: Option<String>,
+    worker_memory_max: Option<String>,
+}
+
+impl TenantSection {
+    fn pool_keys(&self) -> pool::PoolKeys {
+        pool::PoolKeys {
+            workers_min: self.workers_min,
+            workers_max: self.workers_max,
+            idle_timeout: self.idle_timeout.clone(),
+            max_requests: self.max_requests,
+            request_timeout: self.request_timeout.clone(),
+            worker_memory_max: self.worker_memory_max.clone(),
+        }
+    }
 }
 
 #[derive(Deserialize)]
@@ -273,6 +313,9 @@ struct SiteSection {
     env: BTreeMap<String, String>,
     #[serde(default)]
     route: Vec<RouteSection>,
+    max_clients: Option<usize>,
+    queue_max: Option<usize>,
+    queue_timeout: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -313,6 +356,13 @@ pub fn load(path: &Path) -> Loaded {
         };
     };
     let server = validate_server(&source, &main.server, &mut diagnostics);
+    let default_pool = Pool::apply(
+        &Pool::default(),
+        &main.defaults,
+        &source,
+        "defaults",
+        &mut diagnostics,
+    );
     let mut tenants = BTreeMap::new();
     for (name, t) in &main.tenant {
         let key = format!("tenant.{name}");
@@ -324,6 +374,13 @@ pub fn load(path: &Path) -> Loaded {
             name: name.clone(),
             user: t.user.clone(),
             group: t.group.clone(),
+            pool: Pool::apply(
+                &default_pool,
+                &t.pool_keys(),
+                &source,
+                &key,
+                &mut diagnostics,
+            ),
         };
         if let Some(server) = &server
             && let Err(message) = resolve_tenant(&tenant, server.uid_range)
@@ -440,6 +497,9 @@ fn validate_server(
     if !(1..=64).contains(&s.worker_threads) {
         diags.push(source.error("server.worker_threads", "must be between 1 and 64"));
     }
+    if !(1..=64).contains(&s.dispatchers) {
+        diags.push(source.error("server.dispatchers", "must be between 1 and 64"));
+    }
     if !matches!(s.unknown_host, 404 | 421) {
         diags.push(source.error("server.unknown_host", "must be 404 or 421"));
     }
@@ -518,6 +578,7 @@ fn validate_server(
         default_site: s.default_site.as_ref().map(|d| d.to_ascii_lowercase()),
         unknown_host_status: s.unknown_host,
         worker_threads: s.worker_threads,
+        dispatchers: s.dispatchers,
         limits,
     })
 }
@@ -626,11 +687,16 @@ fn validate_site(
             ));
         }
     }
+    // Routes take their defaults from the tenant's pool settings.
+    let pool = tenants
+        .get(&s.tenant)
+        .map(|t| t.pool.clone())
+        .unwrap_or_default();
     let routes: Vec<RouteConfig> = s
         .route
         .iter()
         .enumerate()
-        .filter_map(|(j, r)| validate_route(source, &format!("{key}.route.{j}"), r, diags))
+        .filter_map(|(j, r)| validate_route(source, &format!("{key}.route.{j}"), r, &pool, diags))
         .collect();
     let here = format!("{}:{}", source.path.display(), source.error(key, "").line);
     for (host, k) in std::iter::once((&name, format!("{key}.name"))).chain(
@@ -642,6 +708,31 @@ fn validate_site(
         if let Some(first) = claimed.get(host.as_str()) {
             diags.push(source.error(&k, format!("host `{host}` is already served by the site at {first}; this site is not loaded")));
         }
+    }
+    if let Some(n) = s.max_clients
+        && !(1..=100_000).contains(&n)
+    {
+        diags.push(source.error(
+            &format!("{key}.max_clients"),
+            "must be between 1 and 100000",
+        ));
+    }
+    let queue_max = s.queue_max.unwrap_or(s.max_clients.unwrap_or(0));
+    if queue_max > 1_000_000 {
+        diags.push(source.error(&format!("{key}.queue_max"), "must be at most 1000000"));
+    }
+    let queue_timeout = parse_duration(
+        source,
+        &format!("{key}.queue_timeout"),
+        s.queue_timeout.as_deref(),
+        Duration::from_secs(10),
+        diags,
+    );
+    if s.max_clients.is_none() && (s.queue_max.is_some() || s.queue_timeout.is_some()) {
+        diags.push(source.error(
+            &format!("{key}.max_clients"),
+            "queue_max and queue_timeout need max_clients: without a cap nothing queues",
+        ));
     }
     if diags.len() > before {
         return None;
@@ -658,6 +749,9 @@ fn validate_site(
         autoindex: s.autoindex,
         env: s.env.into_iter().collect(),
         routes,
+        max_clients: s.max_clients,
+        queue_max,
+        queue_timeout,
     })
 }
 
@@ -665,6 +759,7 @@ fn validate_route(
     source: &Source,
     key: &str,
     r: &RouteSection,
+    pool: &Pool,
     diags: &mut Vec<Diagnostic>,
 ) -> Option<RouteConfig> {
     let matcher = match (&r.path, &r.suffix) {
@@ -716,7 +811,7 @@ fn validate_route(
         source,
         &format!("{key}.timeout"),
         r.timeout.as_deref(),
-        Duration::from_secs(60),
+        pool.request_timeout,
         diags,
     );
     // Which handlers each optional key applies to: a key set on any other handler is
@@ -767,12 +862,12 @@ fn validate_route(
         return None;
     }
     let fastcgi = if handler == Handler::FastCgi {
-        Some(validate_fastcgi(source, key, r, &matcher, diags)?)
+        Some(validate_fastcgi(source, key, r, &matcher, pool, diags)?)
     } else {
         None
     };
     let app = if handler == Handler::App {
-        Some(validate_app(source, key, r, diags)?)
+        Some(validate_app(source, key, r, pool, diags)?)
     } else {
         None
     };
@@ -798,6 +893,7 @@ fn validate_app(
     source: &Source,
     key: &str,
     r: &RouteSection,
+    pool: &Pool,
     diags: &mut Vec<Diagnostic>,
 ) -> Option<App> {
     let before = diags.len();
@@ -819,15 +915,13 @@ fn validate_app(
     {
         diags.push(source.error(&format!("{key}.workdir"), "must be an absolute path"));
     }
-    let idle_timeout = r.idle_timeout.as_deref().map(|v| {
-        parse_duration(
-            source,
-            &format!("{key}.idle_timeout"),
-            Some(v),
-            Duration::from_secs(300),
-            diags,
-        )
-    });
+    let idle_timeout = Some(parse_duration(
+        source,
+        &format!("{key}.idle_timeout"),
+        r.idle_timeout.as_deref(),
+        pool.idle_timeout,
+        diags,
+    ));
     if diags.len() > before {
         return None;
     }
@@ -843,6 +937,7 @@ fn validate_fastcgi(
     key: &str,
     r: &RouteSection,
     matcher: &RouteMatch,
+    pool: &Pool,
     diags: &mut Vec<Diagnostic>,
 ) -> Option<FastCgi> {
     let before = diags.len();
@@ -885,25 +980,23 @@ fn validate_fastcgi(
         }
         (None, Some(path)) => Some(FastCgiApp::Socket(path.clone())),
     };
-    let processes_max = r.processes_max.unwrap_or(4);
+    let processes_max = r.processes_max.unwrap_or(pool.workers_max);
     if !(1..=256).contains(&processes_max) {
         diags.push(source.error(&format!("{key}.processes_max"), "must be between 1 and 256"));
     }
-    // High by default: every replacement is a fresh php-cgi start (~15 ms of CPU); at
-    // 500, PHP-FPM's usual setting, a 10k req/s site spent a third of its time on it.
-    let max_requests = r.max_requests.unwrap_or(10_000);
+    let max_requests = r
+        .max_requests
+        .unwrap_or(pool.max_requests.min(u64::from(u32::MAX)) as u32);
     if max_requests == 0 {
         diags.push(source.error(&format!("{key}.max_requests"), "must be at least 1"));
     }
-    let idle_timeout = r.idle_timeout.as_deref().map(|v| {
-        parse_duration(
-            source,
-            &format!("{key}.idle_timeout"),
-            Some(v),
-            Duration::from_secs(60),
-            diags,
-        )
-    });
+    let idle_timeout = Some(parse_duration(
+        source,
+        &format!("{key}.idle_timeout"),
+        r.idle_timeout.as_deref(),
+        pool.idle_timeout,
+        diags,
+    ));
     if diags.len() > before {
         return None;
     }
@@ -915,6 +1008,7 @@ fn validate_fastcgi(
     }
     Some(FastCgi {
         app: app?,
+        processes_min: pool.workers_min.min(processes_max),
         processes_max,
         idle_timeout,
         max_requests,
@@ -959,7 +1053,13 @@ mod tests {
         assert!(diags.is_empty(), "{diags:?}");
         let site = file.unwrap().site.into_iter().next().unwrap();
         let mut diags = Vec::new();
-        let r = validate_route(&source, "site.0.route.0", &site.route[0], &mut diags);
+        let r = validate_route(
+            &source,
+            "site.0.route.0",
+            &site.route[0],
+            &Pool::default(),
+            &mut diags,
+        );
         let msgs = diags
             .iter()
             .map(|d| format!("{}: {}: {}", d.line, d.key, d.message))

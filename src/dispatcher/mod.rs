@@ -199,15 +199,29 @@ impl Dispatcher {
         buf: BytesMut,
     ) {
         let Ok(stream) = tcp_stream(fd) else { return };
-        self.serve_connection(stream, peer, local, handover, buf)
+        let idle = self.limits.header_timeout;
+        self.serve_connection(stream, peer, local, handover, buf, idle)
             .await;
     }
 
     async fn resume_handed_back(self: Arc<Self>, handoff: Handoff, fd: OwnedFd) {
         let Ok(stream) = tcp_stream(fd) else { return };
         let buf = BytesMut::from(&handoff.buffered[..]);
-        self.serve_connection(stream, handoff.peer, handoff.local, Handover::Pass, buf)
-            .await;
+        // Nothing buffered: a retiring worker gave back a connection between requests.
+        let idle = if buf.is_empty() {
+            self.limits.keepalive_timeout
+        } else {
+            self.limits.header_timeout
+        };
+        self.serve_connection(
+            stream,
+            handoff.peer,
+            handoff.local,
+            Handover::Pass,
+            buf,
+            idle,
+        )
+        .await;
     }
 
     /// Route requests on one client connection until it is handed to a worker or closed.
@@ -218,9 +232,9 @@ impl Dispatcher {
         local: SocketAddr,
         handover: Handover,
         mut buf: BytesMut,
+        mut idle: std::time::Duration,
     ) {
         let mut upstreams = proxy::Upstreams::default();
-        let mut idle = self.limits.header_timeout;
         loop {
             let head = match read_head(&mut stream, &mut buf, &self.limits, idle).await {
                 HeadRead::Head(h) => h,

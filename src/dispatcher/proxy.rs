@@ -56,6 +56,15 @@ impl Upstreams {
         req: Request<'_>,
     ) -> Result<bool, u16> {
         let site = req.route.site.clone();
+        // A worker that left (retired, or crashed) since the last request closed its end
+        // between requests: open a new stream, which reaches the tenant's current worker.
+        if self
+            .by_site
+            .get(&site)
+            .is_some_and(|up| !up.buf.is_empty() || upstream_closed(&up.stream))
+        {
+            self.by_site.remove(&site);
+        }
         if !self.by_site.contains_key(&site) {
             let upstream = open(workers, &req).await?;
             self.by_site.insert(site.clone(), upstream);
@@ -67,6 +76,12 @@ impl Upstreams {
         }
         result
     }
+}
+
+/// Between requests a worker sends nothing: readable means closed (or misbehaving).
+fn upstream_closed(stream: &UnixStream) -> bool {
+    let mut probe = [0u8; 1];
+    !matches!(stream.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
 }
 
 async fn open(workers: &Workers, req: &Request<'_>) -> Result<Upstream, u16> {

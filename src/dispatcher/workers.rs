@@ -3,7 +3,9 @@
 
 use std::collections::HashMap;
 use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use tokio::sync::oneshot;
 use tracing::{debug, warn};
@@ -16,11 +18,49 @@ use crate::ipc::{
 pub type MasterChannel = Channel<DispatcherToMaster, MasterToDispatcher>;
 pub type WorkerChannel = Channel<DispatcherToWorker, WorkerToDispatcher>;
 
-type Waiters = Vec<oneshot::Sender<Result<Arc<WorkerChannel>, String>>>;
+type Waiters = Vec<oneshot::Sender<Result<Arc<Link>, String>>>;
+
+/// A channel to one worker, and what it takes to retire it without losing a connection.
+pub struct Link {
+    channel: WorkerChannel,
+    /// Set when the worker said `Retiring`: no new connection goes to it.
+    retired: AtomicBool,
+    /// Sends of a connection under way; `Retired` waits for them, so every connection
+    /// sent reaches the worker before the message that ends the link.
+    sending: AtomicUsize,
+}
+
+impl Link {
+    /// Claim the right to send a connection; `None` once the worker is retiring.
+    fn begin_send(&self) -> Option<SendGuard<'_>> {
+        // SeqCst on both sides: either we see `retired`, or `retire` sees our count.
+        self.sending.fetch_add(1, Ordering::SeqCst);
+        let guard = SendGuard(self);
+        (!self.retired.load(Ordering::SeqCst)).then_some(guard)
+    }
+
+    async fn retire(&self) {
+        self.retired.store(true, Ordering::SeqCst);
+        while self.sending.load(Ordering::SeqCst) > 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        if let Err(e) = self.channel.send(&DispatcherToWorker::Retired, &[]).await {
+            debug!("telling a retiring worker it may go: {e}");
+        }
+    }
+}
+
+struct SendGuard<'a>(&'a Link);
+
+impl Drop for SendGuard<'_> {
+    fn drop(&mut self) {
+        self.0.sending.fetch_sub(1, Ordering::SeqCst);
+    }
+}
 
 pub struct Workers {
     master: Arc<MasterChannel>,
-    links: Mutex<HashMap<String, Arc<WorkerChannel>>>,
+    links: Mutex<HashMap<String, Arc<Link>>>,
     pending: Mutex<HashMap<String, Waiters>>,
 }
 
@@ -45,10 +85,15 @@ impl Workers {
         fd: &OwnedFd,
     ) -> Result<(), String> {
         let mut last_error = String::new();
-        for _attempt in 0..2 {
+        // A retiring worker costs an attempt without an error; bounded all the same.
+        for _attempt in 0..4 {
             let link = self.link(tenant).await?;
+            let Some(_sending) = link.begin_send() else {
+                self.forget(tenant, &link);
+                continue;
+            };
             let message = DispatcherToWorker::Connection(handoff.clone());
-            match link.send(&message, &[fd.as_fd()]).await {
+            match link.channel.send(&message, &[fd.as_fd()]).await {
                 Ok(()) => return Ok(()),
                 Err(e) => {
                     debug!(tenant, "worker link failed: {e}");
@@ -70,8 +115,11 @@ impl Workers {
             .get(tenant)
             .cloned();
         let Some(link) = link else { return false };
+        let Some(_sending) = link.begin_send() else {
+            return false;
+        };
         let message = DispatcherToWorker::Connection(handoff);
-        match link.try_send(&message, &[fd.as_fd()]) {
+        match link.channel.try_send(&message, &[fd.as_fd()]) {
             Ok(()) => true,
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => false,
             Err(e) => {
@@ -82,7 +130,7 @@ impl Workers {
         }
     }
 
-    async fn link(&self, tenant: &str) -> Result<Arc<WorkerChannel>, String> {
+    async fn link(&self, tenant: &str) -> Result<Arc<Link>, String> {
         if let Some(link) = self
             .links
             .lock()
@@ -110,14 +158,14 @@ impl Workers {
         rx.await.unwrap_or_else(|_| Err("master went away".into()))
     }
 
-    fn forget(&self, tenant: &str, link: &Arc<WorkerChannel>) {
+    fn forget(&self, tenant: &str, link: &Arc<Link>) {
         let mut links = self.links.lock().unwrap_or_else(|e| e.into_inner());
         if links.get(tenant).is_some_and(|l| Arc::ptr_eq(l, link)) {
             links.remove(tenant);
         }
     }
 
-    fn resolve(&self, tenant: &str, result: Result<Arc<WorkerChannel>, String>) {
+    fn resolve(&self, tenant: &str, result: Result<Arc<Link>, String>) {
         if let Ok(link) = &result {
             self.links
                 .lock()
@@ -155,7 +203,13 @@ impl Workers {
                         .next()
                         .ok_or_else(|| "master sent no worker socket".to_string())
                         .and_then(|fd| Channel::new(fd).map_err(|e| e.to_string()))
-                        .map(Arc::new);
+                        .map(|channel| {
+                            Arc::new(Link {
+                                channel,
+                                retired: AtomicBool::new(false),
+                                sending: AtomicUsize::new(0),
+                            })
+                        });
                     if let Ok(link) = &link {
                         tokio::spawn(self.clone().read_hand_backs(
                             tenant.clone(),
@@ -177,16 +231,22 @@ impl Workers {
     async fn read_hand_backs(
         self: Arc<Self>,
         tenant: String,
-        link: Arc<WorkerChannel>,
+        link: Arc<Link>,
         on_hand_back: HandBackFn,
     ) {
         loop {
-            match link.recv().await {
+            match link.channel.recv().await {
                 Ok(Some((WorkerToDispatcher::HandBack(handoff), fds))) => {
                     match fds.into_iter().next() {
                         Some(fd) => on_hand_back(handoff, fd),
                         None => warn!(tenant, "hand-back without a socket"),
                     }
+                }
+                Ok(Some((WorkerToDispatcher::Retiring, _))) => {
+                    // New connections go to a new worker; this one still hands back
+                    // connections until it closes the link.
+                    self.forget(&tenant, &link);
+                    link.retire().await;
                 }
                 Ok(None) => break,
                 Err(e) => {

@@ -2,9 +2,13 @@
 //!
 //! ```text
 //! master ──DispatcherInit, WorkerReady──► dispatcher ──WantWorker──► master
-//! master ──WorkerInit, NewPeer─────────► worker
-//! dispatcher ──Connection──► worker ──HandBack──► dispatcher
+//! master ──WorkerInit, NewPeer, Retire──► worker ──Retire──► master
+//! dispatcher ──Connection, Retired──► worker ──HandBack, Retiring──► dispatcher
 //! ```
+//! A worker leaves (idle, `max_requests`, `worker_memory_max`) in three steps so no
+//! connection is lost: it asks the master, which stops giving it to dispatchers and
+//! says `Retire`; it then tells each dispatcher `Retiring`, and each answers `Retired`
+//! as its last message on that link; the worker finishes what it holds and exits.
 //! The dispatcher can only *name* a tenant; credentials never cross a channel towards
 //! the master (invariant 4).
 
@@ -16,7 +20,7 @@ use serde::{Deserialize, Serialize};
 
 pub use channel::{Channel, MAX_FDS, MAX_MESSAGE, raw_pair};
 
-use crate::config::{ClientLimits, Handover, Site};
+use crate::config::{ClientLimits, Handover, Pool, Site};
 
 /// What the dispatcher needs of the config: routes and limits, no paths, no accounts.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -66,6 +70,7 @@ pub struct WorkerInit {
     pub tenant: String,
     pub sites: Vec<Site>,
     pub limits: ClientLimits,
+    pub pool: Pool,
 }
 
 /// The two logs every site has.
@@ -95,11 +100,17 @@ pub enum MasterToWorker {
     SiteLog { site: String, kind: LogKind },
     /// One fd: a channel end to a dispatcher, which will send [`DispatcherToWorker`].
     NewPeer,
+    /// No fd. Answer to [`WorkerToMaster::Retire`]: no new dispatcher link will come;
+    /// tell the ones you have, drain and exit.
+    Retire,
 }
 
-/// Workers send nothing to the master yet; the type keeps the channel typed.
 #[derive(Debug, Serialize, Deserialize)]
-pub enum WorkerToMaster {}
+pub enum WorkerToMaster {
+    /// The worker wants to be replaced (it is idle, or reached `max_requests` or
+    /// `worker_memory_max`); `reason` goes to the log.
+    Retire { reason: String },
+}
 
 /// A client connection changing hands, with one fd: the client socket (pass) or a
 /// stream to the dispatcher's relay (proxy).
@@ -118,6 +129,8 @@ pub struct Handoff {
 #[derive(Debug, Serialize, Deserialize)]
 pub enum DispatcherToWorker {
     Connection(Handoff),
+    /// Answer to [`WorkerToDispatcher::Retiring`], and the last message on this link.
+    Retired,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -125,4 +138,6 @@ pub enum WorkerToDispatcher {
     /// The next request on this connection is not for this worker's tenant; `site` is
     /// empty and `buffered` starts with that request's head.
     HandBack(Handoff),
+    /// The worker is leaving: send nothing more but [`DispatcherToWorker::Retired`].
+    Retiring,
 }

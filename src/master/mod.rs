@@ -25,16 +25,28 @@ type DispatcherChannel = Channel<MasterToDispatcher, DispatcherToMaster>;
 type WorkerChannel = Channel<MasterToWorker, WorkerToMaster>;
 
 /// Things the master's loop reacts to, sent by the tasks that watch each child.
+/// Dispatchers are named by their slot (0..`server.dispatchers`) and pid.
 enum Event {
-    FromDispatcher(u32, DispatcherToMaster),
-    DispatcherExited(u32, String),
+    FromDispatcher(usize, u32, DispatcherToMaster),
+    DispatcherExited(usize, u32, String),
+    FromWorker(String, u32, WorkerToMaster),
     WorkerExited(String, u32, String),
-    RestartDispatcher,
+    RestartDispatcher(usize),
 }
 
 struct WorkerHandle {
     pid: u32,
     channel: Arc<WorkerChannel>,
+    started: Instant,
+    /// Agreed to leave: finishes its connections, gets no new dispatcher link.
+    draining: bool,
+}
+
+/// One dispatcher process and the listening sockets it serves.
+struct DispatcherSlot {
+    listeners: Vec<OwnedFd>,
+    running: Option<(u32, Arc<DispatcherChannel>, Instant)>,
+    crashes: CrashRecord,
 }
 
 /// Consecutive quick deaths of one child, for backoff.
@@ -78,12 +90,10 @@ pub struct Master {
     /// `None` when condo runs without root: every process keeps the invoking uid.
     dispatcher_credentials: Option<Credentials>,
     privileged: bool,
-    listeners: Vec<OwnedFd>,
     logs: logs::LogFiles,
-    dispatcher: Option<(u32, Arc<DispatcherChannel>, Instant)>,
-    dispatcher_crashes: CrashRecord,
-    workers: HashMap<String, WorkerHandle>,
-    worker_started: HashMap<String, Instant>,
+    dispatchers: Vec<DispatcherSlot>,
+    /// Per tenant: at most one worker that takes new links, plus draining ones.
+    workers: HashMap<String, Vec<WorkerHandle>>,
     worker_crashes: HashMap<String, CrashRecord>,
     events_tx: mpsc::UnboundedSender<Event>,
     events: mpsc::UnboundedReceiver<Event>,
@@ -137,19 +147,24 @@ impl Master {
             );
             None
         };
-        let listeners = spawn::bind_listeners(&config).await?;
+        let dispatchers = spawn::bind_listeners(&config)
+            .await?
+            .into_iter()
+            .map(|listeners| DispatcherSlot {
+                listeners,
+                running: None,
+                crashes: CrashRecord::default(),
+            })
+            .collect();
         let (events_tx, events) = mpsc::unbounded_channel();
         Ok(Self {
             exe: std::env::current_exe().context("finding condo's own binary")?,
             config,
             dispatcher_credentials,
             privileged,
-            listeners,
             logs,
-            dispatcher: None,
-            dispatcher_crashes: CrashRecord::default(),
+            dispatchers,
             workers: HashMap::new(),
-            worker_started: HashMap::new(),
             worker_crashes: HashMap::new(),
             events_tx,
             events,
@@ -161,12 +176,16 @@ impl Master {
         let mut int = signal(SignalKind::interrupt())?;
         let mut hup = signal(SignalKind::hangup())?;
         let mut usr1 = signal(SignalKind::user_defined1())?;
-        if let Err(e) = self.start_dispatcher().await {
-            self.restart_dispatcher_later(
-                Duration::ZERO,
-                &format!("starting the dispatcher failed: {e:#}"),
-            );
+        for slot in 0..self.dispatchers.len() {
+            if let Err(e) = self.start_dispatcher(slot).await {
+                self.restart_dispatcher_later(
+                    slot,
+                    Duration::ZERO,
+                    &format!("starting the dispatcher failed: {e:#}"),
+                );
+            }
         }
+        self.keep_warm().await;
         loop {
             tokio::select! {
                 Some(event) = self.events.recv() => self.handle(event).await,
@@ -182,75 +201,117 @@ impl Master {
 
     async fn handle(&mut self, event: Event) {
         match event {
-            Event::FromDispatcher(pid, DispatcherToMaster::WantWorker { tenant }) => {
-                if self.dispatcher.as_ref().map(|d| d.0) != Some(pid) {
-                    return;
-                }
-                let result = self.connect_dispatcher_to(&tenant).await;
-                let Some((_, channel, _)) = &self.dispatcher else {
+            Event::FromDispatcher(slot, pid, DispatcherToMaster::WantWorker { tenant }) => {
+                let Some(channel) = self.dispatcher_channel(slot, pid) else {
                     return;
                 };
-                let sent = match result {
-                    Ok(end) => {
-                        let message = MasterToDispatcher::Worker {
-                            tenant,
-                            result: Ok(()),
-                        };
-                        channel.send(&message, &[end.as_fd()]).await
-                    }
+                let result = self.connect_dispatcher_to(&tenant).await;
+                let message = match &result {
+                    Ok(_) => MasterToDispatcher::Worker {
+                        tenant,
+                        result: Ok(()),
+                    },
                     Err(reason) => {
                         warn!(tenant, "no worker: {reason}");
-                        channel
-                            .send(
-                                &MasterToDispatcher::Worker {
-                                    tenant,
-                                    result: Err(reason),
-                                },
-                                &[],
-                            )
-                            .await
+                        MasterToDispatcher::Worker {
+                            tenant,
+                            result: Err(reason.clone()),
+                        }
                     }
                 };
-                if let Err(e) = sent {
+                let fds: Vec<_> = result.iter().map(|end| end.as_fd()).collect();
+                if let Err(e) = channel.send(&message, &fds).await {
                     warn!("answering the dispatcher failed: {e}");
                 }
             }
-            Event::DispatcherExited(pid, status) => {
-                if self.dispatcher.as_ref().map(|d| d.0) != Some(pid) {
+            Event::DispatcherExited(slot, pid, status) => {
+                if self.dispatcher_channel(slot, pid).is_none() {
                     return;
                 }
-                let lived = self
-                    .dispatcher
+                let lived = self.dispatchers[slot]
+                    .running
                     .take()
                     .map_or(Duration::ZERO, |d| d.2.elapsed());
                 self.restart_dispatcher_later(
+                    slot,
                     lived,
                     &format!("dispatcher {pid} exited ({status})"),
                 );
             }
-            Event::RestartDispatcher => {
-                if let Err(e) = self.start_dispatcher().await {
+            Event::RestartDispatcher(slot) => {
+                if let Err(e) = self.start_dispatcher(slot).await {
                     self.restart_dispatcher_later(
+                        slot,
                         Duration::ZERO,
                         &format!("starting the dispatcher failed: {e:#}"),
                     );
                 }
             }
+            Event::FromWorker(tenant, pid, WorkerToMaster::Retire { reason }) => {
+                let Some(handle) = self
+                    .workers
+                    .get_mut(&tenant)
+                    .and_then(|ws| ws.iter_mut().find(|w| w.pid == pid && !w.draining))
+                else {
+                    return;
+                };
+                // From here on no dispatcher gets a link to it; the next request for
+                // the tenant starts a new worker.
+                handle.draining = true;
+                info!(tenant, pid, "worker leaves: {reason}");
+                if let Err(e) = handle.channel.send(&MasterToWorker::Retire, &[]).await {
+                    warn!(tenant, pid, "telling the worker to leave: {e}");
+                }
+                self.keep_warm().await;
+            }
             Event::WorkerExited(tenant, pid, status) => {
-                if self.workers.get(&tenant).map(|w| w.pid) == Some(pid) {
+                let Some(workers) = self.workers.get_mut(&tenant) else {
+                    return;
+                };
+                let Some(i) = workers.iter().position(|w| w.pid == pid) else {
+                    return;
+                };
+                let handle = workers.swap_remove(i);
+                if workers.is_empty() {
                     self.workers.remove(&tenant);
                 }
-                let lived = self
-                    .worker_started
-                    .remove(&tenant)
-                    .map_or(Duration::ZERO, |t| t.elapsed());
-                let record = self.worker_crashes.entry(tenant.clone()).or_default();
-                record.exited(lived);
-                warn!(
-                    tenant,
-                    pid,
-                    "worker exited ({status}) after {lived:?}; the next request starts a new one"
-                );
+                let lived = handle.started.elapsed();
+                if handle.draining && status == "exit status: 0" {
+                    info!(tenant, pid, "worker left after {lived:.1?}");
+                } else {
+                    let record = self.worker_crashes.entry(tenant.clone()).or_default();
+                    record.exited(lived);
+                    warn!(
+                        tenant,
+                        pid,
+                        "worker exited ({status}) after {lived:?}; the next request starts a new one"
+                    );
+                }
+                self.keep_warm().await;
+            }
+        }
+    }
+
+    /// The channel of the dispatcher in `slot` if `pid` is still the one running there.
+    fn dispatcher_channel(&self, slot: usize, pid: u32) -> Option<Arc<DispatcherChannel>> {
+        match &self.dispatchers.get(slot)?.running {
+            Some((running, channel, _)) if *running == pid => Some(channel.clone()),
+            _ => None,
+        }
+    }
+
+    /// Start the workers of tenants with `workers_min` above zero that have none.
+    async fn keep_warm(&mut self) {
+        let warm: Vec<String> = self
+            .config
+            .tenants
+            .values()
+            .filter(|t| t.pool.workers_min > 0)
+            .map(|t| t.name.clone())
+            .collect();
+        for tenant in warm {
+            if let Err(reason) = self.ensure_worker(&tenant).await {
+                warn!(tenant, "keeping a worker warm: {reason}");
             }
         }
     }
@@ -269,7 +330,11 @@ impl Master {
                 Err(e) => {
                     // It died between the lookup and now; start a new one once.
                     warn!(tenant, "worker did not take a new peer: {e}");
-                    self.workers.remove(tenant);
+                    if let Some(ws) = self.workers.get_mut(tenant) {
+                        for w in ws.iter_mut().filter(|w| Arc::ptr_eq(&w.channel, &worker)) {
+                            w.draining = true;
+                        }
+                    }
                 }
             }
         }
@@ -277,7 +342,11 @@ impl Master {
     }
 
     async fn ensure_worker(&mut self, tenant: &str) -> Result<Arc<WorkerChannel>, String> {
-        if let Some(w) = self.workers.get(tenant) {
+        if let Some(w) = self
+            .workers
+            .get(tenant)
+            .and_then(|ws| ws.iter().find(|w| !w.draining))
+        {
             return Ok(w.channel.clone());
         }
         let Some(tenant_config) = self.config.tenants.get(tenant) else {
@@ -302,12 +371,14 @@ impl Master {
         } else {
             None
         };
+        let pool = tenant_config.pool.clone();
         let sites: Vec<_> = self.config.tenant_sites(tenant).cloned().collect();
         let (child, channel) = spawn::start_worker(
             &self.exe,
             tenant,
             credentials,
             sites,
+            pool,
             &self.config,
             &self.logs,
         )
@@ -316,18 +387,37 @@ impl Master {
         let pid = child.id().unwrap_or(0);
         info!(tenant, pid, "worker started");
         let channel = Arc::new(channel);
-        self.workers.insert(
-            tenant.to_string(),
-            WorkerHandle {
+        self.workers
+            .entry(tenant.to_string())
+            .or_default()
+            .push(WorkerHandle {
                 pid,
                 channel: channel.clone(),
-            },
-        );
-        self.worker_started
-            .insert(tenant.to_string(), Instant::now());
+                started: Instant::now(),
+                draining: false,
+            });
         let tx = self.events_tx.clone();
         let tenant = tenant.to_string();
+        let reader = channel.clone();
         tokio::spawn(async move {
+            // A worker runs as its tenant: what it sends is untrusted, typed and small.
+            loop {
+                match reader.recv().await {
+                    Ok(Some((message, _fds))) => {
+                        if tx
+                            .send(Event::FromWorker(tenant.clone(), pid, message))
+                            .is_err()
+                        {
+                            return;
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        warn!(tenant, pid, "bad message from the worker: {e}");
+                        break;
+                    }
+                }
+            }
             let status = spawn::wait(child).await;
             let _ = tx.send(Event::WorkerExited(tenant, pid, status));
         });
@@ -335,32 +425,30 @@ impl Master {
     }
 
     /// Start a new dispatcher after a backoff that grows while it keeps dying quickly.
-    fn restart_dispatcher_later(&mut self, lived: Duration, why: &str) {
-        self.dispatcher_crashes.exited(lived);
-        let delay = self
-            .dispatcher_crashes
-            .delay()
-            .max(Duration::from_millis(20));
+    fn restart_dispatcher_later(&mut self, slot: usize, lived: Duration, why: &str) {
+        let crashes = &mut self.dispatchers[slot].crashes;
+        crashes.exited(lived);
+        let delay = crashes.delay().max(Duration::from_millis(20));
         error!("{why}; restarting the dispatcher in {delay:?}");
         let tx = self.events_tx.clone();
         tokio::spawn(async move {
             tokio::time::sleep(delay).await;
-            let _ = tx.send(Event::RestartDispatcher);
+            let _ = tx.send(Event::RestartDispatcher(slot));
         });
     }
 
-    async fn start_dispatcher(&mut self) -> anyhow::Result<()> {
+    async fn start_dispatcher(&mut self, slot: usize) -> anyhow::Result<()> {
         let (child, channel, init) = spawn::start_dispatcher(
             &self.exe,
             &self.config,
             self.dispatcher_credentials.clone(),
-            &self.listeners,
+            &self.dispatchers[slot].listeners,
         )
         .await?;
         let pid = child.id().unwrap_or(0);
         info!(pid, user = self.config.server.user, "dispatcher started");
         let channel = Arc::new(channel);
-        self.dispatcher = Some((pid, channel.clone(), Instant::now()));
+        self.dispatchers[slot].running = Some((pid, channel.clone(), Instant::now()));
         let tx = self.events_tx.clone();
         let reader = channel.clone();
         tokio::spawn(async move {
@@ -368,7 +456,7 @@ impl Master {
             loop {
                 match reader.recv().await {
                     Ok(Some((message, _fds))) => {
-                        if tx.send(Event::FromDispatcher(pid, message)).is_err() {
+                        if tx.send(Event::FromDispatcher(slot, pid, message)).is_err() {
                             return;
                         }
                     }
@@ -380,7 +468,7 @@ impl Master {
                 }
             }
             let status = spawn::wait(child).await;
-            let _ = tx.send(Event::DispatcherExited(pid, status));
+            let _ = tx.send(Event::DispatcherExited(slot, pid, status));
         });
         if let Err(e) = channel.send(&init, &[]).await {
             // It died already; its exit event brings the restart.
@@ -391,10 +479,12 @@ impl Master {
 
     /// Stop every child: TERM, then KILL after a grace period.
     async fn stop(&mut self) {
-        let mut pids: Vec<u32> = self.workers.values().map(|w| w.pid).collect();
-        if let Some((pid, _, _)) = &self.dispatcher {
-            pids.push(*pid);
-        }
+        let mut pids: Vec<u32> = self.workers.values().flatten().map(|w| w.pid).collect();
+        pids.extend(
+            self.dispatchers
+                .iter()
+                .filter_map(|d| d.running.as_ref().map(|r| r.0)),
+        );
         spawn::terminate(&pids, Duration::from_secs(5)).await;
         info!("stopped");
     }

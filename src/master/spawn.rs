@@ -13,7 +13,7 @@ use tracing::{info, warn};
 
 use super::logs::LogFiles;
 use super::{DispatcherChannel, WorkerChannel};
-use crate::config::{Config, Credentials, Site};
+use crate::config::{Config, Credentials, Pool, Site};
 use crate::ipc::{
     self, Channel, DispatcherInit, ListenerInfo, LogKind, MasterToDispatcher, MasterToWorker,
     Route, WorkerInit,
@@ -22,30 +22,60 @@ use crate::sandbox::{self, SandboxPlan};
 
 /// Bind every configured listener. The master keeps them for its whole life, so a
 /// dispatcher restart never refuses a connection attempt.
-pub async fn bind_listeners(config: &Config) -> anyhow::Result<Vec<OwnedFd>> {
+///
+/// With several dispatchers each gets its own set of sockets bound with SO_REUSEPORT, so
+/// the kernel spreads new connections across them instead of waking them all for each
+/// (port 0 in the config is resolved by the first set and reused by the others).
+pub async fn bind_listeners(config: &Config) -> anyhow::Result<Vec<Vec<OwnedFd>>> {
+    let count = config.server.dispatchers;
+    let mut sets: Vec<Vec<OwnedFd>> = Vec::with_capacity(count);
+    for _ in 0..count {
+        let resolved: Option<Vec<std::net::SocketAddr>> = sets.first().map(|first| {
+            first
+                .iter()
+                .filter_map(|fd| rustix::net::getsockname(fd).ok())
+                .filter_map(|a| std::net::SocketAddr::try_from(a).ok())
+                .collect()
+        });
+        sets.push(bind_set(config, resolved.as_deref(), count > 1).await?);
+    }
+    Ok(sets)
+}
+
+async fn bind_set(
+    config: &Config,
+    resolved: Option<&[std::net::SocketAddr]>,
+    reuse_port: bool,
+) -> anyhow::Result<Vec<OwnedFd>> {
     let mut fds = Vec::new();
-    for l in &config.server.listeners {
-        let socket = if l.addr.is_ipv4() {
+    for (i, l) in config.server.listeners.iter().enumerate() {
+        let addr = resolved.and_then(|r| r.get(i).copied()).unwrap_or(l.addr);
+        let socket = if addr.is_ipv4() {
             tokio::net::TcpSocket::new_v4()
         } else {
             tokio::net::TcpSocket::new_v6()
         }
         .context("creating a socket")?;
         socket.set_reuseaddr(true)?;
+        if reuse_port {
+            socket.set_reuseport(true)?;
+        }
         // Accepted sockets inherit TCP_NODELAY on Linux: set once here, not per connection.
         socket.set_nodelay(true)?;
         socket
-            .bind(l.addr)
-            .with_context(|| format!("binding {}", l.addr))?;
+            .bind(addr)
+            .with_context(|| format!("binding {addr}"))?;
         let listener = socket
             .listen(4096)
-            .with_context(|| format!("listening on {}", l.addr))?;
+            .with_context(|| format!("listening on {addr}"))?;
         let bound = listener.local_addr()?;
         let handover = match l.handover {
             crate::config::Handover::Pass => "pass",
             crate::config::Handover::Proxy => "proxy",
         };
-        info!("listening on {bound} (handover {handover})");
+        if resolved.is_none() {
+            info!("listening on {bound} (handover {handover})");
+        }
         fds.push(OwnedFd::from(listener.into_std()?));
     }
     Ok(fds)
@@ -110,6 +140,7 @@ pub async fn start_worker(
     tenant: &str,
     credentials: Option<Credentials>,
     sites: Vec<Site>,
+    pool: Pool,
     config: &Config,
     logs: &LogFiles,
 ) -> anyhow::Result<(Child, WorkerChannel)> {
@@ -148,6 +179,7 @@ pub async fn start_worker(
         tenant: tenant.to_string(),
         sites,
         limits: config.server.limits,
+        pool,
     };
     channel
         .send(&MasterToWorker::Init(init), &[])

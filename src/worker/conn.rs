@@ -37,12 +37,29 @@ pub async fn serve(tenant: Arc<Tenant>, peer: Arc<PeerChannel>, handoff: Handoff
             return;
         }
     };
+    let _held = tenant.lifecycle.connection();
     let limits = tenant.limits;
     let mut buf = BytesMut::from(&handoff.buffered[..]);
     let mut site_hint = Some(handoff.site.as_str());
     let mut idle = limits.header_timeout;
     loop {
-        let head = match read_head(&mut stream, &mut buf, &limits, idle).await {
+        let read = read_head(&mut stream, &mut buf, &limits, idle);
+        let read = if handoff.handover == Handover::Pass {
+            // A retiring worker gives connections that wait for their next request back
+            // to the dispatcher, which passes them to the tenant's new worker. A head
+            // already buffered is still served here (`biased`).
+            tokio::select! {
+                biased;
+                read = read => read,
+                _ = tenant.lifecycle.retired() => {
+                    hand_back(stream, buf, &handoff, &peer).await;
+                    return;
+                }
+            }
+        } else {
+            read.await
+        };
+        let head = match read {
             HeadRead::Head(h) => h,
             HeadRead::Closed | HeadRead::Io(_) => return,
             HeadRead::TimedOut => {
@@ -141,6 +158,15 @@ async fn respond(
     handoff: &Handoff,
 ) -> std::io::Result<bool> {
     let started = Instant::now();
+    let _slot = match &site.gate {
+        None => None,
+        Some(gate) => match gate.enter().await {
+            Ok(permit) => Some(permit),
+            Err(refused) => {
+                return refuse_busy(tenant, site, stream, head, handoff, gate, refused).await;
+            }
+        },
+    };
     let mut request = std::borrow::Cow::Borrowed(head);
     let mut redirects = 0;
     let (status, sent, keep_alive) = loop {
@@ -222,6 +248,45 @@ async fn respond(
             _ => break serve_static(tenant, site, stream, buf, &request).await?,
         }
     };
+    log_access(tenant, site, head, handoff, status, sent, started);
+    tenant.lifecycle.request_done();
+    Ok(keep_alive)
+}
+
+/// 503 with Retry-After for a request over the site's `max_clients` and queue. The
+/// connection closes: its body, if any, was not read.
+async fn refuse_busy(
+    tenant: &Tenant,
+    site: &SiteState,
+    stream: &mut Stream,
+    head: &RequestHead,
+    handoff: &Handoff,
+    gate: &super::gate::Gate,
+    refused: super::gate::Refused,
+) -> std::io::Result<bool> {
+    let started = Instant::now();
+    warn!(
+        tenant = tenant.name,
+        site = site.config.name,
+        uri = head.target,
+        "503: max_clients reached ({refused:?})"
+    );
+    let retry = format!("Retry-After: {}\r\n", gate.retry_after());
+    let page = http::error_response_with(503, false, head.is_head(), &retry);
+    stream.write_all(&page).await?;
+    log_access(tenant, site, head, handoff, 503, 0, started);
+    Ok(false)
+}
+
+fn log_access(
+    tenant: &Tenant,
+    site: &SiteState,
+    head: &RequestHead,
+    handoff: &Handoff,
+    status: u16,
+    sent: u64,
+    started: Instant,
+) {
     if let Some(log) = site.access_log.get() {
         let line = access_log::format(&access_log::Entry {
             peer: handoff.peer.ip(),
@@ -237,7 +302,6 @@ async fn respond(
         });
         access_log::write(log, &line);
     }
-    Ok(keep_alive)
 }
 
 async fn serve_static(

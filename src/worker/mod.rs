@@ -7,6 +7,8 @@ mod app;
 mod cgi;
 mod conn;
 mod fastcgi;
+mod gate;
+mod lifecycle;
 pub mod static_files;
 mod stream;
 
@@ -40,11 +42,14 @@ pub struct SiteState {
     pub fastcgi: Vec<Option<Arc<fastcgi::pool::Pool>>>,
     /// The app processes of the site's `handler = "app"` routes (same index).
     pub apps: Vec<Option<Arc<app::process::App>>>,
+    /// `max_clients` and its queue, if the site has a cap.
+    pub gate: Option<gate::Gate>,
 }
 
 pub struct Tenant {
     pub name: String,
     pub limits: ClientLimits,
+    pub lifecycle: Arc<lifecycle::Lifecycle>,
     pub sites: RouteTable<Arc<SiteState>>,
     by_name: HashMap<String, Arc<SiteState>>,
 }
@@ -92,7 +97,7 @@ pub fn run(tenant: &str, ipc_fd: RawFd, threads: usize) -> anyhow::Result<()> {
 }
 
 async fn serve(name: String, master_fd: OwnedFd) -> anyhow::Result<()> {
-    let master: Channel<WorkerToMaster, MasterToWorker> = Channel::new(master_fd)?;
+    let master: Arc<Channel<WorkerToMaster, MasterToWorker>> = Arc::new(Channel::new(master_fd)?);
     let init = match master.recv().await? {
         Some((MasterToWorker::Init(init), _)) => init,
         other => bail!("expected Init from the master, got {other:?}"),
@@ -108,13 +113,22 @@ async fn serve(name: String, master_fd: OwnedFd) -> anyhow::Result<()> {
         .into_iter()
         .map(|s| Arc::new(open_site(s)))
         .collect();
+    for site in &sites {
+        for pool in site.fastcgi.iter().flatten() {
+            pool.warm(site);
+        }
+    }
     let by_name = sites
         .iter()
         .map(|s| (s.config.name.clone(), s.clone()))
         .collect();
+    let lifecycle = lifecycle::Lifecycle::new(init.pool.clone());
+    // Long enough for a request at its timeout, and for a proxied keep-alive client.
+    let drain_grace = init.pool.request_timeout.max(init.limits.keepalive_timeout);
     let tenant = Arc::new(Tenant {
         name: name.clone(),
         limits: init.limits,
+        lifecycle: lifecycle.clone(),
         sites: RouteTable::new(
             sites,
             |s: &Arc<SiteState>| {
@@ -131,6 +145,12 @@ async fn serve(name: String, master_fd: OwnedFd) -> anyhow::Result<()> {
         uid = rustix::process::getuid().as_raw(),
         "worker ready"
     );
+    let asker = master.clone();
+    tokio::spawn(lifecycle.monitor(move |reason| {
+        asker
+            .try_send(&WorkerToMaster::Retire { reason }, &[])
+            .is_ok()
+    }));
     loop {
         let (message, fds) = match master.recv().await {
             Ok(Some(m)) => m,
@@ -140,6 +160,11 @@ async fn serve(name: String, master_fd: OwnedFd) -> anyhow::Result<()> {
             }
             Err(e) => bail!("bad message from the master: {e}"),
         };
+        if let MasterToWorker::Retire = message {
+            tenant.lifecycle.retire(drain_grace).await;
+            info!(tenant = name, "worker retired");
+            return Ok(());
+        }
         let Some(fd) = fds.into_iter().next() else {
             warn!("message from the master without its fd: {message:?}");
             continue;
@@ -160,6 +185,7 @@ async fn serve(name: String, master_fd: OwnedFd) -> anyhow::Result<()> {
                 tokio::spawn(peer_loop(tenant.clone(), peer));
             }
             MasterToWorker::Init(_) => warn!("unexpected second Init"),
+            MasterToWorker::Retire => {} // handled above, before the fd check
         }
     }
 }
@@ -184,6 +210,9 @@ fn open_site(config: Site) -> SiteState {
         reason
     });
     SiteState {
+        gate: config
+            .max_clients
+            .map(|max| gate::Gate::new(max, config.queue_max, config.queue_timeout)),
         fastcgi: fastcgi::pools_for(&config),
         apps: app::apps_for(&config),
         config,
@@ -196,6 +225,7 @@ fn open_site(config: Site) -> SiteState {
 /// Take connections from one dispatcher until it goes away. Connections already taken
 /// are not affected by that.
 async fn peer_loop(tenant: Arc<Tenant>, peer: Arc<PeerChannel>) {
+    let _open = tenant.lifecycle.peer(&peer);
     loop {
         match peer.recv().await {
             Ok(Some((DispatcherToWorker::Connection(handoff), fds))) => {
@@ -205,7 +235,8 @@ async fn peer_loop(tenant: Arc<Tenant>, peer: Arc<PeerChannel>) {
                 };
                 tokio::spawn(conn::serve(tenant.clone(), peer.clone(), handoff, fd));
             }
-            Ok(None) => return,
+            // Nothing follows `Retired`: this dispatcher sends its connections elsewhere.
+            Ok(Some((DispatcherToWorker::Retired, _))) | Ok(None) => return,
             Err(e) => {
                 warn!("bad message from a dispatcher: {e}");
                 return;

@@ -116,10 +116,20 @@ pub(super) async fn finish(
         Some(Ok(outcome)) => return Ok(outcome),
         Some(Err(Failure::Io(e))) => return Err(e),
         Some(Err(Failure::Refused(r))) => r,
-        None => refuse(
-            504,
-            format!("killed after the route timeout of {:?}", call.route.timeout),
-        ),
+        None => {
+            // In condo's error log too: the admin sees which tenant's requests hang.
+            tracing::warn!(
+                tenant = call.tenant.name,
+                site = call.site.config.name,
+                uri = call.head.target,
+                "504: request ran past its timeout of {:?}; its process was killed",
+                call.route.timeout
+            );
+            refuse(
+                504,
+                format!("killed after the route timeout of {:?}", call.route.timeout),
+            )
+        }
     };
     log_error(
         call.site,

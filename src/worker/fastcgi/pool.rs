@@ -135,6 +135,20 @@ impl Pool {
         })
     }
 
+    /// Start `processes_min` processes ahead of any request (the tenant's
+    /// `workers_min`), so the first requests find them warm.
+    pub fn warm(self: &Arc<Self>, site: &SiteState) {
+        for _ in 0..self.config.processes_min {
+            match self.spawn(site) {
+                Ok(process) => self.idle.lock().expect("pool lock").push(process),
+                Err(e) => {
+                    tracing::warn!(site = site.config.name, "starting a warm process: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
     /// A fresh process instead of one that failed (its lease is dropped, so killed).
     pub fn replace(self: &Arc<Self>, lease: Lease, site: &SiteState) -> io::Result<Lease> {
         let Lease {
@@ -216,11 +230,14 @@ impl Pool {
                     let Some(pool) = pool.upgrade() else { return };
                     let expired: Vec<Process> = {
                         let mut idle = pool.idle.lock().expect("pool lock");
-                        let (old, keep) = std::mem::take(&mut *idle)
-                            .into_iter()
-                            .partition(|p| p.idle_since.elapsed() >= limit);
-                        *idle = keep;
-                        old
+                        // Least recently used first; `processes_min` of them stay warm.
+                        let spare = idle.len().saturating_sub(pool.config.processes_min);
+                        let old = idle
+                            .iter()
+                            .take(spare)
+                            .take_while(|p| p.idle_since.elapsed() >= limit)
+                            .count();
+                        idle.drain(..old).collect()
                     };
                     drop(expired);
                 }
