@@ -135,12 +135,17 @@ impl TwoTenants {
     /// The main config (listeners: pass and proxy on port 0) plus `extra_server` lines
     /// in [server], and one site file per tenant.
     pub fn config(&self, extra_server: &str) -> PathBuf {
+        self.config_tenants(extra_server, "", "")
+    }
+
+    /// [`Self::config`] with more lines in `[tenant.a]` and `[tenant.b]`.
+    pub fn config_tenants(&self, extra_server: &str, extra_a: &str, extra_b: &str) -> PathBuf {
         let base = self.dir.path();
         std::fs::create_dir_all(base.join("sites")).unwrap();
         let main = format!(
             "[server]\nlisten = [{{ addr = \"127.0.0.1:0\", handover = \"pass\" }}, {{ addr = \"127.0.0.1:0\", handover = \"proxy\" }}]\n\
              user = \"{d}\"\nuid_range = [100, 65000]\nlog_dir = \"{log}\"\nrun_dir = \"{run}\"\n{extra_server}\n\
-             [tenant.a]\nuser = \"{a}\"\n\n[tenant.b]\nuser = \"{b}\"\n",
+             [tenant.a]\nuser = \"{a}\"\n{extra_a}\n\n[tenant.b]\nuser = \"{b}\"\n{extra_b}\n",
             d = self.dispatcher.name,
             a = self.a.name,
             b = self.b.name,
@@ -501,6 +506,31 @@ pub fn children_named(parent: u32, comm: &str) -> Vec<u32> {
 }
 
 impl TwoTenants {
+    /// Append TOML to the site file of tenant `name` ("a" or "b").
+    pub fn append_site(&self, name: &str, toml: &str) {
+        use std::io::Write as _;
+        let mut file = std::fs::OpenOptions::new()
+            .append(true)
+            .open(self.dir.path().join(format!("sites/{name}.toml")))
+            .unwrap();
+        writeln!(file, "{toml}").unwrap();
+    }
+
+    /// Write an executable script owned by tenant `name` at `rel` under its docroot.
+    pub fn script(&self, name: &str, rel: &str, body: &str) {
+        let (root, user) = match name {
+            "a" => (&self.root_a, &self.a),
+            _ => (&self.root_b, &self.b),
+        };
+        let path = root.join(rel);
+        let dir = path.parent().unwrap();
+        if !dir.exists() {
+            std::fs::create_dir_all(dir).unwrap();
+            chown(dir, user, 0o755);
+        }
+        write_owned(&path, body.as_bytes(), user, 0o755);
+    }
+
     /// The site's error log, after a moment for the worker's writes to land.
     pub fn error_log(&self, site: &str) -> String {
         std::thread::sleep(Duration::from_millis(200));
