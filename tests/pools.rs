@@ -333,3 +333,56 @@ fn several_dispatchers_share_the_load_and_survive_each_other() {
         condo.log_text()
     );
 }
+
+/// wrk over keep-alive connections while the worker is recycled every 200 requests,
+/// on both hand-over paths: not one socket error, not one non-2xx answer.
+#[test]
+fn recycling_under_load_loses_nothing() {
+    if !require_root() {
+        return;
+    }
+    if std::process::Command::new("wrk")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        assert!(std::env::var("CI").is_err(), "wrk is not installed");
+        eprintln!("skipping: wrk is not installed");
+        return;
+    }
+    let t = TwoTenants::new();
+    let config = t.config_tenants("", "max_requests = 200", "");
+    let condo = Condo::start(&config);
+    for addr in [condo.pass, condo.proxy()] {
+        let out = std::process::Command::new("wrk")
+            .args([
+                "-t1",
+                "-c8",
+                "-d3s",
+                "--timeout",
+                "5s",
+                "-H",
+                "Host: a.test",
+            ])
+            .arg(format!("http://{addr}/"))
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(out.status.success(), "{text}");
+        let requests: u64 = text
+            .lines()
+            .find_map(|l| {
+                l.trim()
+                    .split_once(" requests in ")
+                    .map(|(n, _)| n.to_string())
+            })
+            .and_then(|n| n.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no request count in:\n{text}"));
+        assert!(requests > 1000, "{text}");
+        assert!(!text.contains("Socket errors"), "{addr}:\n{text}");
+        assert!(!text.contains("Non-2xx"), "{addr}:\n{text}");
+    }
+    let log = condo.log_text();
+    assert!(count(&log, "(max_requests)") >= 5, "{log}");
+    assert_eq!(count(&log, "worker exited"), 0, "{log}");
+}
