@@ -386,3 +386,58 @@ fn recycling_under_load_loses_nothing() {
     assert!(count(&log, "(max_requests)") >= 5, "{log}");
     assert_eq!(count(&log, "worker exited"), 0, "{log}");
 }
+
+/// `workers_min` keeps FastCGI processes warm too: php-cgi runs before any request, and
+/// the idle reaper leaves that many running.
+#[test]
+fn workers_min_prestarts_php_processes() {
+    if !require_root() {
+        return;
+    }
+    if std::process::Command::new("php-cgi")
+        .arg("-v")
+        .output()
+        .is_err()
+    {
+        assert!(std::env::var("CI").is_err(), "php-cgi is not installed");
+        eprintln!("skipping: php-cgi is not installed");
+        return;
+    }
+    let t = TwoTenants::new();
+    let config = t.config_tenants("", "workers_min = 2\nidle_timeout = \"1s\"", "");
+    t.script("a", "hello.php", "<?php echo 'hello';");
+    t.append_site(
+        "a",
+        "[[site.route]]\nsuffix = \".php\"\nhandler = \"fastcgi\"\ncommand = [\"php-cgi\"]\nprocesses_max = 4",
+    );
+    let condo = Condo::start(&config);
+    let worker = condo.wait_child("worker", Some("a"));
+    assert!(
+        eventually(Duration::from_secs(5), || children_named(worker, "php-cgi")
+            .len()
+            == 2),
+        "{:?}",
+        children_named(worker, "php-cgi")
+    );
+    // A burst may grow the pool up to four; after idle_timeout it is back to two.
+    let url = format!("http://{}/hello.php", condo.pass);
+    let handles: Vec<_> = (0..4)
+        .map(|_| {
+            let url = url.clone();
+            std::thread::spawn(move || curl(&["-H", "Host: a.test", &url]))
+        })
+        .collect();
+    for h in handles {
+        let (body, ok) = h.join().unwrap();
+        assert!(ok && body == "hello", "{body}");
+    }
+    assert!(
+        eventually(Duration::from_secs(6), || children_named(worker, "php-cgi")
+            .len()
+            == 2),
+        "{:?}",
+        children_named(worker, "php-cgi")
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(children_named(worker, "php-cgi").len(), 2);
+}
