@@ -61,6 +61,8 @@ pub struct Server {
     pub worker_threads: usize,
     /// Dispatcher processes, each with its own SO_REUSEPORT listening sockets.
     pub dispatchers: usize,
+    /// Loopback address for `/metrics` (Prometheus) and `/health`; off when `None`.
+    pub admin_listen: Option<SocketAddr>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -245,6 +247,7 @@ struct ServerSection {
     worker_threads: usize,
     #[serde(default = "default_dispatchers")]
     dispatchers: usize,
+    admin_listen: Option<String>,
     max_request_line: Option<usize>,
     max_head_bytes: Option<usize>,
     max_headers: Option<usize>,
@@ -497,6 +500,24 @@ fn validate_server(
     if !(1..=64).contains(&s.worker_threads) {
         diags.push(source.error("server.worker_threads", "must be between 1 and 64"));
     }
+    let admin_listen = match s.admin_listen.as_deref().map(str::parse::<SocketAddr>) {
+        None => None,
+        Some(Ok(addr)) if addr.ip().is_loopback() => Some(addr),
+        Some(Ok(addr)) => {
+            diags.push(source.error(
+                "server.admin_listen",
+                format!("{addr} is not a loopback address: the admin listener shows every tenant's usage, so it only listens on 127.0.0.0/8 or ::1"),
+            ));
+            None
+        }
+        Some(Err(_)) => {
+            diags.push(source.error(
+                "server.admin_listen",
+                "not an IP:port address (e.g. \"127.0.0.1:9180\")",
+            ));
+            None
+        }
+    };
     if !(1..=64).contains(&s.dispatchers) {
         diags.push(source.error("server.dispatchers", "must be between 1 and 64"));
     }
@@ -579,6 +600,7 @@ fn validate_server(
         unknown_host_status: s.unknown_host,
         worker_threads: s.worker_threads,
         dispatchers: s.dispatchers,
+        admin_listen,
         limits,
     })
 }

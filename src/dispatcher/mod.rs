@@ -2,6 +2,7 @@
 //! routes them by Host and hands each connection (pass) or request (proxy) to the
 //! tenant's worker. It never opens a tenant's file.
 
+mod admin;
 mod proxy;
 mod workers;
 
@@ -30,6 +31,7 @@ struct Dispatcher {
     unknown_host_status: u16,
     limits: ClientLimits,
     workers: Arc<Workers>,
+    metrics_file: std::path::PathBuf,
 }
 
 pub fn run(ipc_fd: RawFd, listener_fds: &[RawFd]) -> anyhow::Result<()> {
@@ -83,6 +85,7 @@ async fn serve(
         unknown_host_status: init.unknown_host_status,
         limits: init.limits,
         workers: Workers::new(master),
+        metrics_file: init.metrics_file,
     });
     for (fd, info) in listeners.into_iter().zip(init.listeners) {
         rustix::io::ioctl_fionbio(&fd, true)?;
@@ -142,6 +145,15 @@ async fn accept_loop(dispatcher: Arc<Dispatcher>, listener: OwnedFd, info: Liste
                 } else {
                     bound
                 };
+                if info.admin {
+                    let d = dispatcher.clone();
+                    tokio::spawn(async move {
+                        if let Ok(stream) = tcp_stream(fd) {
+                            admin::serve(stream, d.limits, &d.metrics_file).await;
+                        }
+                    });
+                    continue;
+                }
                 let Some((fd, buf)) = dispatcher.accept_fast(fd, peer, local, info.handover) else {
                     continue;
                 };

@@ -15,6 +15,7 @@
 mod channel;
 
 use std::net::SocketAddr;
+use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
@@ -31,12 +32,17 @@ pub struct DispatcherInit {
     pub default_site: Option<String>,
     pub unknown_host_status: u16,
     pub limits: ClientLimits,
+    /// The Prometheus text the master rewrites every few seconds, served on the admin
+    /// listener.
+    pub metrics_file: PathBuf,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct ListenerInfo {
     pub addr: SocketAddr,
     pub handover: Handover,
+    /// The admin listener: metrics and health, no sites.
+    pub admin: bool,
 }
 
 /// A site as the dispatcher sees it: host names and the tenant that serves them.

@@ -44,7 +44,7 @@ struct WorkerHandle {
 
 /// One dispatcher process and the listening sockets it serves.
 struct DispatcherSlot {
-    listeners: Vec<OwnedFd>,
+    listeners: Vec<spawn::Bound>,
     running: Option<(u32, Arc<DispatcherChannel>, Instant)>,
     crashes: CrashRecord,
 }

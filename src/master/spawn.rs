@@ -13,12 +13,13 @@ use tracing::{info, warn};
 
 use super::logs::LogFiles;
 use super::{DispatcherChannel, WorkerChannel};
-use crate::config::{Config, Credentials, Pool, Site};
+use crate::config::{Config, Credentials, Handover, Pool, Site};
 use crate::ipc::{
     self, Channel, DispatcherInit, ListenerInfo, LogKind, MasterToDispatcher, MasterToWorker,
     Route, WorkerInit,
 };
 use crate::sandbox::{self, SandboxPlan};
+use std::net::SocketAddr;
 
 /// Bind every configured listener. The master keeps them for its whole life, so a
 /// dispatcher restart never refuses a connection attempt.
@@ -26,59 +27,95 @@ use crate::sandbox::{self, SandboxPlan};
 /// With several dispatchers each gets its own set of sockets bound with SO_REUSEPORT, so
 /// the kernel spreads new connections across them instead of waking them all for each
 /// (port 0 in the config is resolved by the first set and reused by the others).
-pub async fn bind_listeners(config: &Config) -> anyhow::Result<Vec<Vec<OwnedFd>>> {
+///
+/// The admin listener, if configured, is one socket served by the first dispatcher.
+pub async fn bind_listeners(config: &Config) -> anyhow::Result<Vec<Vec<Bound>>> {
     let count = config.server.dispatchers;
-    let mut sets: Vec<Vec<OwnedFd>> = Vec::with_capacity(count);
+    let mut sets: Vec<Vec<Bound>> = Vec::with_capacity(count);
     for _ in 0..count {
         let resolved: Option<Vec<std::net::SocketAddr>> = sets.first().map(|first| {
             first
                 .iter()
-                .filter_map(|fd| rustix::net::getsockname(fd).ok())
+                .filter_map(|b| rustix::net::getsockname(&b.fd).ok())
                 .filter_map(|a| std::net::SocketAddr::try_from(a).ok())
                 .collect()
         });
         sets.push(bind_set(config, resolved.as_deref(), count > 1).await?);
     }
+    if let (Some(addr), Some(first)) = (config.server.admin_listen, sets.first_mut()) {
+        first.push(bind_one(Handover::Proxy, addr, false, true, true).await?);
+    }
     Ok(sets)
+}
+
+/// A listening socket and what the dispatcher needs to know of it.
+pub struct Bound {
+    pub fd: OwnedFd,
+    pub info: ListenerInfo,
 }
 
 async fn bind_set(
     config: &Config,
     resolved: Option<&[std::net::SocketAddr]>,
     reuse_port: bool,
-) -> anyhow::Result<Vec<OwnedFd>> {
-    let mut fds = Vec::new();
+) -> anyhow::Result<Vec<Bound>> {
+    let mut bound = Vec::new();
     for (i, l) in config.server.listeners.iter().enumerate() {
         let addr = resolved.and_then(|r| r.get(i).copied()).unwrap_or(l.addr);
-        let socket = if addr.is_ipv4() {
-            tokio::net::TcpSocket::new_v4()
-        } else {
-            tokio::net::TcpSocket::new_v6()
-        }
-        .context("creating a socket")?;
-        socket.set_reuseaddr(true)?;
-        if reuse_port {
-            socket.set_reuseport(true)?;
-        }
-        // Accepted sockets inherit TCP_NODELAY on Linux: set once here, not per connection.
-        socket.set_nodelay(true)?;
-        socket
-            .bind(addr)
-            .with_context(|| format!("binding {addr}"))?;
-        let listener = socket
-            .listen(4096)
-            .with_context(|| format!("listening on {addr}"))?;
-        let bound = listener.local_addr()?;
-        let handover = match l.handover {
-            crate::config::Handover::Pass => "pass",
-            crate::config::Handover::Proxy => "proxy",
-        };
-        if resolved.is_none() {
-            info!("listening on {bound} (handover {handover})");
-        }
-        fds.push(OwnedFd::from(listener.into_std()?));
+        let announce = resolved.is_none();
+        bound.push(bind_one(l.handover, addr, reuse_port, announce, false).await?);
     }
-    Ok(fds)
+    Ok(bound)
+}
+
+async fn bind_one(
+    handover: Handover,
+    addr: SocketAddr,
+    reuse_port: bool,
+    announce: bool,
+    admin: bool,
+) -> anyhow::Result<Bound> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()
+    } else {
+        tokio::net::TcpSocket::new_v6()
+    }
+    .context("creating a socket")?;
+    socket.set_reuseaddr(true)?;
+    if reuse_port {
+        socket.set_reuseport(true)?;
+    }
+    // Accepted sockets inherit TCP_NODELAY on Linux: set once here, not per connection.
+    socket.set_nodelay(true)?;
+    socket
+        .bind(addr)
+        .with_context(|| format!("binding {addr}"))?;
+    let listener = socket
+        .listen(4096)
+        .with_context(|| format!("listening on {addr}"))?;
+    let bound = listener.local_addr()?;
+    if admin {
+        info!("admin listener on {bound} (/metrics, /health)");
+    } else if announce {
+        let name = match handover {
+            Handover::Pass => "pass",
+            Handover::Proxy => "proxy",
+        };
+        info!("listening on {bound} (handover {name})");
+    }
+    Ok(Bound {
+        fd: OwnedFd::from(listener.into_std()?),
+        info: ListenerInfo {
+            addr: bound,
+            handover,
+            admin,
+        },
+    })
+}
+
+/// Where the master writes the Prometheus text the dispatcher serves.
+pub fn metrics_file(config: &Config) -> std::path::PathBuf {
+    config.server.run_dir.join("metrics.prom")
 }
 
 fn fd_arg(fd: &OwnedFd) -> OsString {
@@ -89,15 +126,15 @@ pub async fn start_dispatcher(
     exe: &Path,
     config: &Config,
     credentials: Option<Credentials>,
-    listeners: &[OwnedFd],
+    listeners: &[Bound],
 ) -> anyhow::Result<(Child, DispatcherChannel, MasterToDispatcher)> {
     let (ours, theirs) = ipc::raw_pair().context("socketpair")?;
     let mut args: Vec<OsString> = vec!["dispatcher".into(), "--ipc-fd".into(), fd_arg(&theirs)];
     for l in listeners {
         args.push("--listener-fd".into());
-        args.push(fd_arg(l));
+        args.push(fd_arg(&l.fd));
     }
-    let mut inherit: Vec<_> = listeners.iter().map(|l| l.as_raw_fd()).collect();
+    let mut inherit: Vec<_> = listeners.iter().map(|l| l.fd.as_raw_fd()).collect();
     inherit.push(theirs.as_raw_fd());
     let plan = SandboxPlan {
         credentials,
@@ -108,15 +145,7 @@ pub async fn start_dispatcher(
     drop(theirs);
     let channel: DispatcherChannel = Channel::new(ours)?;
     let init = DispatcherInit {
-        listeners: config
-            .server
-            .listeners
-            .iter()
-            .map(|l| ListenerInfo {
-                addr: l.addr,
-                handover: l.handover,
-            })
-            .collect(),
+        listeners: listeners.iter().map(|l| l.info.clone()).collect(),
         routes: config
             .sites
             .iter()
@@ -129,6 +158,7 @@ pub async fn start_dispatcher(
         default_site: config.server.default_site.clone(),
         unknown_host_status: config.server.unknown_host_status,
         limits: config.server.limits,
+        metrics_file: metrics_file(config),
     };
     // The caller sends this once it watches the child: a dispatcher that dies at
     // once must be seen exiting, not make the send fail the master.
