@@ -145,7 +145,7 @@ impl TwoTenants {
         let main = format!(
             "[server]\nlisten = [{{ addr = \"127.0.0.1:0\", handover = \"pass\" }}, {{ addr = \"127.0.0.1:0\", handover = \"proxy\" }}]\n\
              user = \"{d}\"\nuid_range = [100, 65000]\nlog_dir = \"{log}\"\nrun_dir = \"{run}\"\n{extra_server}\n\
-             [tenant.a]\nuser = \"{a}\"\n{extra_a}\n\n[tenant.b]\nuser = \"{b}\"\n{extra_b}\n",
+             [tenant.a]\nuser = \"{a}\"\n{extra_a}\n[tenant.b]\nuser = \"{b}\"\n{extra_b}\n",
             d = self.dispatcher.name,
             a = self.a.name,
             b = self.b.name,
