@@ -441,3 +441,54 @@ fn workers_min_prestarts_php_processes() {
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(children_named(worker, "php-cgi").len(), 2);
 }
+
+/// The admin listener answers /health, refuses other paths, and a non-loopback
+/// `admin_listen` is a config error.
+#[test]
+fn admin_listener_health_and_loopback_only() {
+    if !require_root() {
+        return;
+    }
+    let t = TwoTenants::new();
+    let config = t.config("admin_listen = \"127.0.0.1:0\"");
+    let condo = Condo::start(&config);
+    let admin: std::net::SocketAddr = {
+        let log = condo.log_text();
+        let line = log
+            .lines()
+            .find(|l| l.contains("admin listener on "))
+            .unwrap_or_else(|| panic!("no admin listener line in:\n{log}"));
+        line.split("admin listener on ")
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .unwrap()
+            .parse()
+            .unwrap()
+    };
+    let (body, ok) = curl(&[&format!("http://{admin}/health")]);
+    assert!(ok && body == "ok\n", "{body}");
+    let (head, _) = curl(&["-i", &format!("http://{admin}/")]);
+    assert!(head.starts_with("HTTP/1.1 404"), "{head}");
+    // Sites are not served there.
+    let (head, _) = curl(&[
+        "-i",
+        "-H",
+        "Host: a.test",
+        &format!("http://{admin}/index.html"),
+    ]);
+    assert!(head.starts_with("HTTP/1.1 404"), "{head}");
+    drop(condo);
+
+    let bad = t.config("admin_listen = \"0.0.0.0:9180\"");
+    let out = std::process::Command::new(CONDO)
+        .args(["check", "-c"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(
+        text.contains("key `server.admin_listen`") && text.contains("not a loopback address"),
+        "{text}"
+    );
+}
