@@ -18,6 +18,8 @@
 pub mod config;
 pub mod demo;
 pub mod dispatcher;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http;
 pub mod ipc;
 pub mod logging;

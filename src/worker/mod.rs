@@ -4,9 +4,9 @@
 
 mod access_log;
 mod app;
-mod cgi;
+pub(crate) mod cgi;
 mod conn;
-mod fastcgi;
+pub(crate) mod fastcgi;
 mod gate;
 mod lifecycle;
 pub mod static_files;
