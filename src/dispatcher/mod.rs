@@ -19,7 +19,7 @@ use tracing::{debug, info, warn};
 
 use crate::config::{ClientLimits, Handover};
 use crate::http::head::parse_request;
-use crate::http::io::{HeadRead, head_limits, read_head, respond_and_close};
+use crate::http::io::{HeadRead, SendTimeout, head_limits, read_head, respond_and_close};
 use crate::http::routing::RouteTable;
 use crate::http::{self};
 use crate::ipc::{Channel, DispatcherInit, Handoff, ListenerInfo, MasterToDispatcher, Route};
@@ -239,7 +239,7 @@ impl Dispatcher {
     /// Route requests on one client connection until it is handed to a worker or closed.
     async fn serve_connection(
         &self,
-        mut stream: TcpStream,
+        stream: TcpStream,
         peer: SocketAddr,
         local: SocketAddr,
         handover: Handover,
@@ -247,6 +247,7 @@ impl Dispatcher {
         mut idle: std::time::Duration,
     ) {
         let mut upstreams = proxy::Upstreams::default();
+        let mut stream = SendTimeout::new(stream, self.limits.send_timeout);
         loop {
             let head = match read_head(&mut stream, &mut buf, &self.limits, idle).await {
                 HeadRead::Head(h) => h,
@@ -271,7 +272,7 @@ impl Dispatcher {
             };
             match handover {
                 Handover::Pass => {
-                    match stream.into_std() {
+                    match stream.inner.into_std() {
                         Ok(s) => self.pass(OwnedFd::from(s), peer, local, route, buf).await,
                         Err(e) => debug!("detaching the client socket: {e}"),
                     }

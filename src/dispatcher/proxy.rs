@@ -13,6 +13,11 @@ use std::time::Duration;
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UnixStream};
+
+use crate::http::io::SendTimeout;
+
+/// The client connection as the relay writes to it: with the send timeout.
+pub type Client = SendTimeout<TcpStream>;
 use tracing::debug;
 
 use super::workers::Workers;
@@ -51,7 +56,7 @@ impl Upstreams {
     pub async fn forward(
         &mut self,
         workers: &Workers,
-        client: &mut TcpStream,
+        client: &mut Client,
         client_buf: &mut BytesMut,
         req: Request<'_>,
     ) -> Result<bool, u16> {
@@ -110,7 +115,7 @@ async fn open(workers: &Workers, req: &Request<'_>) -> Result<Upstream, u16> {
 
 async fn relay(
     up: &mut Upstream,
-    client: &mut TcpStream,
+    client: &mut Client,
     client_buf: &mut BytesMut,
     req: &Request<'_>,
 ) -> Result<bool, u16> {

@@ -212,3 +212,105 @@ pub async fn close_gracefully<S: AsyncRead + AsyncWrite + Unpin>(stream: &mut S)
         }
     }
 }
+
+/// The send timeout of a client connection: a write that makes no progress for `after`
+/// fails with `TimedOut` (nginx's `send_timeout`), so a client that stops reading does
+/// not hold a connection, a task and its buffers forever.
+pub struct Stall {
+    after: Duration,
+    timer: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl Stall {
+    pub fn new(after: Duration) -> Self {
+        Self { after, timer: None }
+    }
+
+    pub fn after(&self) -> Duration {
+        self.after
+    }
+
+    /// Pass on a write's result; while it is pending, fail it once `after` has passed
+    /// since the last write that made progress.
+    pub fn check(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        polled: std::task::Poll<std::io::Result<usize>>,
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        use std::future::Future;
+        use std::task::Poll;
+        if polled.is_ready() {
+            self.timer = None;
+            return polled;
+        }
+        let after = self.after;
+        let timer = self
+            .timer
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(after)));
+        match timer.as_mut().poll(cx) {
+            Poll::Ready(()) => {
+                self.timer = None;
+                Poll::Ready(Err(send_timed_out(after)))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
+
+pub fn send_timed_out(after: Duration) -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        format!("the client took no data for {after:?} (send_timeout)"),
+    )
+}
+
+/// A stream whose writes fail after [`Stall`]'s timeout without progress.
+pub struct SendTimeout<S> {
+    pub inner: S,
+    stall: Stall,
+}
+
+impl<S> SendTimeout<S> {
+    pub fn new(inner: S, after: Duration) -> Self {
+        Self {
+            inner,
+            stall: Stall::new(after),
+        }
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for SendTimeout<S> {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for SendTimeout<S> {
+    fn poll_write(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        let polled = std::pin::Pin::new(&mut this.inner).poll_write(cx, buf);
+        this.stall.check(cx, polled)
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+}

@@ -26,9 +26,10 @@ const MAX_DISCARDED_BODY: u64 = 64 * 1024;
 const MAX_LOCAL_REDIRECTS: u32 = 5;
 
 pub async fn serve(tenant: Arc<Tenant>, peer: Arc<PeerChannel>, handoff: Handoff, fd: OwnedFd) {
+    let send_timeout = tenant.limits.send_timeout;
     let stream = match handoff.handover {
-        Handover::Pass => Stream::tcp(fd),
-        Handover::Proxy => Stream::unix(fd),
+        Handover::Pass => Stream::tcp(fd, send_timeout),
+        Handover::Proxy => Stream::unix(fd, send_timeout),
     };
     let mut stream = match stream {
         Ok(s) => s,

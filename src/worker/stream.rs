@@ -5,16 +5,26 @@ use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::pin::Pin;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
+
+use crate::http::io::{Stall, send_timed_out};
+
+/// A client connection with a send timeout ([`Stall`]): a client that stops reading
+/// loses its connection after `send_timeout`.
+pub struct Stream {
+    inner: Inner,
+    stall: Stall,
+}
 
 /// A connection that is registered with the reactor only when it has to wait.
 ///
 /// A passed connection often needs no waiting at all: its request came along in the
 /// hand-over and a small response fits the socket buffer, so with `Connection: close`
 /// it is answered and closed with plain syscalls, saving the epoll add and delete.
-pub enum Stream {
+enum Inner {
     Unregistered {
         fd: OwnedFd,
         unix: bool,
@@ -32,46 +42,84 @@ fn gone() -> io::Error {
 impl Stream {
     /// The dispatcher only passes sockets it accepted non-blocking, and O_NONBLOCK
     /// belongs to the shared open file description: no need to set it again.
-    pub fn tcp(fd: OwnedFd) -> io::Result<Self> {
-        Ok(Stream::Unregistered { fd, unix: false })
+    pub fn tcp(fd: OwnedFd, send_timeout: Duration) -> io::Result<Self> {
+        Ok(Self::new(
+            Inner::Unregistered { fd, unix: false },
+            send_timeout,
+        ))
     }
 
     /// The relay stream's end came from a fresh socketpair: make it non-blocking.
-    pub fn unix(fd: OwnedFd) -> io::Result<Self> {
+    pub fn unix(fd: OwnedFd, send_timeout: Duration) -> io::Result<Self> {
         let s = std::os::unix::net::UnixStream::from(fd);
         s.set_nonblocking(true)?;
-        Ok(Stream::Unregistered {
+        let inner = Inner::Unregistered {
             fd: OwnedFd::from(s),
             unix: true,
-        })
+        };
+        Ok(Self::new(inner, send_timeout))
+    }
+
+    fn new(inner: Inner, send_timeout: Duration) -> Self {
+        Self {
+            inner,
+            stall: Stall::new(send_timeout),
+        }
     }
 
     fn register(&mut self) -> io::Result<()> {
-        if let Stream::Unregistered { .. } = self {
-            let Stream::Unregistered { fd, unix } = std::mem::replace(self, Stream::Gone) else {
+        self.inner.register()
+    }
+
+    /// Detach the socket from this runtime, to hand it to another process.
+    pub fn into_fd(self) -> io::Result<OwnedFd> {
+        self.inner.into_fd()
+    }
+
+    /// Wait until the socket takes data, at most `send_timeout`.
+    async fn writable(&self) -> io::Result<()> {
+        let ready = async {
+            match &self.inner {
+                Inner::Tcp(s) => s.writable().await,
+                Inner::Unix(s) => s.writable().await,
+                _ => Err(gone()),
+            }
+        };
+        let after = self.stall.after();
+        tokio::time::timeout(after, ready)
+            .await
+            .map_err(|_| send_timed_out(after))?
+    }
+}
+
+impl Inner {
+    fn register(&mut self) -> io::Result<()> {
+        if let Inner::Unregistered { .. } = self {
+            let Inner::Unregistered { fd, unix } = std::mem::replace(self, Inner::Gone) else {
                 unreachable!()
             };
             *self = if unix {
-                Stream::Unix(UnixStream::from_std(std::os::unix::net::UnixStream::from(
+                Inner::Unix(UnixStream::from_std(std::os::unix::net::UnixStream::from(
                     fd,
                 ))?)
             } else {
-                Stream::Tcp(TcpStream::from_std(std::net::TcpStream::from(fd))?)
+                Inner::Tcp(TcpStream::from_std(std::net::TcpStream::from(fd))?)
             };
         }
         Ok(())
     }
 
-    /// Detach the socket from this runtime, to hand it to another process.
-    pub fn into_fd(self) -> io::Result<OwnedFd> {
+    fn into_fd(self) -> io::Result<OwnedFd> {
         Ok(match self {
-            Stream::Unregistered { fd, .. } => fd,
-            Stream::Tcp(s) => OwnedFd::from(s.into_std()?),
-            Stream::Unix(s) => OwnedFd::from(s.into_std()?),
-            Stream::Gone => return Err(gone()),
+            Inner::Unregistered { fd, .. } => fd,
+            Inner::Tcp(s) => OwnedFd::from(s.into_std()?),
+            Inner::Unix(s) => OwnedFd::from(s.into_std()?),
+            Inner::Gone => return Err(gone()),
         })
     }
+}
 
+impl Stream {
     /// Send `len` bytes of `file` from `offset` with sendfile(2): no copy through this
     /// process. Fails if the file shrank under us.
     pub async fn sendfile(
@@ -83,8 +131,11 @@ impl Stream {
         let end = offset + len;
         while offset < end {
             let want = (end - offset).min(1 << 30) as usize;
-            let sent = match self {
-                Stream::Unregistered { fd, .. } => {
+            if !matches!(self.inner, Inner::Unregistered { .. }) {
+                self.writable().await?;
+            }
+            let sent = match &mut self.inner {
+                Inner::Unregistered { fd, .. } => {
                     match rustix::fs::sendfile(&*fd, file, Some(&mut offset), want) {
                         Err(rustix::io::Errno::AGAIN) => {
                             self.register()?;
@@ -93,29 +144,23 @@ impl Stream {
                         other => other.map_err(io::Error::from),
                     }
                 }
-                Stream::Tcp(s) => {
-                    s.writable().await?;
-                    s.try_io(Interest::WRITABLE, || {
-                        Ok(rustix::fs::sendfile(
-                            s.as_fd(),
-                            file,
-                            Some(&mut offset),
-                            want,
-                        )?)
-                    })
-                }
-                Stream::Unix(s) => {
-                    s.writable().await?;
-                    s.try_io(Interest::WRITABLE, || {
-                        Ok(rustix::fs::sendfile(
-                            s.as_fd(),
-                            file,
-                            Some(&mut offset),
-                            want,
-                        )?)
-                    })
-                }
-                Stream::Gone => return Err(gone()),
+                Inner::Tcp(s) => s.try_io(Interest::WRITABLE, || {
+                    Ok(rustix::fs::sendfile(
+                        s.as_fd(),
+                        file,
+                        Some(&mut offset),
+                        want,
+                    )?)
+                }),
+                Inner::Unix(s) => s.try_io(Interest::WRITABLE, || {
+                    Ok(rustix::fs::sendfile(
+                        s.as_fd(),
+                        file,
+                        Some(&mut offset),
+                        want,
+                    )?)
+                }),
+                Inner::Gone => return Err(gone()),
             };
             match sent {
                 Ok(0) => {
@@ -143,9 +188,9 @@ impl AsyncRead for Stream {
         if let Err(e) = this.register() {
             return Poll::Ready(Err(e));
         }
-        match this {
-            Stream::Tcp(s) => Pin::new(s).poll_read(cx, buf),
-            Stream::Unix(s) => Pin::new(s).poll_read(cx, buf),
+        match &mut this.inner {
+            Inner::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            Inner::Unix(s) => Pin::new(s).poll_read(cx, buf),
             _ => Poll::Ready(Err(gone())),
         }
     }
@@ -158,8 +203,8 @@ impl AsyncWrite for Stream {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = self.get_mut();
-        if let Stream::Unregistered { fd, .. } = this {
-            match rustix::io::write(&*fd, buf) {
+        if let Inner::Unregistered { fd, .. } = &this.inner {
+            match rustix::io::write(fd, buf) {
                 Err(rustix::io::Errno::AGAIN) => {}
                 other => return Poll::Ready(other.map_err(io::Error::from)),
             }
@@ -167,29 +212,30 @@ impl AsyncWrite for Stream {
                 return Poll::Ready(Err(e));
             }
         }
-        match this {
-            Stream::Tcp(s) => Pin::new(s).poll_write(cx, buf),
-            Stream::Unix(s) => Pin::new(s).poll_write(cx, buf),
+        let polled = match &mut this.inner {
+            Inner::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            Inner::Unix(s) => Pin::new(s).poll_write(cx, buf),
             _ => Poll::Ready(Err(gone())),
-        }
+        };
+        this.stall.check(cx, polled)
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Tcp(s) => Pin::new(s).poll_flush(cx),
-            Stream::Unix(s) => Pin::new(s).poll_flush(cx),
+        match &mut self.get_mut().inner {
+            Inner::Tcp(s) => Pin::new(s).poll_flush(cx),
+            Inner::Unix(s) => Pin::new(s).poll_flush(cx),
             _ => Poll::Ready(Ok(())),
         }
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            Stream::Tcp(s) => Pin::new(s).poll_shutdown(cx),
-            Stream::Unix(s) => Pin::new(s).poll_shutdown(cx),
-            Stream::Unregistered { fd, .. } => Poll::Ready(
+        match &mut self.get_mut().inner {
+            Inner::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            Inner::Unix(s) => Pin::new(s).poll_shutdown(cx),
+            Inner::Unregistered { fd, .. } => Poll::Ready(
                 rustix::net::shutdown(&*fd, rustix::net::Shutdown::Write).map_err(io::Error::from),
             ),
-            Stream::Gone => Poll::Ready(Err(gone())),
+            Inner::Gone => Poll::Ready(Err(gone())),
         }
     }
 }
