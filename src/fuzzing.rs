@@ -28,7 +28,7 @@ pub fn request_head(data: &[u8]) {
     }
 }
 
-/// Path normalisation: the result is absolute, has no dot segments and is a fixed point.
+/// Path normalisation: the result is absolute and has no dot segments.
 pub fn path(data: &[u8]) {
     let Ok(raw) = std::str::from_utf8(data) else {
         return;
@@ -40,11 +40,8 @@ pub fn path(data: &[u8]) {
             // A backslash is an ordinary byte in a Linux file name, never a separator.
             assert!(!segment.contains('\0'), "{normal:?}");
         }
-        assert_eq!(
-            crate::http::path::normalize(&normal).as_deref(),
-            Ok(normal.as_str()),
-            "not idempotent for {raw:?}"
-        );
+        // No idempotence check: the result is decoded, and decoding it again is the
+        // double-decoding bug this function must not have (`%252e` stays `%2e`).
     }
 }
 
