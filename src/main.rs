@@ -27,6 +27,8 @@ enum Command {
     Serve,
     /// Validate the config and every site file; print each mistake with file:line.
     Check,
+    /// Check the config, then tell the running master to reload it (SIGHUP).
+    Reload,
     /// Run a demo: two isolated tenants on 127.0.0.1 (creates system users as root).
     Demo {
         /// Remove the demo's users and files instead.
@@ -61,6 +63,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Serve => condo::master::serve(&cli.config),
         Command::Check => return check(&cli.config),
+        Command::Reload => condo::master::signal_reload(&cli.config),
         Command::Demo { clean: true, .. } => condo::demo::clean(),
         Command::Demo { clean: false, port } => condo::demo::run(port),
         Command::Dispatcher {

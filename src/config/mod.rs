@@ -30,14 +30,14 @@ pub enum Handover {
     Proxy,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Listener {
     pub addr: SocketAddr,
     pub handover: Handover,
 }
 
 /// Request-head limits and client timeouts, shared by dispatcher and workers.
-#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ClientLimits {
     pub max_request_line: usize,
     pub max_head_bytes: usize,

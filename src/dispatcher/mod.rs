@@ -11,6 +11,7 @@ use std::os::fd::{OwnedFd, RawFd};
 use std::sync::Arc;
 
 use anyhow::{Context, bail};
+use arc_swap::ArcSwap;
 use bytes::BytesMut;
 use rustix::net::SocketFlags;
 use tokio::io::Interest;
@@ -22,13 +23,15 @@ use crate::http::head::parse_request;
 use crate::http::io::{HeadRead, SendTimeout, head_limits, read_head, respond_and_close};
 use crate::http::routing::RouteTable;
 use crate::http::{self};
-use crate::ipc::{Channel, DispatcherInit, Handoff, ListenerInfo, MasterToDispatcher, Route};
+use crate::ipc::{
+    Channel, DispatcherInit, Handoff, ListenerInfo, MasterToDispatcher, Route, Routing,
+};
 use crate::sandbox;
 use workers::{MasterChannel, Workers};
 
 struct Dispatcher {
-    routes: RouteTable<Route>,
-    unknown_host_status: u16,
+    /// Replaced whole at a reload; each connection reads the current one per request.
+    routing: ArcSwap<Routes>,
     limits: ClientLimits,
     workers: Arc<Workers>,
     metrics_file: std::path::PathBuf,
@@ -66,23 +69,36 @@ pub fn run(ipc_fd: RawFd, listener_fds: &[RawFd]) -> anyhow::Result<()> {
     })
 }
 
+struct Routes {
+    table: RouteTable<Route>,
+    unknown_host_status: u16,
+}
+
+impl Routes {
+    fn new(routing: Routing) -> Self {
+        let table = RouteTable::new(
+            routing.routes,
+            |r: &Route| {
+                std::iter::once(r.site.clone())
+                    .chain(r.aliases.iter().cloned())
+                    .collect()
+            },
+            routing.default_site.as_deref(),
+        );
+        Self {
+            table,
+            unknown_host_status: routing.unknown_host_status,
+        }
+    }
+}
+
 async fn serve(
     init: DispatcherInit,
     listeners: Vec<OwnedFd>,
     master: Arc<MasterChannel>,
 ) -> anyhow::Result<()> {
-    let routes = RouteTable::new(
-        init.routes,
-        |r: &Route| {
-            std::iter::once(r.site.clone())
-                .chain(r.aliases.iter().cloned())
-                .collect()
-        },
-        init.default_site.as_deref(),
-    );
     let dispatcher = Arc::new(Dispatcher {
-        routes,
-        unknown_host_status: init.unknown_host_status,
+        routing: ArcSwap::from_pointee(Routes::new(init.routing)),
         limits: init.limits,
         workers: Workers::new(master),
         metrics_file: init.metrics_file,
@@ -96,12 +112,18 @@ async fn serve(
         let d = hand_back_target.clone();
         tokio::spawn(async move { d.resume_handed_back(handoff, fd).await });
     });
+    let reload_target = dispatcher.clone();
+    let on_reload: workers::ReloadFn = Arc::new(move |routing: Routing| {
+        let count = routing.routes.len();
+        reload_target.routing.store(Arc::new(Routes::new(routing)));
+        info!("reloaded: routing {count} sites");
+    });
     info!("dispatcher ready");
     // The master link ending means the master is gone: stop.
     dispatcher
         .workers
         .clone()
-        .run_master_link(on_hand_back)
+        .run_master_link(on_hand_back, on_reload)
         .await;
     warn!("master link closed; dispatcher exiting");
     Ok(())
@@ -191,7 +213,8 @@ impl Dispatcher {
         }
         if handover == Handover::Pass
             && let Ok(Some(head)) = parse_request(&buf, &head_limits(&self.limits))
-            && let Some(route) = self.routes.lookup(head.host.as_deref())
+            && let routing = self.routing.load()
+            && let Some(route) = routing.table.lookup(head.host.as_deref())
         {
             let handoff = pass_handoff(peer, local, route, &buf);
             if self.workers.try_hand_over(&route.tenant, handoff, &fd) {
@@ -264,9 +287,10 @@ impl Dispatcher {
                 }
             };
             idle = self.limits.keepalive_timeout;
-            let Some(route) = self.routes.lookup(head.host.as_deref()) else {
+            let routing = self.routing.load_full();
+            let Some(route) = routing.table.lookup(head.host.as_deref()) else {
                 let response =
-                    http::error_response(self.unknown_host_status, false, head.is_head());
+                    http::error_response(routing.unknown_host_status, false, head.is_head());
                 respond_and_close(&mut stream, &response).await;
                 return;
             };

@@ -11,7 +11,7 @@ use tokio::sync::oneshot;
 use tracing::{debug, warn};
 
 use crate::ipc::{
-    Channel, DispatcherToMaster, DispatcherToWorker, Handoff, MasterToDispatcher,
+    Channel, DispatcherToMaster, DispatcherToWorker, Handoff, MasterToDispatcher, Routing,
     WorkerToDispatcher,
 };
 
@@ -66,6 +66,8 @@ pub struct Workers {
 
 /// Called for every connection a worker hands back.
 pub type HandBackFn = Arc<dyn Fn(Handoff, OwnedFd) + Send + Sync>;
+/// Called when the master sends a reloaded routing table.
+pub type ReloadFn = Arc<dyn Fn(Routing) + Send + Sync>;
 
 impl Workers {
     pub fn new(master: Arc<MasterChannel>) -> Arc<Self> {
@@ -183,7 +185,7 @@ impl Workers {
     }
 
     /// Read the master's answers until it goes away, then return.
-    pub async fn run_master_link(self: Arc<Self>, on_hand_back: HandBackFn) {
+    pub async fn run_master_link(self: Arc<Self>, on_hand_back: HandBackFn, on_reload: ReloadFn) {
         loop {
             let (message, fds) = match self.master.recv().await {
                 Ok(Some(m)) => m,
@@ -223,6 +225,7 @@ impl Workers {
                     tenant,
                     result: Err(reason),
                 } => self.resolve(&tenant, Err(reason)),
+                MasterToDispatcher::Reload(routing) => on_reload(routing),
                 MasterToDispatcher::Init(_) => warn!("unexpected second Init from the master"),
             }
         }

@@ -28,9 +28,7 @@ use crate::config::{ClientLimits, Handover, Pool, Site};
 pub struct DispatcherInit {
     /// One per listener fd named on the dispatcher's command line, in the same order.
     pub listeners: Vec<ListenerInfo>,
-    pub routes: Vec<Route>,
-    pub default_site: Option<String>,
-    pub unknown_host_status: u16,
+    pub routing: Routing,
     pub limits: ClientLimits,
     /// The Prometheus text the master rewrites every few seconds, served on the admin
     /// listener.
@@ -53,9 +51,19 @@ pub struct Route {
     pub tenant: String,
 }
 
+/// What a reload changes in a running dispatcher.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Routing {
+    pub routes: Vec<Route>,
+    pub default_site: Option<String>,
+    pub unknown_host_status: u16,
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 pub enum MasterToDispatcher {
     Init(DispatcherInit),
+    /// The config was reloaded: route by these from the next request on.
+    Reload(Routing),
     /// Answer to [`DispatcherToMaster::WantWorker`]: on `Ok` one fd, a channel end
     /// connected to the tenant's worker.
     Worker {

@@ -124,6 +124,50 @@ pub fn serve(config_path: &Path) -> anyhow::Result<()> {
     })
 }
 
+/// `condo reload`: validate the config as `serve` would, then SIGHUP the master whose
+/// pid is in `run_dir/condo.pid`. Nothing is signalled when the main file has errors.
+pub fn signal_reload(config_path: &Path) -> anyhow::Result<()> {
+    let loaded = config::load(config_path);
+    for d in &loaded.diagnostics {
+        eprintln!("condo: {d}");
+    }
+    let Some(config) = loaded.config else {
+        bail!(
+            "{}: the main config has errors; the running master was not told to reload",
+            config_path.display()
+        );
+    };
+    let pid_file = pid_file(&config);
+    let text = std::fs::read_to_string(&pid_file).with_context(|| {
+        format!(
+            "reading {} (is condo running with this config?)",
+            pid_file.display()
+        )
+    })?;
+    let pid = text
+        .trim()
+        .parse::<i32>()
+        .ok()
+        .and_then(rustix::process::Pid::from_raw)
+        .with_context(|| format!("{}: not a pid", pid_file.display()))?;
+    rustix::process::kill_process(pid, rustix::process::Signal::HUP)
+        .with_context(|| format!("signalling the master (pid {})", pid.as_raw_nonzero()))?;
+    println!(
+        "condo: asked the master (pid {}) to reload{}",
+        pid.as_raw_nonzero(),
+        if loaded.diagnostics.is_empty() {
+            String::new()
+        } else {
+            "; the site files above with errors will not be served".to_string()
+        }
+    );
+    Ok(())
+}
+
+fn pid_file(config: &Config) -> PathBuf {
+    config.server.run_dir.join("condo.pid")
+}
+
 impl Master {
     async fn new(config: Config) -> anyhow::Result<Self> {
         let privileged = rustix::process::geteuid().is_root();
@@ -131,6 +175,8 @@ impl Master {
         crate::logging::init_tracing(Some(logs.error_log()?));
         std::fs::create_dir_all(&config.server.run_dir)
             .with_context(|| format!("creating run_dir {}", config.server.run_dir.display()))?;
+        std::fs::write(pid_file(&config), format!("{}\n", std::process::id()))
+            .with_context(|| format!("writing {}", pid_file(&config).display()))?;
         let dispatcher_credentials = if privileged {
             let creds = config::resolve_user(&config.server.user).map_err(anyhow::Error::msg)?;
             if creds.uid == 0 {
@@ -191,7 +237,7 @@ impl Master {
                 Some(event) = self.events.recv() => self.handle(event).await,
                 _ = term.recv() => { info!("SIGTERM: stopping"); break; }
                 _ = int.recv() => { info!("SIGINT: stopping"); break; }
-                _ = hup.recv() => warn!("SIGHUP: live reload is not implemented yet; restart condo to apply config changes"),
+                _ = hup.recv() => self.reload().await,
                 _ = usr1.recv() => warn!("SIGUSR1: log reopening is not implemented yet"),
             }
         }
@@ -477,6 +523,101 @@ impl Master {
         Ok(())
     }
 
+    /// SIGHUP: read the config again. On errors in the main file keep the running
+    /// config. Otherwise switch to the new one: dispatchers get the new routes, the
+    /// workers of tenants whose settings or sites changed are replaced the way
+    /// `max_requests` replaces them (no connection lost), the others stay untouched.
+    async fn reload(&mut self) {
+        info!("SIGHUP: reloading {}", self.config.file.display());
+        let loaded = config::load(&self.config.file);
+        for d in &loaded.diagnostics {
+            warn!("reload: {d}");
+        }
+        let Some(mut new) = loaded.config else {
+            error!("reload: the main config has errors; still running the previous config");
+            return;
+        };
+        // What the running processes were started with stays until a restart.
+        let old = &self.config.server;
+        for (key, changed) in [
+            ("listen", new.server.listeners != old.listeners),
+            ("dispatchers", new.server.dispatchers != old.dispatchers),
+            ("admin_listen", new.server.admin_listen != old.admin_listen),
+            ("user", new.server.user != old.user),
+            ("log_dir", new.server.log_dir != old.log_dir),
+            ("run_dir", new.server.run_dir != old.run_dir),
+            (
+                "worker_threads",
+                new.server.worker_threads != old.worker_threads,
+            ),
+            ("limits", new.server.limits != old.limits),
+        ] {
+            if changed {
+                warn!(
+                    "reload: server.{key} changed; that takes a restart, the running value stays"
+                );
+            }
+        }
+        // default_site and unknown_host are routing: those change now.
+        new.server = config::Server {
+            default_site: new.server.default_site.clone(),
+            unknown_host_status: new.server.unknown_host_status,
+            ..self.config.server.clone()
+        };
+        let mut changed: Vec<String> = Vec::new();
+        let names: std::collections::BTreeSet<&String> = self
+            .config
+            .tenants
+            .keys()
+            .chain(new.tenants.keys())
+            .collect();
+        for name in names {
+            let before = (
+                self.config.tenants.get(name),
+                self.config.tenant_sites(name).collect::<Vec<_>>(),
+            );
+            let after = (
+                new.tenants.get(name),
+                new.tenant_sites(name).collect::<Vec<_>>(),
+            );
+            if before != after {
+                changed.push(name.clone());
+            }
+        }
+        self.config = new;
+        let routing = spawn::routing(&self.config);
+        for slot in &self.dispatchers {
+            if let Some((pid, channel, _)) = &slot.running
+                && let Err(e) = channel
+                    .send(&MasterToDispatcher::Reload(routing.clone()), &[])
+                    .await
+            {
+                warn!(pid, "sending the dispatcher the new routes: {e}");
+            }
+        }
+        for tenant in &changed {
+            for worker in self.workers.get_mut(tenant).into_iter().flatten() {
+                if worker.draining {
+                    continue;
+                }
+                worker.draining = true;
+                if let Err(e) = worker.channel.send(&MasterToWorker::Retire, &[]).await {
+                    warn!(tenant, pid = worker.pid, "telling the worker to leave: {e}");
+                }
+            }
+        }
+        self.keep_warm().await;
+        info!(
+            "reloaded: {} sites; tenants changed: {}",
+            self.config.sites.len(),
+            if changed.is_empty() {
+                "none".to_string()
+            } else {
+                changed.join(", ")
+            }
+        );
+    }
+
     /// Stop every child: TERM, then KILL after a grace period.
     async fn stop(&mut self) {
         let mut pids: Vec<u32> = self.workers.values().flatten().map(|w| w.pid).collect();
@@ -486,6 +627,7 @@ impl Master {
                 .filter_map(|d| d.running.as_ref().map(|r| r.0)),
         );
         spawn::terminate(&pids, Duration::from_secs(5)).await;
+        let _ = std::fs::remove_file(pid_file(&self.config));
         info!("stopped");
     }
 }

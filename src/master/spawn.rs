@@ -16,7 +16,7 @@ use super::{DispatcherChannel, WorkerChannel};
 use crate::config::{Config, Credentials, Handover, Pool, Site};
 use crate::ipc::{
     self, Channel, DispatcherInit, ListenerInfo, LogKind, MasterToDispatcher, MasterToWorker,
-    Route, WorkerInit,
+    Route, Routing, WorkerInit,
 };
 use crate::sandbox::{self, SandboxPlan};
 use std::net::SocketAddr;
@@ -113,6 +113,23 @@ async fn bind_one(
     })
 }
 
+/// Host → site → tenant, all the dispatcher knows of the sites.
+pub fn routing(config: &Config) -> Routing {
+    Routing {
+        routes: config
+            .sites
+            .iter()
+            .map(|s| Route {
+                site: s.name.clone(),
+                aliases: s.aliases.clone(),
+                tenant: s.tenant.clone(),
+            })
+            .collect(),
+        default_site: config.server.default_site.clone(),
+        unknown_host_status: config.server.unknown_host_status,
+    }
+}
+
 /// Where the master writes the Prometheus text the dispatcher serves.
 pub fn metrics_file(config: &Config) -> std::path::PathBuf {
     config.server.run_dir.join("metrics.prom")
@@ -146,17 +163,7 @@ pub async fn start_dispatcher(
     let channel: DispatcherChannel = Channel::new(ours)?;
     let init = DispatcherInit {
         listeners: listeners.iter().map(|l| l.info.clone()).collect(),
-        routes: config
-            .sites
-            .iter()
-            .map(|s| Route {
-                site: s.name.clone(),
-                aliases: s.aliases.clone(),
-                tenant: s.tenant.clone(),
-            })
-            .collect(),
-        default_site: config.server.default_site.clone(),
-        unknown_host_status: config.server.unknown_host_status,
+        routing: routing(config),
         limits: config.server.limits,
         metrics_file: metrics_file(config),
     };
