@@ -453,6 +453,9 @@ fn admin_listener_health_and_loopback_only() {
     let config = t.config("admin_listen = \"127.0.0.1:0\"");
     let condo = Condo::start(&config);
     let admin: std::net::SocketAddr = {
+        eventually(Duration::from_secs(5), || {
+            condo.log_text().contains("admin listener on ")
+        });
         let log = condo.log_text();
         let line = log
             .lines()
