@@ -44,6 +44,16 @@ pub fn init_tracing(error_log: Option<File>) {
         .try_init();
 }
 
+/// Switch the error log to a newly opened file (SIGUSR1, after logrotate).
+pub fn reopen_error_log(file: File) {
+    match ERROR_LOG.get() {
+        Some(current) => *current.lock().unwrap_or_else(|e| e.into_inner()) = file,
+        None => {
+            let _ = ERROR_LOG.set(Arc::new(Mutex::new(file)));
+        }
+    }
+}
+
 /// A line a child wrote to its stderr, copied to the master's log as it is.
 pub fn child_line(line: &str) {
     let mut out = String::with_capacity(line.len() + 1);

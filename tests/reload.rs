@@ -150,3 +150,77 @@ fn reload_applies_changes_without_losing_requests() {
     assert_eq!(get("new.a.test").0, "site A2\n");
     assert_eq!(get("b.test").0, "site B\n");
 }
+
+/// SIGUSR1 after logrotate moved the logs: new files by name, the next lines in them,
+/// including what a running script writes to stderr.
+#[test]
+fn usr1_reopens_moved_logs() {
+    if !require_root() {
+        return;
+    }
+    let t = TwoTenants::new();
+    let config = t.config("");
+    t.script(
+        "a",
+        "cgi-bin/noisy.sh",
+        "#!/bin/sh\necho \"noisy $QUERY_STRING\" >&2\nprintf 'Content-Type: text/plain\\n\\nok\\n'\n",
+    );
+    t.append_site(
+        "a",
+        "[[site.route]]\npath = \"/cgi-bin/\"\nhandler = \"cgi\"",
+    );
+    let condo = Condo::start(&config);
+    let url = |q: &str| format!("http://{}/cgi-bin/noisy.sh?{q}", condo.pass);
+    assert_eq!(curl(&["-H", "Host: a.test", &url("one")]).0, "ok\n");
+    let log = t.dir.path().join("log");
+    // The line is written after the response: wait for it before "rotating".
+    assert!(eventually(Duration::from_secs(5), || {
+        std::fs::read_to_string(log.join("a.test.access.log"))
+            .is_ok_and(|text| text.contains("noisy.sh?one"))
+            && std::fs::read_to_string(log.join("a.test.error.log"))
+                .is_ok_and(|text| text.contains("noisy one"))
+    }));
+    for name in ["a.test.access.log", "a.test.error.log", "error.log"] {
+        std::fs::rename(log.join(name), log.join(format!("{name}.1"))).unwrap();
+    }
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(condo.pid() as i32).unwrap(),
+        rustix::process::Signal::USR1,
+    )
+    .unwrap();
+    assert!(
+        eventually(Duration::from_secs(5), || log.join("error.log").exists()
+            && std::fs::read_to_string(log.join("error.log"))
+                .unwrap()
+                .contains("logs reopened")),
+        "{}",
+        condo.log_text()
+    );
+    assert_eq!(curl(&["-H", "Host: a.test", &url("two")]).0, "ok\n");
+    std::thread::sleep(Duration::from_millis(300));
+    let read = |name: &str| std::fs::read_to_string(log.join(name)).unwrap_or_default();
+    assert!(
+        read("a.test.access.log.1").contains("noisy.sh?one"),
+        "{}",
+        read("a.test.access.log.1")
+    );
+    assert!(!read("a.test.access.log.1").contains("noisy.sh?two"));
+    assert!(
+        read("a.test.access.log").contains("noisy.sh?two"),
+        "{}",
+        read("a.test.access.log")
+    );
+    assert!(read("a.test.error.log.1").contains("noisy one"));
+    assert!(
+        read("a.test.error.log").contains("noisy two"),
+        "{}",
+        read("a.test.error.log")
+    );
+    // Still root:tenant 0640, like the first ones.
+    use std::os::unix::fs::MetadataExt;
+    let meta = std::fs::metadata(log.join("a.test.access.log")).unwrap();
+    assert_eq!(
+        (meta.uid(), meta.gid(), meta.mode() & 0o777),
+        (0, t.a.gid, 0o640)
+    );
+}

@@ -238,7 +238,7 @@ impl Master {
                 _ = term.recv() => { info!("SIGTERM: stopping"); break; }
                 _ = int.recv() => { info!("SIGINT: stopping"); break; }
                 _ = hup.recv() => self.reload().await,
-                _ = usr1.recv() => warn!("SIGUSR1: log reopening is not implemented yet"),
+                _ = usr1.recv() => self.reopen_logs().await,
             }
         }
         self.stop().await;
@@ -616,6 +616,49 @@ impl Master {
                 changed.join(", ")
             }
         );
+    }
+
+    /// SIGUSR1: open the error log and every running worker's site logs again by
+    /// name, as logrotate expects after moving them, and hand the new site logs to the
+    /// workers (their scripts' stderr follows without a restart).
+    async fn reopen_logs(&mut self) {
+        match self.logs.error_log() {
+            Ok(file) => crate::logging::reopen_error_log(file),
+            Err(e) => error!("SIGUSR1: reopening the error log: {e:#}"),
+        }
+        let mut sent = 0;
+        for (tenant, workers) in &self.workers {
+            let gid = if self.privileged {
+                self.config
+                    .tenants
+                    .get(tenant)
+                    .and_then(|t| config::resolve_tenant(t, self.config.server.uid_range).ok())
+                    .map(|c| c.gid)
+            } else {
+                None
+            };
+            for site in self.config.tenant_sites(tenant) {
+                for kind in [ipc::LogKind::Access, ipc::LogKind::Error] {
+                    let file = match self.logs.open_site_log(&site.name, kind, gid) {
+                        Ok(f) => f,
+                        Err(e) => {
+                            error!(tenant, site = site.name, "SIGUSR1: {e:#}");
+                            continue;
+                        }
+                    };
+                    for worker in workers {
+                        let message = MasterToWorker::SiteLog {
+                            site: site.name.clone(),
+                            kind,
+                        };
+                        if worker.channel.send(&message, &[file.as_fd()]).await.is_ok() {
+                            sent += 1;
+                        }
+                    }
+                }
+            }
+        }
+        info!("SIGUSR1: logs reopened ({sent} site logs handed to workers)");
     }
 
     /// Stop every child: TERM, then KILL after a grace period.

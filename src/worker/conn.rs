@@ -301,7 +301,7 @@ fn log_access(
             tenant: &tenant.name,
             elapsed: started.elapsed(),
         });
-        access_log::write(log, &line);
+        access_log::write(&log, &line);
     }
 }
 

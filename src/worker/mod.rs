@@ -15,7 +15,7 @@ mod stream;
 use std::collections::HashMap;
 use std::fs::File;
 use std::os::fd::{OwnedFd, RawFd};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 
 use anyhow::{Context, bail};
 use tracing::{info, warn};
@@ -36,14 +36,37 @@ pub struct SiteState {
     /// The site root opened as the tenant; `Err` says why it could not be (every
     /// request to the site then gets 500 and the reason is in the error log).
     pub files: Result<SiteFiles, String>,
-    pub access_log: OnceLock<File>,
-    pub error_log: OnceLock<File>,
+    pub access_log: Arc<LogSlot>,
+    pub error_log: Arc<LogSlot>,
     /// The FastCGI process pools of the site's routes (same index as `config.routes`).
     pub fastcgi: Vec<Option<Arc<fastcgi::pool::Pool>>>,
     /// The app processes of the site's `handler = "app"` routes (same index).
     pub apps: Vec<Option<Arc<app::process::App>>>,
     /// `max_clients` and its queue, if the site has a cap.
     pub gate: Option<gate::Gate>,
+}
+
+/// A site log file the master opened. Replaced when the master reopens the logs
+/// (SIGUSR1, after logrotate moved them); long-lived writers hold the slot, not a file.
+#[derive(Default)]
+pub struct LogSlot(arc_swap::ArcSwapOption<File>);
+
+impl LogSlot {
+    pub fn get(&self) -> Option<Arc<File>> {
+        self.0.load_full()
+    }
+
+    fn set(&self, file: File) {
+        self.0.store(Some(Arc::new(file)));
+    }
+
+    /// Best effort: a full disk must not fail a request.
+    pub fn write(&self, bytes: &[u8]) {
+        use std::io::Write as _;
+        if let Some(file) = self.0.load().as_deref() {
+            let _ = (&*file).write_all(bytes);
+        }
+    }
 }
 
 pub struct Tenant {
@@ -176,7 +199,7 @@ async fn serve(name: String, master_fd: OwnedFd) -> anyhow::Result<()> {
                         LogKind::Access => &s.access_log,
                         LogKind::Error => &s.error_log,
                     };
-                    let _ = slot.set(File::from(fd));
+                    slot.set(File::from(fd));
                 }
                 None => warn!(site, "access log for a site this worker does not serve"),
             },
@@ -217,8 +240,8 @@ fn open_site(config: Site) -> SiteState {
         apps: app::apps_for(&config),
         config,
         files,
-        access_log: OnceLock::new(),
-        error_log: OnceLock::new(),
+        access_log: Arc::default(),
+        error_log: Arc::default(),
     }
 }
 

@@ -17,9 +17,9 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use crate::config;
-use crate::worker::SiteState;
 use crate::worker::cgi::copy_stderr;
 use crate::worker::fastcgi::pool::private_dir;
+use crate::worker::{LogSlot, SiteState};
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(100);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
@@ -237,7 +237,7 @@ impl App {
         }
         let exited = Arc::new(AtomicBool::new(false));
         let flag = exited.clone();
-        let log_file = site.error_log.get().and_then(|f| f.try_clone().ok());
+        let log_slot = site.error_log.clone();
         let site_name = site.config.name.clone();
         log(site, &format!("started {label} on {}", socket.display()));
         tokio::spawn(async move {
@@ -252,7 +252,7 @@ impl App {
                 Ok(s) => format!("{label} exited: {s}"),
                 Err(e) => format!("{label}: waiting for it failed: {e}"),
             };
-            write_log(log_file.as_ref(), &site_name, &message);
+            write_log(&log_slot, &site_name, &message);
         });
         Ok(Running {
             pid,
@@ -290,16 +290,13 @@ impl App {
 
 /// A line for the site's error log (and condo's own log).
 pub(super) fn log(site: &SiteState, message: &str) {
-    write_log(site.error_log.get(), &site.config.name, message);
+    write_log(&site.error_log, &site.config.name, message);
 }
 
-fn write_log(log: Option<&std::fs::File>, site: &str, message: &str) {
+fn write_log(log: &LogSlot, site: &str, message: &str) {
     tracing::info!(site, "app: {message}");
-    if let Some(mut log) = log {
-        use std::io::Write as _;
-        let line = format!("{} [{site}] condo: {message}\n", crate::http::http_date());
-        let _ = log.write_all(line.as_bytes());
-    }
+    let line = format!("{} [{site}] condo: {message}\n", crate::http::http_date());
+    log.write(line.as_bytes());
 }
 
 impl Drop for App {

@@ -631,9 +631,9 @@ pub(super) fn copy_stderr<R: AsyncRead + Unpin + Send + 'static>(
     script: String,
     stderr: R,
 ) {
-    let Some(log) = site.error_log.get().and_then(|f| f.try_clone().ok()) else {
-        return;
-    };
+    // The slot, not the file: the log may be reopened (or, for a warm process started
+    // with the worker, arrive) while this process runs.
+    let log = site.error_log.clone();
     let site_name = site.config.name.clone();
     tokio::spawn(async move {
         let mut lines = BufReader::new(stderr).lines();
@@ -643,19 +643,17 @@ pub(super) fn copy_stderr<R: AsyncRead + Unpin + Send + 'static>(
                 crate::http::http_date(),
                 line.escape_debug()
             );
-            let _ = (&log).write_all(text.as_bytes());
+            log.write(text.as_bytes());
         }
     });
 }
 
 pub(super) fn log_error(site: &SiteState, message: &str) {
     warn!(site = site.config.name, "cgi: {message}");
-    if let Some(log) = site.error_log.get() {
-        let line = format!(
-            "{} [{}] condo: {message}\n",
-            crate::http::http_date(),
-            site.config.name
-        );
-        let _ = (&*log).write_all(line.as_bytes());
-    }
+    let line = format!(
+        "{} [{}] condo: {message}\n",
+        crate::http::http_date(),
+        site.config.name
+    );
+    site.error_log.write(line.as_bytes());
 }
