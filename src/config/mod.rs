@@ -45,6 +45,8 @@ pub struct ClientLimits {
     pub header_timeout: Duration,
     pub keepalive_timeout: Duration,
     pub send_timeout: Duration,
+    /// Connections the dispatcher holds at once; beyond it new ones are closed.
+    pub max_connections: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -251,6 +253,7 @@ struct ServerSection {
     max_request_line: Option<usize>,
     max_head_bytes: Option<usize>,
     max_headers: Option<usize>,
+    max_connections: Option<usize>,
     header_timeout: Option<String>,
     keepalive_timeout: Option<String>,
     send_timeout: Option<String>,
@@ -543,6 +546,7 @@ fn validate_server(
         max_request_line: 8192,
         max_head_bytes: 16384,
         max_headers: 100,
+        max_connections: 16384,
         header_timeout: Duration::from_secs(10),
         keepalive_timeout: Duration::from_secs(75),
         send_timeout: Duration::from_secs(60),
@@ -551,6 +555,7 @@ fn validate_server(
         max_request_line: s.max_request_line.unwrap_or(defaults.max_request_line),
         max_head_bytes: s.max_head_bytes.unwrap_or(defaults.max_head_bytes),
         max_headers: s.max_headers.unwrap_or(defaults.max_headers),
+        max_connections: s.max_connections.unwrap_or(defaults.max_connections),
         header_timeout: parse_duration(
             source,
             "server.header_timeout",
@@ -582,6 +587,12 @@ fn validate_server(
         ),
         ("server.max_head_bytes", limits.max_head_bytes, 256, 1 << 20),
         ("server.max_headers", limits.max_headers, 4, 1000),
+        (
+            "server.max_connections",
+            limits.max_connections,
+            16,
+            1 << 20,
+        ),
     ] {
         if !(min..=max).contains(&value) {
             diags.push(source.error(key, format!("must be between {min} and {max}")));

@@ -9,6 +9,7 @@ mod workers;
 use std::net::SocketAddr;
 use std::os::fd::{OwnedFd, RawFd};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
 use anyhow::{Context, bail};
 use arc_swap::ArcSwap;
@@ -35,6 +36,43 @@ struct Dispatcher {
     limits: ClientLimits,
     workers: Arc<Workers>,
     metrics_file: std::path::PathBuf,
+    /// Client connections this process holds now (`limits.max_connections` caps it).
+    open: AtomicUsize,
+    /// When the cap was last logged, in seconds since the epoch (one line a minute).
+    cap_logged: AtomicU64,
+}
+
+/// One client connection held by the dispatcher.
+struct Held(Arc<Dispatcher>);
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.0.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl Dispatcher {
+    /// Count a new connection, or refuse it when `max_connections` are held.
+    fn hold(self: &Arc<Self>) -> Option<Held> {
+        let max = self.limits.max_connections;
+        if self.open.fetch_add(1, Ordering::Relaxed) >= max {
+            self.open.fetch_sub(1, Ordering::Relaxed);
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            let last = self.cap_logged.load(Ordering::Relaxed);
+            if now >= last + 60
+                && self
+                    .cap_logged
+                    .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_ok()
+            {
+                warn!("max_connections ({max}) reached: closing new connections until some end");
+            }
+            return None;
+        }
+        Some(Held(self.clone()))
+    }
 }
 
 pub fn run(ipc_fd: RawFd, listener_fds: &[RawFd]) -> anyhow::Result<()> {
@@ -102,6 +140,8 @@ async fn serve(
         limits: init.limits,
         workers: Workers::new(master),
         metrics_file: init.metrics_file,
+        open: AtomicUsize::new(0),
+        cap_logged: AtomicU64::new(0),
     });
     for (fd, info) in listeners.into_iter().zip(init.listeners) {
         rustix::io::ioctl_fionbio(&fd, true)?;
@@ -176,12 +216,21 @@ async fn accept_loop(dispatcher: Arc<Dispatcher>, listener: OwnedFd, info: Liste
                     });
                     continue;
                 }
+                let Some(held) = dispatcher.hold() else {
+                    // Over max_connections: closing at once is kinder than a backlog
+                    // that times out, and keeps this process's memory bounded.
+                    drop(fd);
+                    continue;
+                };
                 let Some((fd, buf)) = dispatcher.accept_fast(fd, peer, local, info.handover) else {
                     continue;
                 };
                 let d = dispatcher.clone();
                 let handover = info.handover;
-                tokio::spawn(async move { d.accepted(fd, peer, local, handover, buf).await });
+                tokio::spawn(async move {
+                    let _held = held;
+                    d.accepted(fd, peer, local, handover, buf).await
+                });
             }
             Ok(Err(e)) => {
                 // EMFILE and friends: back off briefly instead of spinning.
@@ -240,6 +289,9 @@ impl Dispatcher {
     }
 
     async fn resume_handed_back(self: Arc<Self>, handoff: Handoff, fd: OwnedFd) {
+        // A connection coming back was already accepted: it is counted, never refused.
+        self.open.fetch_add(1, Ordering::Relaxed);
+        let _held = Held(self.clone());
         let Ok(stream) = tcp_stream(fd) else { return };
         let buf = BytesMut::from(&handoff.buffered[..]);
         // Nothing buffered: a retiring worker gave back a connection between requests.

@@ -164,6 +164,37 @@ pub fn signal_reload(config_path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// A server holds a socket per connection: raise RLIMIT_NOFILE (inherited by the
+/// dispatcher and workers, unless a tenant's own limit says otherwise) to room for
+/// `max_connections` plus files, as far as the system allows.
+fn raise_fd_limit(max_connections: usize) {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let want = (max_connections as u64 * 2).max(65536);
+    let ceiling = std::fs::read_to_string("/proc/sys/fs/nr_open")
+        .ok()
+        .and_then(|s| s.trim().parse::<u64>().ok())
+        .unwrap_or(1 << 20);
+    let hard = getrlimit(Resource::Nofile).maximum.unwrap_or(u64::MAX);
+    let raised = want.min(ceiling).max(hard.min(ceiling));
+    // Raising the hard limit needs CAP_SYS_RESOURCE (root usually has it, some
+    // containers take it away); the soft limit may always go up to the hard one.
+    let attempts = [(raised, raised), (want.min(hard), hard)];
+    let outcome = attempts.iter().find_map(|&(soft, max)| {
+        let limit = rustix::process::Rlimit {
+            current: Some(soft),
+            maximum: Some(max),
+        };
+        setrlimit(Resource::Nofile, limit).ok().map(|()| soft)
+    });
+    match outcome {
+        Some(soft) if (soft as usize) < max_connections + 1024 => {
+            warn!("the open-file limit is {soft}: too low for max_connections = {max_connections}")
+        }
+        Some(_) => {}
+        None => warn!("could not raise the open-file limit"),
+    }
+}
+
 fn pid_file(config: &Config) -> PathBuf {
     config.server.run_dir.join("condo.pid")
 }
@@ -173,6 +204,7 @@ impl Master {
         let privileged = rustix::process::geteuid().is_root();
         let logs = logs::LogFiles::prepare(&config.server.log_dir, privileged)?;
         crate::logging::init_tracing(Some(logs.error_log()?));
+        raise_fd_limit(config.server.limits.max_connections);
         std::fs::create_dir_all(&config.server.run_dir)
             .with_context(|| format!("creating run_dir {}", config.server.run_dir.display()))?;
         std::fs::write(pid_file(&config), format!("{}\n", std::process::id()))
