@@ -77,6 +77,7 @@ mod tests {
             user: "root".into(),
             group: None,
             pool: Default::default(),
+            limits: Default::default(),
         };
         let err = resolve_tenant(&t, (0, 60000)).unwrap_err();
         assert!(err.contains("uid 0"), "{err}");
@@ -89,6 +90,7 @@ mod tests {
             user: "nobody".into(),
             group: None,
             pool: Default::default(),
+            limits: Default::default(),
         };
         let creds = resolve_user("nobody").expect("Debian has `nobody`");
         let err = resolve_tenant(&t, (1000, creds.uid - 1)).unwrap_err();

@@ -6,6 +6,7 @@
 
 mod accounts;
 mod diag;
+mod limits;
 mod pool;
 
 use std::collections::{BTreeMap, HashMap};
@@ -17,6 +18,7 @@ use serde::{Deserialize, Serialize};
 
 pub use accounts::{Credentials, resolve_tenant, resolve_user};
 pub use diag::{Diagnostic, Source};
+pub use limits::{Limits, Rlimit};
 pub use pool::{Pool, parse_size};
 
 /// How a listener gives a connection to the tenant's worker.
@@ -65,6 +67,26 @@ pub struct Server {
     pub dispatchers: usize,
     /// Loopback address for `/metrics` (Prometheus) and `/health`; off when `None`.
     pub admin_listen: Option<SocketAddr>,
+    pub cgroup: CgroupMode,
+    /// Where the cgroup filesystem is mounted (v2), or the directory holding the v1
+    /// controller hierarchies.
+    pub cgroup_root: PathBuf,
+    /// condo's own group under the root, holding one group per tenant.
+    pub cgroup_parent: String,
+    /// Usage counters persist here (`usage.json`), across restarts and reloads.
+    pub state_dir: PathBuf,
+}
+
+/// Which cgroup interface to use for tenants' limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum CgroupMode {
+    /// v2 when mounted at `cgroup_root`, else v1, else none (with a log line).
+    #[default]
+    Auto,
+    V1,
+    V2,
+    Off,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,6 +95,7 @@ pub struct Tenant {
     pub user: String,
     pub group: Option<String>,
     pub pool: Pool,
+    pub limits: Limits,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -93,6 +116,9 @@ pub struct Site {
     pub queue_max: usize,
     /// How long a request waits for a slot before it gets 503.
     pub queue_timeout: Duration,
+    /// Niceness of the site's scripts and app processes (mpm-itk's NiceValue); at
+    /// least the tenant's.
+    pub nice: Option<i32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -197,7 +223,7 @@ pub struct Loaded {
 struct MainFile {
     server: ServerSection,
     #[serde(default)]
-    defaults: pool::PoolKeys,
+    defaults: TenantSection,
     #[serde(default)]
     tenant: BTreeMap<String, TenantSection>,
 }
@@ -219,6 +245,15 @@ fn default_run_dir() -> PathBuf {
 }
 fn default_worker_threads() -> usize {
     1
+}
+fn default_cgroup_root() -> PathBuf {
+    "/sys/fs/cgroup".into()
+}
+fn default_cgroup_parent() -> String {
+    "condo".into()
+}
+fn default_state_dir() -> PathBuf {
+    "/var/lib/condo".into()
 }
 fn default_dispatchers() -> usize {
     1
@@ -250,6 +285,14 @@ struct ServerSection {
     #[serde(default = "default_dispatchers")]
     dispatchers: usize,
     admin_listen: Option<String>,
+    #[serde(default)]
+    cgroup: CgroupMode,
+    #[serde(default = "default_cgroup_root")]
+    cgroup_root: PathBuf,
+    #[serde(default = "default_cgroup_parent")]
+    cgroup_parent: String,
+    #[serde(default = "default_state_dir")]
+    state_dir: PathBuf,
     max_request_line: Option<usize>,
     max_head_bytes: Option<usize>,
     max_headers: Option<usize>,
@@ -273,17 +316,30 @@ struct ListenTable {
     handover: Option<Handover>,
 }
 
-#[derive(Deserialize)]
+/// `[defaults]` and `[tenant.NAME]` take the same keys, except that only a tenant
+/// names its `user` and `group`. One struct for both, without `flatten` (it would hide
+/// unknown keys from the diagnostics).
+#[derive(Deserialize, Default)]
 struct TenantSection {
-    user: String,
+    user: Option<String>,
     group: Option<String>,
-    // The pool keys, as in `[defaults]` (no `flatten`: it would hide unknown keys).
     workers_min: Option<usize>,
     workers_max: Option<usize>,
     idle_timeout: Option<String>,
     max_requests: Option<u64>,
     request_timeout: Option<String>,
     worker_memory_max: Option<String>,
+    memory_max: Option<String>,
+    cpu_max: Option<f64>,
+    pids_max: Option<u64>,
+    io_weight: Option<u32>,
+    nice: Option<i32>,
+    rlimit_nofile: Option<toml::Value>,
+    rlimit_nproc: Option<toml::Value>,
+    rlimit_as: Option<toml::Value>,
+    rlimit_core: Option<toml::Value>,
+    rlimit_cpu: Option<toml::Value>,
+    rlimit_fsize: Option<toml::Value>,
 }
 
 impl TenantSection {
@@ -295,6 +351,22 @@ impl TenantSection {
             max_requests: self.max_requests,
             request_timeout: self.request_timeout.clone(),
             worker_memory_max: self.worker_memory_max.clone(),
+        }
+    }
+
+    fn limit_keys(&self) -> limits::LimitKeys {
+        limits::LimitKeys {
+            memory_max: self.memory_max.clone(),
+            cpu_max: self.cpu_max,
+            pids_max: self.pids_max,
+            io_weight: self.io_weight,
+            nice: self.nice,
+            rlimit_nofile: self.rlimit_nofile.clone(),
+            rlimit_nproc: self.rlimit_nproc.clone(),
+            rlimit_as: self.rlimit_as.clone(),
+            rlimit_core: self.rlimit_core.clone(),
+            rlimit_cpu: self.rlimit_cpu.clone(),
+            rlimit_fsize: self.rlimit_fsize.clone(),
         }
     }
 }
@@ -320,6 +392,7 @@ struct SiteSection {
     #[serde(default)]
     route: Vec<RouteSection>,
     max_clients: Option<usize>,
+    nice: Option<i32>,
     queue_max: Option<usize>,
     queue_timeout: Option<String>,
 }
@@ -362,9 +435,28 @@ pub fn load(path: &Path) -> Loaded {
         };
     };
     let server = validate_server(&source, &main.server, &mut diagnostics);
+    let defaults = &main.defaults;
+    for (key, set) in [
+        ("user", defaults.user.is_some()),
+        ("group", defaults.group.is_some()),
+    ] {
+        if set {
+            diagnostics.push(source.error(
+                &format!("defaults.{key}"),
+                "each tenant names its own user and group, in [tenant.NAME]",
+            ));
+        }
+    }
     let default_pool = Pool::apply(
         &Pool::default(),
-        &main.defaults,
+        &defaults.pool_keys(),
+        &source,
+        "defaults",
+        &mut diagnostics,
+    );
+    let default_limits = Limits::apply(
+        &Limits::default(),
+        &defaults.limit_keys(),
         &source,
         "defaults",
         &mut diagnostics,
@@ -376,13 +468,27 @@ pub fn load(path: &Path) -> Loaded {
             diagnostics.push(source.error(&key, "tenant names use only a-z, 0-9, '-' and '_'"));
             continue;
         }
+        let Some(user) = t.user.clone() else {
+            diagnostics.push(source.error(
+                &key,
+                "a tenant needs `user`: the account its processes run as",
+            ));
+            continue;
+        };
         let tenant = Tenant {
             name: name.clone(),
-            user: t.user.clone(),
+            user,
             group: t.group.clone(),
             pool: Pool::apply(
                 &default_pool,
                 &t.pool_keys(),
+                &source,
+                &key,
+                &mut diagnostics,
+            ),
+            limits: Limits::apply(
+                &default_limits,
+                &t.limit_keys(),
                 &source,
                 &key,
                 &mut diagnostics,
@@ -534,9 +640,17 @@ fn validate_server(
         Ok(_) => {}
         Err(e) => diags.push(source.error("server.user", e)),
     }
+    if !valid_name(&s.cgroup_parent) {
+        diags.push(source.error(
+            "server.cgroup_parent",
+            "a plain name (a-z, 0-9, '-', '_'): condo's group under the cgroup root",
+        ));
+    }
     for (key, path) in [
         ("server.log_dir", &s.log_dir),
         ("server.run_dir", &s.run_dir),
+        ("server.state_dir", &s.state_dir),
+        ("server.cgroup_root", &s.cgroup_root),
     ] {
         if !path.is_absolute() {
             diags.push(source.error(key, "must be an absolute path"));
@@ -612,6 +726,10 @@ fn validate_server(
         worker_threads: s.worker_threads,
         dispatchers: s.dispatchers,
         admin_listen,
+        cgroup: s.cgroup,
+        cgroup_root: s.cgroup_root.clone(),
+        cgroup_parent: s.cgroup_parent.clone(),
+        state_dir: s.state_dir.clone(),
         limits,
     })
 }
@@ -761,6 +879,18 @@ fn validate_site(
         Duration::from_secs(10),
         diags,
     );
+    if let Some(nice) = s.nice {
+        let floor = tenants
+            .get(&s.tenant)
+            .and_then(|t| t.limits.nice)
+            .unwrap_or(0);
+        if !(floor..=19).contains(&nice) {
+            diags.push(source.error(
+                &format!("{key}.nice"),
+                format!("must be between {floor} (the tenant's nice) and 19"),
+            ));
+        }
+    }
     if s.max_clients.is_none() && (s.queue_max.is_some() || s.queue_timeout.is_some()) {
         diags.push(source.error(
             &format!("{key}.max_clients"),
@@ -783,6 +913,7 @@ fn validate_site(
         env: s.env.into_iter().collect(),
         routes,
         max_clients: s.max_clients,
+        nice: s.nice,
         queue_max,
         queue_timeout,
     })

@@ -2,6 +2,7 @@
 //! files, starts the dispatcher and the tenant workers, passes fds between them and
 //! supervises them. It never reads a byte from a client.
 
+mod cgroup;
 mod logs;
 mod spawn;
 
@@ -20,6 +21,9 @@ use crate::config::{self, Config, Credentials};
 use crate::ipc::{
     self, Channel, DispatcherToMaster, MasterToDispatcher, MasterToWorker, WorkerToMaster,
 };
+
+/// How often the master reads the tenants' cgroup counters.
+const SAMPLE_EVERY: Duration = Duration::from_secs(2);
 
 type DispatcherChannel = Channel<MasterToDispatcher, DispatcherToMaster>;
 type WorkerChannel = Channel<MasterToWorker, WorkerToMaster>;
@@ -95,6 +99,12 @@ pub struct Master {
     /// Per tenant: at most one worker that takes new links, plus draining ones.
     workers: HashMap<String, Vec<WorkerHandle>>,
     worker_crashes: HashMap<String, CrashRecord>,
+    /// `None`: no cgroups (not root, none mounted, or switched off).
+    cgroups: Option<cgroup::Cgroups>,
+    /// The groups of tenants that have processes (removed when they scale to zero).
+    groups: HashMap<String, cgroup::TenantGroup>,
+    /// OOM kills of each live group already reported.
+    oom_seen: HashMap<String, u64>,
     events_tx: mpsc::UnboundedSender<Event>,
     events: mpsc::UnboundedReceiver<Event>,
 }
@@ -235,6 +245,18 @@ impl Master {
             })
             .collect();
         let (events_tx, events) = mpsc::unbounded_channel();
+        let cgroups = if privileged {
+            cgroup::Cgroups::detect(
+                config.server.cgroup,
+                &config.server.cgroup_root,
+                &config.server.cgroup_parent,
+            )
+        } else {
+            info!(
+                "not root: no cgroups; memory_max, cpu_max, pids_max and io_weight are not enforced"
+            );
+            None
+        };
         Ok(Self {
             exe: std::env::current_exe().context("finding condo's own binary")?,
             config,
@@ -244,6 +266,9 @@ impl Master {
             dispatchers,
             workers: HashMap::new(),
             worker_crashes: HashMap::new(),
+            cgroups,
+            groups: HashMap::new(),
+            oom_seen: HashMap::new(),
             events_tx,
             events,
         })
@@ -264,8 +289,11 @@ impl Master {
             }
         }
         self.keep_warm().await;
+        let mut sampling = tokio::time::interval(SAMPLE_EVERY);
+        sampling.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
+                _ = sampling.tick() => self.sample_cgroups(),
                 Some(event) = self.events.recv() => self.handle(event).await,
                 _ = term.recv() => { info!("SIGTERM: stopping"); break; }
                 _ = int.recv() => { info!("SIGINT: stopping"); break; }
@@ -352,6 +380,7 @@ impl Master {
                 let handle = workers.swap_remove(i);
                 if workers.is_empty() {
                     self.workers.remove(&tenant);
+                    self.tenant_gone(&tenant).await;
                 }
                 let lived = handle.started.elapsed();
                 if handle.draining && status == "exit status: 0" {
@@ -368,6 +397,33 @@ impl Master {
                 self.keep_warm().await;
             }
         }
+    }
+
+    /// Read every tenant group's counters: OOM kills are logged as they happen.
+    fn sample_cgroups(&mut self) {
+        for (tenant, group) in &self.groups {
+            let stats = group.stats();
+            let seen = self.oom_seen.entry(tenant.clone()).or_insert(0);
+            if stats.oom_kills > *seen {
+                warn!(
+                    tenant,
+                    "OOM kill: {} process(es) of the tenant killed at its memory_max",
+                    stats.oom_kills - *seen
+                );
+                *seen = stats.oom_kills;
+            }
+        }
+    }
+
+    /// The tenant's last worker exited: it scaled to zero. Its cgroup goes (the worker's
+    /// children die with it, so the group empties within moments).
+    async fn tenant_gone(&mut self, tenant: &str) {
+        self.sample_cgroups();
+        if let Some(group) = self.groups.remove(tenant) {
+            group.remove().await;
+        }
+        // A new group counts from zero.
+        self.oom_seen.remove(tenant);
     }
 
     /// The channel of the dispatcher in `slot` if `pid` is still the one running there.
@@ -449,19 +505,31 @@ impl Master {
         } else {
             None
         };
-        let pool = tenant_config.pool.clone();
+        // Limits that cannot be applied mean no worker: a tenant never runs unbounded
+        // because its cgroup could not be made.
+        let group = match &self.cgroups {
+            Some(cgroups) => match self.groups.get(tenant) {
+                Some(g) => Some(g.clone()),
+                None => {
+                    let g = cgroups
+                        .tenant(tenant, &tenant_config.limits)
+                        .map_err(|e| format!("setting up the tenant's cgroup: {e}"))?;
+                    self.groups.insert(tenant.to_string(), g.clone());
+                    Some(g)
+                }
+            },
+            None => None,
+        };
         let sites: Vec<_> = self.config.tenant_sites(tenant).cloned().collect();
-        let (child, channel) = spawn::start_worker(
-            &self.exe,
-            tenant,
+        let start = spawn::WorkerStart {
+            tenant: tenant_config,
             credentials,
             sites,
-            pool,
-            &self.config,
-            &self.logs,
-        )
-        .await
-        .map_err(|e| format!("starting the worker failed: {e:#}"))?;
+            cgroup: group.as_ref(),
+        };
+        let (child, channel) = spawn::start_worker(&self.exe, start, &self.config, &self.logs)
+            .await
+            .map_err(|e| format!("starting the worker failed: {e:#}"))?;
         let pid = child.id().unwrap_or(0);
         info!(tenant, pid, "worker started");
         let channel = Arc::new(channel);
@@ -702,6 +770,12 @@ impl Master {
                 .filter_map(|d| d.running.as_ref().map(|r| r.0)),
         );
         spawn::terminate(&pids, Duration::from_secs(5)).await;
+        for (_, group) in self.groups.drain() {
+            group.remove().await;
+        }
+        if let Some(cgroups) = &self.cgroups {
+            cgroups.remove_parent();
+        }
         let _ = std::fs::remove_file(pid_file(&self.config));
         info!("stopped");
     }

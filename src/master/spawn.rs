@@ -11,9 +11,10 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Child;
 use tracing::{info, warn};
 
+use super::cgroup::TenantGroup;
 use super::logs::LogFiles;
 use super::{DispatcherChannel, WorkerChannel};
-use crate::config::{Config, Credentials, Handover, Pool, Site};
+use crate::config::{Config, Credentials, Handover, Site, Tenant};
 use crate::ipc::{
     self, Channel, DispatcherInit, ListenerInfo, LogKind, MasterToDispatcher, MasterToWorker,
     Route, Routing, WorkerInit,
@@ -153,11 +154,7 @@ pub async fn start_dispatcher(
     }
     let mut inherit: Vec<_> = listeners.iter().map(|l| l.fd.as_raw_fd()).collect();
     inherit.push(theirs.as_raw_fd());
-    let plan = SandboxPlan {
-        credentials,
-        inherit_fds: inherit,
-        die_with_parent: true,
-    };
+    let plan = SandboxPlan::new(credentials, inherit);
     let child = spawn_child(exe, &args, plan, "dispatcher")?;
     drop(theirs);
     let channel: DispatcherChannel = Channel::new(ours)?;
@@ -172,15 +169,30 @@ pub async fn start_dispatcher(
     Ok((child, channel, MasterToDispatcher::Init(init)))
 }
 
+/// What the master decided about a worker it is about to start.
+pub struct WorkerStart<'a> {
+    pub tenant: &'a Tenant,
+    /// `None` when condo runs unprivileged.
+    pub credentials: Option<Credentials>,
+    pub sites: Vec<Site>,
+    pub cgroup: Option<&'a TenantGroup>,
+}
+
 pub async fn start_worker(
     exe: &Path,
-    tenant: &str,
-    credentials: Option<Credentials>,
-    sites: Vec<Site>,
-    pool: Pool,
+    start: WorkerStart<'_>,
     config: &Config,
     logs: &LogFiles,
 ) -> anyhow::Result<(Child, WorkerChannel)> {
+    let WorkerStart {
+        tenant: tenant_config,
+        credentials,
+        sites,
+        cgroup,
+    } = start;
+    let tenant = tenant_config.name.as_str();
+    let limits = &tenant_config.limits;
+    let pool = tenant_config.pool.clone();
     // Opened by root, readable by the tenant's group, writable only through the fd the
     // worker gets: the tenant can read its access logs but never rewrite them.
     let gid = credentials.as_ref().map(|c| c.gid);
@@ -204,12 +216,22 @@ pub async fn start_worker(
         "--threads".into(),
         config.server.worker_threads.to_string().into(),
     ];
+    // Open before the fork, written by the child: it is in the tenant's group from its
+    // first instruction, and so is everything it ever starts.
+    let procs = match cgroup {
+        Some(group) => group
+            .procs_files()
+            .context("opening the tenant's cgroup.procs")?,
+        None => Vec::new(),
+    };
     let plan = SandboxPlan {
-        credentials,
-        inherit_fds: vec![theirs.as_raw_fd()],
-        die_with_parent: true,
+        cgroup_procs: procs.iter().map(|f| f.as_raw_fd()).collect(),
+        rlimits: limits.rlimits.clone(),
+        nice: limits.nice,
+        ..SandboxPlan::new(credentials, vec![theirs.as_raw_fd()])
     };
     let child = spawn_child(exe, &args, plan, &format!("worker {tenant}"))?;
+    drop(procs);
     drop(theirs);
     let channel: WorkerChannel = Channel::new(ours)?;
     let init = WorkerInit {

@@ -11,7 +11,7 @@ use std::path::Path;
 
 use rustix::process::{Gid, Pid, Signal, Uid};
 
-use crate::config::Credentials;
+use crate::config::{Credentials, Rlimit};
 
 /// Everything that happens to a child between fork and exec.
 #[derive(Debug, Clone)]
@@ -22,6 +22,26 @@ pub struct SandboxPlan {
     pub inherit_fds: Vec<RawFd>,
     /// The child gets SIGKILL when the master dies, so nothing outlives it.
     pub die_with_parent: bool,
+    /// Open `cgroup.procs` files of the tenant's group(s): the child writes "0" to each
+    /// (joins) before anything else.
+    pub cgroup_procs: Vec<RawFd>,
+    /// setrlimit (soft = hard) for each, before the uid change.
+    pub rlimits: Vec<(Rlimit, u64)>,
+    pub nice: Option<i32>,
+}
+
+impl SandboxPlan {
+    /// Switch to `credentials` (if any), die with the parent, nothing else.
+    pub fn new(credentials: Option<Credentials>, inherit_fds: Vec<RawFd>) -> Self {
+        Self {
+            credentials,
+            inherit_fds,
+            die_with_parent: true,
+            cgroup_procs: Vec::new(),
+            rlimits: Vec::new(),
+            nice: None,
+        }
+    }
 }
 
 /// Build a command for this same binary (a fresh image, invariant 3) that applies
@@ -49,6 +69,22 @@ pub fn command(exe: &Path, args: &[&OsStr], plan: SandboxPlan) -> tokio::process
 
 /// Precondition: only one thread runs (we are between fork and exec).
 fn apply(plan: &SandboxPlan, groups: &[Gid], parent: Pid) -> io::Result<()> {
+    for &fd in &plan.cgroup_procs {
+        // "0" is the writing process: the child itself, before the tenant runs a thing.
+        // SAFETY: the parent keeps these files open until spawn returns.
+        let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
+        rustix::io::write(borrowed, b"0")?;
+    }
+    for &(which, value) in &plan.rlimits {
+        let limit = rustix::process::Rlimit {
+            current: (value != u64::MAX).then_some(value),
+            maximum: (value != u64::MAX).then_some(value),
+        };
+        rustix::process::setrlimit(resource(which), limit)?;
+    }
+    if let Some(nice) = plan.nice {
+        rustix::process::setpriority_process(None, nice)?;
+    }
     for &fd in &plan.inherit_fds {
         // SAFETY: the fd number comes from an fd the parent owns and keeps open until
         // spawn returns; borrowing it here does not outlive the call.
@@ -77,6 +113,30 @@ fn apply(plan: &SandboxPlan, groups: &[Gid], parent: Pid) -> io::Result<()> {
     }
     rustix::thread::set_no_new_privs(true)?;
     Ok(())
+}
+
+fn resource(which: Rlimit) -> rustix::process::Resource {
+    use rustix::process::Resource;
+    match which {
+        Rlimit::Nofile => Resource::Nofile,
+        Rlimit::Nproc => Resource::Nproc,
+        Rlimit::As => Resource::As,
+        Rlimit::Core => Resource::Core,
+        Rlimit::Cpu => Resource::Cpu,
+        Rlimit::Fsize => Resource::Fsize,
+    }
+}
+
+/// Run a process the worker starts for one site at that site's `nice` (the worker is
+/// unprivileged, so this only ever lowers priority further).
+pub fn nice_child(cmd: &mut tokio::process::Command, nice: i32) {
+    // SAFETY: runs in the forked child; one raw syscall, no allocation.
+    unsafe {
+        cmd.pre_exec(move || {
+            rustix::process::setpriority_process(None, nice)?;
+            Ok(())
+        });
+    }
 }
 
 /// Make a process the worker starts (a tenant's FastCGI app) get SIGKILL when the

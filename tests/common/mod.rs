@@ -141,6 +141,18 @@ impl TwoTenants {
     /// [`Self::config`] with more lines in `[tenant.a]` and `[tenant.b]`.
     pub fn config_tenants(&self, extra_server: &str, extra_a: &str, extra_b: &str) -> PathBuf {
         let base = self.dir.path();
+        // Tests run in parallel, each with its own condo: each gets its own cgroup
+        // parent (condo removes it when it stops), so they never share tenant groups.
+        let cgroup = if extra_server.contains("cgroup_parent") {
+            String::new()
+        } else {
+            format!(
+                "cgroup_parent = \"condotest{}x{}\"\n",
+                std::process::id(),
+                COUNTER.fetch_add(1, Ordering::SeqCst)
+            )
+        };
+        let extra_server = format!("{extra_server}\n{cgroup}");
         std::fs::create_dir_all(base.join("sites")).unwrap();
         let main = format!(
             "[server]\nlisten = [{{ addr = \"127.0.0.1:0\", handover = \"pass\" }}, {{ addr = \"127.0.0.1:0\", handover = \"proxy\" }}]\n\

@@ -1,0 +1,470 @@
+//! One cgroup per tenant, holding every process of that tenant (worker, CGI scripts,
+//! FastCGI and app processes inherit it), with its memory, CPU, pids and IO limits,
+//! and the counters accounting reads.
+//!
+//! Both kernels' interfaces: cgroup v2 (one unified hierarchy: `memory.max`,
+//! `cpu.max`, ...) and v1 (one hierarchy per controller: `memory/…/memory.limit_in_bytes`,
+//! `cpu/…/cpu.cfs_quota_us`, ...). Groups live under `<cgroup_root>/<cgroup_parent>/`
+//! (per controller on v1), so tests can use a scratch parent. A child joins its
+//! tenant's group between fork and exec by writing "0" to `cgroup.procs` files the
+//! master opened before the fork, so no instruction of the tenant runs outside it.
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tracing::{info, warn};
+
+use crate::config::{CgroupMode, Limits};
+
+/// The counters of one tenant's group since it was created.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CgroupStats {
+    pub cpu_usec: u64,
+    pub memory_bytes: u64,
+    pub memory_peak_bytes: u64,
+    pub oom_kills: u64,
+    pub pids: u64,
+}
+
+#[derive(Debug, Clone)]
+enum Layout {
+    /// The unified hierarchy: `<root>/<parent>/<tenant>/`.
+    V2 { parent: PathBuf },
+    /// One directory per controller: `<root>/<controller>/<parent>/<tenant>/`. `None`
+    /// for a controller that is not mounted.
+    V1 {
+        memory: Option<PathBuf>,
+        cpu: Option<PathBuf>,
+        cpuacct: Option<PathBuf>,
+        pids: Option<PathBuf>,
+        blkio: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct Cgroups {
+    layout: Layout,
+}
+
+/// A tenant's group(s), ready for children to join.
+#[derive(Debug, Clone)]
+pub struct TenantGroup {
+    /// The tenant's directory in each hierarchy (one on v2).
+    dirs: Vec<PathBuf>,
+    layout: Layout,
+}
+
+impl Cgroups {
+    /// Find the cgroup interface (as `mode` allows) and create condo's parent group.
+    /// `None`, with a log line naming the limits that are then not enforced, when
+    /// there is none or it is switched off.
+    pub fn detect(mode: CgroupMode, root: &Path, parent: &str) -> Option<Self> {
+        let unenforced = "memory_max, cpu_max, pids_max and io_weight are not enforced \
+                          (rlimits and nice still are)";
+        if mode == CgroupMode::Off {
+            info!("cgroups off (server.cgroup = \"off\"): {unenforced}");
+            return None;
+        }
+        let v2 = root.join("cgroup.controllers").exists();
+        let v1 = ["memory", "cpu", "pids"]
+            .iter()
+            .any(|c| root.join(c).join("cgroup.procs").exists());
+        let layout = match (mode, v2, v1) {
+            (CgroupMode::V2 | CgroupMode::Auto, true, _) => {
+                let parent = root.join(parent);
+                if let Err(e) = make_dir(&parent) {
+                    warn!("cgroup v2 at {}: {e}; {unenforced}", root.display());
+                    return None;
+                }
+                enable_controllers(root);
+                enable_controllers(&parent);
+                Layout::V2 { parent }
+            }
+            (CgroupMode::V1 | CgroupMode::Auto, _, true) => {
+                let make = |controller: &str| -> Option<PathBuf> {
+                    let base = root.join(controller);
+                    if !base.join("cgroup.procs").exists() {
+                        return None;
+                    }
+                    let dir = base.join(parent);
+                    match make_dir(&dir) {
+                        Ok(()) => Some(dir),
+                        Err(e) => {
+                            warn!("cgroup v1 {controller}: {}: {e}", dir.display());
+                            None
+                        }
+                    }
+                };
+                let layout = Layout::V1 {
+                    memory: make("memory"),
+                    cpu: make("cpu"),
+                    cpuacct: make("cpuacct"),
+                    pids: make("pids"),
+                    blkio: make("blkio"),
+                };
+                if let Layout::V1 {
+                    memory,
+                    cpu,
+                    pids,
+                    blkio,
+                    ..
+                } = &layout
+                {
+                    for (name, present) in [
+                        ("memory_max", memory.is_some()),
+                        ("cpu_max", cpu.is_some()),
+                        ("pids_max", pids.is_some()),
+                        ("io_weight", blkio.is_some()),
+                    ] {
+                        if !present {
+                            warn!("cgroup v1: no controller for {name}; it is not enforced");
+                        }
+                    }
+                }
+                layout
+            }
+            _ => {
+                warn!(
+                    "no cgroup {} hierarchy under {}: {unenforced}",
+                    match mode {
+                        CgroupMode::V1 => "v1",
+                        CgroupMode::V2 => "v2",
+                        _ => "v1 or v2",
+                    },
+                    root.display()
+                );
+                return None;
+            }
+        };
+        info!(
+            "cgroups: {} under {}",
+            match layout {
+                Layout::V2 { .. } => "v2",
+                Layout::V1 { .. } => "v1",
+            },
+            root.display()
+        );
+        Some(Self { layout })
+    }
+
+    /// The tenant's group with `limits` written, created if needed.
+    pub fn tenant(&self, tenant: &str, limits: &Limits) -> io::Result<TenantGroup> {
+        let group = TenantGroup {
+            dirs: self.tenant_dirs(tenant),
+            layout: self.layout.clone(),
+        };
+        for dir in &group.dirs {
+            make_dir(dir)?;
+        }
+        group.write_limits(limits)?;
+        Ok(group)
+    }
+
+    fn tenant_dirs(&self, tenant: &str) -> Vec<PathBuf> {
+        match &self.layout {
+            Layout::V2 { parent } => vec![parent.join(tenant)],
+            Layout::V1 {
+                memory,
+                cpu,
+                cpuacct,
+                pids,
+                blkio,
+            } => {
+                let mut dirs: Vec<PathBuf> = [memory, cpu, cpuacct, pids, blkio]
+                    .into_iter()
+                    .flatten()
+                    .map(|p| p.join(tenant))
+                    .collect();
+                // Co-mounted controllers (`cpu,cpuacct`) are one directory.
+                let mut seen = Vec::new();
+                dirs.retain(|d| {
+                    let real = d
+                        .parent()
+                        .and_then(|p| p.canonicalize().ok())
+                        .unwrap_or_else(|| d.clone());
+                    let fresh = !seen.contains(&real);
+                    seen.push(real);
+                    fresh
+                });
+                dirs
+            }
+        }
+    }
+
+    /// Remove condo's parent group(s) when condo stops (only if empty).
+    pub fn remove_parent(&self) {
+        let parents: Vec<PathBuf> = match &self.layout {
+            Layout::V2 { parent } => vec![parent.clone()],
+            Layout::V1 {
+                memory,
+                cpu,
+                cpuacct,
+                pids,
+                blkio,
+            } => [memory, cpu, cpuacct, pids, blkio]
+                .into_iter()
+                .flatten()
+                .cloned()
+                .collect(),
+        };
+        for dir in parents {
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
+}
+
+impl TenantGroup {
+    /// Open every `cgroup.procs` for the child to join by writing "0" to each.
+    pub fn procs_files(&self) -> io::Result<Vec<File>> {
+        self.dirs
+            .iter()
+            .map(|d| {
+                OpenOptions::new()
+                    .write(true)
+                    .custom_flags(libc::O_CLOEXEC)
+                    .open(d.join("cgroup.procs"))
+            })
+            .collect()
+    }
+
+    fn file(&self, controller: &str, name: &str) -> Option<PathBuf> {
+        match &self.layout {
+            Layout::V2 { .. } => self.dirs.first().map(|d| d.join(name)),
+            Layout::V1 { .. } => {
+                let prefix = format!("{controller}.");
+                self.dirs
+                    .iter()
+                    .map(|d| d.join(name))
+                    .find(|p| p.exists() && name.starts_with(&prefix))
+            }
+        }
+    }
+
+    fn write_limits(&self, limits: &Limits) -> io::Result<()> {
+        let v2 = matches!(self.layout, Layout::V2 { .. });
+        let memory = limits
+            .memory_max
+            .map_or("max".to_string(), |b| b.to_string());
+        let pids = limits.pids_max.map_or("max".to_string(), |n| n.to_string());
+        const PERIOD_US: u64 = 100_000;
+        let quota = limits
+            .cpu_max
+            .map(|cores| ((cores * PERIOD_US as f64).round() as u64).max(1000));
+        if v2 {
+            self.write("memory", "memory.max", &memory)?;
+            // Without swap limit a capped tenant would just swap instead of being
+            // stopped.
+            let _ = self.write("memory", "memory.swap.max", "0");
+            self.write("pids", "pids.max", &pids)?;
+            let cpu = quota.map_or(format!("max {PERIOD_US}"), |q| format!("{q} {PERIOD_US}"));
+            self.write("cpu", "cpu.max", &cpu)?;
+            if let Some(w) = limits.io_weight {
+                self.write("io", "io.weight", &format!("default {w}"))?;
+            }
+        } else {
+            let v1_memory = limits
+                .memory_max
+                .map_or("-1".to_string(), |b| b.to_string());
+            self.write("memory", "memory.limit_in_bytes", &v1_memory)?;
+            // memsw (memory + swap) only exists with swap accounting on.
+            if limits.memory_max.is_some() {
+                let _ = self.write("memory", "memory.memsw.limit_in_bytes", &v1_memory);
+            }
+            self.write("pids", "pids.max", &pids)?;
+            self.write("cpu", "cpu.cfs_period_us", &PERIOD_US.to_string())?;
+            let v1_quota = quota.map_or("-1".to_string(), |q| q.to_string());
+            self.write("cpu", "cpu.cfs_quota_us", &v1_quota)?;
+            if let Some(w) = limits.io_weight {
+                // v1 weights are 10..=1000 where v2's are 1..=10000 (100 = default).
+                let v1 = (u64::from(w) * 1000 / 10_000).clamp(10, 1000).to_string();
+                if self.write("blkio", "blkio.weight", &v1).is_err() {
+                    let _ = self.write("blkio", "blkio.bfq.weight", &v1);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Write one control file; a controller that is absent is skipped (its absence was
+    /// logged when condo started).
+    fn write(&self, controller: &str, name: &str, value: &str) -> io::Result<()> {
+        let Some(path) = self.file(controller, name) else {
+            return Ok(());
+        };
+        let mut f = OpenOptions::new().write(true).open(&path)?;
+        f.write_all(value.as_bytes())
+            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))
+    }
+
+    fn read(&self, controller: &str, name: &str) -> Option<String> {
+        std::fs::read_to_string(self.file(controller, name)?).ok()
+    }
+
+    fn read_u64(&self, controller: &str, name: &str) -> u64 {
+        self.read(controller, name)
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    /// The group's counters now.
+    pub fn stats(&self) -> CgroupStats {
+        match self.layout {
+            Layout::V2 { .. } => CgroupStats {
+                cpu_usec: self
+                    .read("cpu", "cpu.stat")
+                    .and_then(|s| keyed(&s, "usage_usec"))
+                    .unwrap_or(0),
+                memory_bytes: self.read_u64("memory", "memory.current"),
+                memory_peak_bytes: self.read_u64("memory", "memory.peak"),
+                oom_kills: self
+                    .read("memory", "memory.events")
+                    .and_then(|s| keyed(&s, "oom_kill"))
+                    .unwrap_or(0),
+                pids: self.read_u64("pids", "pids.current"),
+            },
+            Layout::V1 { .. } => CgroupStats {
+                cpu_usec: self.read_u64("cpuacct", "cpuacct.usage") / 1000,
+                memory_bytes: self.read_u64("memory", "memory.usage_in_bytes"),
+                memory_peak_bytes: self.read_u64("memory", "memory.max_usage_in_bytes"),
+                oom_kills: self
+                    .read("memory", "memory.oom_control")
+                    .and_then(|s| keyed(&s, "oom_kill"))
+                    .unwrap_or(0),
+                pids: self.read_u64("pids", "pids.current"),
+            },
+        }
+    }
+
+    /// Remove the group once its last process is gone (the tenant scaled to zero).
+    /// Processes may take a moment to be reaped after their worker died: retry briefly.
+    pub async fn remove(&self) -> bool {
+        for _ in 0..50 {
+            let mut left = false;
+            for dir in &self.dirs {
+                if dir.exists() && std::fs::remove_dir(dir).is_err() {
+                    left = true;
+                }
+            }
+            if !left {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        warn!(
+            "cgroup {} still has processes; left in place",
+            self.dirs
+                .first()
+                .map(|d| d.display().to_string())
+                .unwrap_or_default()
+        );
+        false
+    }
+}
+
+/// `name value` lines (cpu.stat, memory.events, memory.oom_control).
+fn keyed(text: &str, key: &str) -> Option<u64> {
+    text.lines().find_map(|l| {
+        let (k, v) = l.split_once(' ')?;
+        (k == key).then(|| v.trim().parse().ok()).flatten()
+    })
+}
+
+fn make_dir(dir: &Path) -> io::Result<()> {
+    // create_dir_all: condo's parent group may have been removed under a running master
+    // (by an admin, or a second condo sharing cgroup_parent on its way out).
+    match std::fs::create_dir_all(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::AlreadyExists => Ok(()),
+        Err(e) => Err(io::Error::new(e.kind(), format!("{}: {e}", dir.display()))),
+    }
+}
+
+/// v2: let `dir`'s children use the controllers condo sets (those the kernel offers).
+fn enable_controllers(dir: &Path) {
+    let available = std::fs::read_to_string(dir.join("cgroup.controllers")).unwrap_or_default();
+    let wanted: Vec<String> = ["memory", "cpu", "pids", "io"]
+        .iter()
+        .filter(|c| available.split_whitespace().any(|a| a == **c))
+        .map(|c| format!("+{c}"))
+        .collect();
+    if !wanted.is_empty()
+        && let Err(e) = std::fs::write(dir.join("cgroup.subtree_control"), wanted.join(" "))
+    {
+        warn!("enabling {} in {}: {e}", wanted.join(" "), dir.display());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// v2's file formats, written into a scratch directory laid out like a cgroup2
+    /// mount. (This machine and CI run v1; the v2 kernel interface itself is exercised
+    /// only where v2 is mounted.)
+    #[test]
+    fn v2_files_in_a_scratch_tree() {
+        let root = tempfile::tempdir().unwrap();
+        std::fs::write(root.path().join("cgroup.controllers"), "cpu io memory pids").unwrap();
+        std::fs::write(root.path().join("cgroup.subtree_control"), "").unwrap();
+        let cgroups = Cgroups::detect(CgroupMode::Auto, root.path(), "condo").unwrap();
+        let parent = root.path().join("condo");
+        // A real cgroup2 fs creates the control files; the scratch tree needs them.
+        std::fs::write(parent.join("cgroup.controllers"), "cpu io memory pids").unwrap();
+        let limits = Limits {
+            memory_max: Some(256 << 20),
+            cpu_max: Some(0.5),
+            pids_max: Some(64),
+            io_weight: Some(300),
+            ..Limits::default()
+        };
+        std::fs::create_dir(parent.join("t")).unwrap();
+        for f in [
+            "memory.max",
+            "cpu.max",
+            "pids.max",
+            "io.weight",
+            "cgroup.procs",
+        ] {
+            std::fs::write(parent.join("t").join(f), "").unwrap();
+        }
+        let group = cgroups.tenant("t", &limits).unwrap();
+        let read = |f: &str| std::fs::read_to_string(parent.join("t").join(f)).unwrap();
+        assert_eq!(read("memory.max"), (256u64 << 20).to_string());
+        assert_eq!(read("cpu.max"), "50000 100000");
+        assert_eq!(read("pids.max"), "64");
+        assert_eq!(read("io.weight"), "default 300");
+        assert_eq!(
+            std::fs::read_to_string(root.path().join("cgroup.subtree_control")).unwrap(),
+            "+memory +cpu +pids +io"
+        );
+        std::fs::write(
+            parent.join("t/cpu.stat"),
+            "usage_usec 1234\nuser_usec 1000\n",
+        )
+        .unwrap();
+        std::fs::write(parent.join("t/memory.current"), "4096\n").unwrap();
+        std::fs::write(parent.join("t/memory.peak"), "8192\n").unwrap();
+        std::fs::write(parent.join("t/memory.events"), "low 0\noom 1\noom_kill 2\n").unwrap();
+        std::fs::write(parent.join("t/pids.current"), "3\n").unwrap();
+        assert_eq!(
+            group.stats(),
+            CgroupStats {
+                cpu_usec: 1234,
+                memory_bytes: 4096,
+                memory_peak_bytes: 8192,
+                oom_kills: 2,
+                pids: 3
+            }
+        );
+    }
+
+    #[test]
+    fn keyed_lines() {
+        let text = "oom_kill_disable 0\nunder_oom 0\noom_kill 7\n";
+        assert_eq!(keyed(text, "oom_kill"), Some(7));
+        assert_eq!(keyed(text, "missing"), None);
+    }
+}

@@ -1,0 +1,305 @@
+//! Per-tenant limits with real cgroups (v1 on this machine and CI): the worker and
+//! everything it starts sit in the tenant's group; a fork bomb stops at pids_max, a
+//! memory hog is OOM-killed, a CPU spinner is throttled — and the other tenant keeps
+//! being served. rlimits and nice reach the tenant's processes.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+
+/// A scratch `cgroup_parent`, removed (with any tenant groups left) on drop.
+struct ScratchParent(String);
+
+impl ScratchParent {
+    fn new() -> Self {
+        static N: AtomicU32 = AtomicU32::new(0);
+        Self(format!(
+            "condotest{}x{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        ))
+    }
+
+    /// `<root>/<controller>/<parent>` for each v1 controller condo uses.
+    fn dirs(&self) -> Vec<PathBuf> {
+        ["memory", "cpu", "cpuacct", "pids", "blkio"]
+            .iter()
+            .map(|c| Path::new(CGROUP_ROOT).join(c).join(&self.0))
+            .collect()
+    }
+
+    fn tenant_file(&self, controller: &str, tenant: &str, file: &str) -> String {
+        let path = Path::new(CGROUP_ROOT)
+            .join(controller)
+            .join(&self.0)
+            .join(tenant)
+            .join(file);
+        std::fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+            .trim()
+            .to_string()
+    }
+}
+
+impl Drop for ScratchParent {
+    fn drop(&mut self) {
+        for dir in self.dirs() {
+            if let Ok(entries) = std::fs::read_dir(&dir) {
+                for e in entries.flatten().filter(|e| e.path().is_dir()) {
+                    let _ = std::fs::remove_dir(e.path());
+                }
+            }
+            let _ = std::fs::remove_dir(&dir);
+        }
+    }
+}
+
+fn require_cgroup_v1() -> bool {
+    let present = Path::new(CGROUP_ROOT).join("pids/cgroup.procs").exists()
+        && Path::new(CGROUP_ROOT).join("memory/cgroup.procs").exists();
+    if !present {
+        assert!(
+            std::env::var("CI").is_err(),
+            "CI=true but no cgroup v1 memory/pids hierarchies under {CGROUP_ROOT}"
+        );
+        eprintln!("skipping: no cgroup v1 hierarchies");
+    }
+    present
+}
+
+fn setup(tenant_a: &str) -> (TwoTenants, ScratchParent, PathBuf) {
+    let t = TwoTenants::new();
+    let parent = ScratchParent::new();
+    let config = t.config_tenants(
+        &format!("cgroup = \"v1\"\ncgroup_parent = \"{}\"", parent.0),
+        tenant_a,
+        "",
+    );
+    t.append_site(
+        "a",
+        "[[site.route]]\npath = \"/cgi-bin/\"\nhandler = \"cgi\"\ntimeout = \"20s\"",
+    );
+    (t, parent, config)
+}
+
+fn field(text: &str, key: &str) -> String {
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{key}=")))
+        .unwrap_or_else(|| panic!("no {key}= in:\n{text}"))
+        .to_string()
+}
+
+/// Median of `n` GETs of b's index.
+fn b_median(addr: std::net::SocketAddr, n: usize) -> Duration {
+    let mut times: Vec<Duration> = (0..n)
+        .map(|_| {
+            let started = Instant::now();
+            let mut c = Client::connect(addr);
+            assert_eq!(c.get("b.test", "/").status, 200);
+            started.elapsed()
+        })
+        .collect();
+    times.sort();
+    times[n / 2]
+}
+
+#[test]
+fn worker_and_scripts_run_inside_the_tenants_limits() {
+    if !require_root() || !require_cgroup_v1() {
+        return;
+    }
+    let (t, parent, config) = setup(
+        "memory_max = \"256M\"\ncpu_max = 0.5\npids_max = 64\nio_weight = 500\nnice = 5\nrlimit_nofile = 1000\nrlimit_core = 0",
+    );
+    t.script(
+        "a",
+        "cgi-bin/self.sh",
+        "#!/bin/sh\nprintf 'Content-Type: text/plain\\n\\n'\necho \"nofile=$(ulimit -n)\"\necho \"core=$(ulimit -c)\"\necho \"nice=$(cut -d' ' -f19 /proc/self/stat)\"\necho \"memcg=$(grep ':memory:' /proc/self/cgroup | cut -d: -f3)\"\necho \"pidscg=$(grep ':pids:' /proc/self/cgroup | cut -d: -f3)\"\n",
+    );
+    let condo = Condo::start(&config);
+    let (out, ok) = curl(&[
+        "-H",
+        "Host: a.test",
+        &format!("http://{}/cgi-bin/self.sh", condo.pass),
+    ]);
+    assert!(ok, "{out}");
+    assert_eq!(field(&out, "nofile"), "1000");
+    assert_eq!(field(&out, "core"), "0");
+    assert_eq!(field(&out, "nice"), "5");
+    assert_eq!(field(&out, "memcg"), format!("/{}/a", parent.0));
+    assert_eq!(field(&out, "pidscg"), format!("/{}/a", parent.0));
+    // The worker itself too, and the limits are written.
+    let worker = condo.wait_child("worker", Some("a"));
+    let cgroups = std::fs::read_to_string(format!("/proc/{worker}/cgroup")).unwrap();
+    assert!(
+        cgroups.contains(&format!(":memory:/{}/a", parent.0)),
+        "{cgroups}"
+    );
+    assert_eq!(
+        parent.tenant_file("memory", "a", "memory.limit_in_bytes"),
+        (256u64 << 20).to_string()
+    );
+    assert_eq!(parent.tenant_file("cpu", "a", "cpu.cfs_quota_us"), "50000");
+    assert_eq!(
+        parent.tenant_file("cpu", "a", "cpu.cfs_period_us"),
+        "100000"
+    );
+    assert_eq!(parent.tenant_file("pids", "a", "pids.max"), "64");
+    let limits = std::fs::read_to_string(format!("/proc/{worker}/limits")).unwrap();
+    assert!(
+        limits
+            .lines()
+            .any(|l| l.starts_with("Max open files") && l.contains(" 1000 ")),
+        "{limits}"
+    );
+    // Tenant b has no limits and no group until it runs; then an unlimited one.
+    let (body, _) = curl(&["-H", "Host: b.test", &format!("http://{}/", condo.pass)]);
+    assert_eq!(body, "site B\n");
+    assert_eq!(parent.tenant_file("pids", "b", "pids.max"), "max");
+    // Stopping condo removes the tenants' groups and condo's parent group.
+    drop(condo);
+    for dir in parent.dirs() {
+        assert!(
+            !dir.join("a").exists(),
+            "{} left behind",
+            dir.join("a").display()
+        );
+        assert!(!dir.exists(), "{} left behind", dir.display());
+    }
+}
+
+#[test]
+fn a_fork_bomb_stops_at_pids_max_and_b_keeps_serving() {
+    if !require_root() || !require_cgroup_v1() {
+        return;
+    }
+    let (t, _parent, config) = setup("pids_max = 40");
+    t.script(
+        "a",
+        "cgi-bin/bomb.py",
+        "#!/usr/bin/python3\nimport os, time\npids = []\nerr = None\nfor i in range(500):\n    try:\n        pid = os.fork()\n    except OSError as e:\n        err = e.errno\n        break\n    if pid == 0:\n        time.sleep(30)\n        os._exit(0)\n    pids.append(pid)\nprint('Content-Type: text/plain\\n')\nprint(f'forked={len(pids)}')\nprint(f'errno={err}')\nfor p in pids:\n    os.kill(p, 9)\n",
+    );
+    let condo = Condo::start(&config);
+    let bomb = {
+        let url = format!("http://{}/cgi-bin/bomb.py", condo.pass);
+        std::thread::spawn(move || curl(&["-H", "Host: a.test", &url]))
+    };
+    // While a's processes are at their cap, b is served as usual.
+    for _ in 0..20 {
+        let (body, ok) = curl(&["-H", "Host: b.test", &format!("http://{}/", condo.pass)]);
+        assert!(ok && body == "site B\n", "{body}");
+    }
+    let (out, ok) = bomb.join().unwrap();
+    assert!(ok, "{out}");
+    let forked: usize = field(&out, "forked").parse().unwrap();
+    assert!(forked < 40, "{out}");
+    assert_eq!(field(&out, "errno"), "11", "EAGAIN expected: {out}");
+    // And a recovers once its bomb is gone.
+    let (body, ok) = curl(&["-H", "Host: a.test", &format!("http://{}/", condo.pass)]);
+    assert!(ok && body == "site A\n", "{body}");
+}
+
+#[test]
+fn a_memory_hog_is_oom_killed_and_b_is_unaffected() {
+    if !require_root() || !require_cgroup_v1() {
+        return;
+    }
+    let (t, parent, config) = setup("memory_max = \"96M\"");
+    t.script(
+        "a",
+        "cgi-bin/hog.py",
+        "#!/usr/bin/python3\nimport sys\nchunks = []\nfor i in range(64):\n    chunks.append(bytearray(8 << 20))\n    for j in range(0, 8 << 20, 4096):\n        chunks[-1][j] = 1\nprint('Content-Type: text/plain\\n')\nprint('survived', len(chunks) * 8, 'MiB')\n",
+    );
+    let condo = Condo::start(&config);
+    let (out, _) = curl(&[
+        "-s",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "-H",
+        "Host: a.test",
+        &format!("http://{}/cgi-bin/hog.py", condo.pass),
+    ]);
+    assert_ne!(out, "200", "the hog got its 512 MiB");
+    let oom = parent.tenant_file("memory", "a", "memory.oom_control");
+    let kills: u64 = oom
+        .lines()
+        .find_map(|l| l.strip_prefix("oom_kill "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0);
+    assert!(kills >= 1, "{oom}");
+    // The worker itself survived (the hog was the biggest process) or came back.
+    let (body, ok) = curl(&["-H", "Host: a.test", &format!("http://{}/", condo.pass)]);
+    assert!(ok && body == "site A\n", "{body}");
+    let (body, ok) = curl(&["-H", "Host: b.test", &format!("http://{}/", condo.pass)]);
+    assert!(ok && body == "site B\n", "{body}");
+    let oom_line = {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            if let Some(l) = condo
+                .log_text()
+                .lines()
+                .find(|l| l.contains("OOM kill"))
+                .map(str::to_string)
+            {
+                break l;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "no OOM line:\n{}",
+                condo.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    };
+    assert!(oom_line.contains("tenant=\"a\""), "{oom_line}");
+}
+
+#[test]
+fn a_cpu_spinner_is_throttled_and_b_stays_fast() {
+    if !require_root() || !require_cgroup_v1() {
+        return;
+    }
+    let (t, parent, config) = setup("cpu_max = 0.2");
+    t.script(
+        "a",
+        "cgi-bin/spin.py",
+        "#!/usr/bin/python3\nimport time\nend = time.time() + 4\nn = 0\nwhile time.time() < end:\n    n += 1\nprint('Content-Type: text/plain\\n')\nprint('spun', n)\n",
+    );
+    let condo = Condo::start(&config);
+    let _ = b_median(condo.pass, 20);
+    let idle = b_median(condo.pass, 100);
+    let spinners: Vec<_> = (0..4)
+        .map(|_| {
+            let url = format!("http://{}/cgi-bin/spin.py", condo.pass);
+            std::thread::spawn(move || curl(&["-H", "Host: a.test", &url]))
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let busy = b_median(condo.pass, 100);
+    for s in spinners {
+        let (out, ok) = s.join().unwrap();
+        assert!(ok && out.contains("spun"), "{out}");
+    }
+    let stat = parent.tenant_file("cpu", "a", "cpu.stat");
+    let throttled: u64 = stat
+        .lines()
+        .find_map(|l| l.strip_prefix("nr_throttled "))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    assert!(throttled > 0, "{stat}");
+    eprintln!("b median idle {idle:?}, with a spinning 4 processes at cpu_max 0.2: {busy:?}");
+    // 2x of idle, with 1 ms as the floor: sub-millisecond medians are scheduler noise.
+    let bound = idle.max(Duration::from_millis(1)) * 2;
+    assert!(
+        busy <= bound,
+        "b's median {busy:?} > {bound:?} (idle {idle:?})"
+    );
+}
