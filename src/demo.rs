@@ -122,11 +122,13 @@ fn write_tree(base: &Path, port: u16, isolate: bool) -> anyhow::Result<PathBuf> 
     let mut ids = Vec::new();
     let mut config = String::new();
     config.push_str(&format!(
-        "# Written by `condo demo`.\n[server]\nlisten = [\n  {{ addr = \"127.0.0.1:{port}\", handover = \"pass\" }},\n  {{ addr = \"127.0.0.1:{}\", handover = \"proxy\" }},\n]\nuser = \"{}\"\nlog_dir = \"{}\"\nrun_dir = \"{}\"\n",
+        "# Written by `condo demo`.\n[server]\nlisten = [\n  {{ addr = \"127.0.0.1:{port}\", handover = \"pass\" }},\n  {{ addr = \"127.0.0.1:{}\", handover = \"proxy\" }},\n]\nuser = \"{}\"\nlog_dir = \"{}\"\nrun_dir = \"{}\"\nstate_dir = \"{}\"\ncgroup_parent = \"condo-demo\"\nadmin_listen = \"127.0.0.1:{}\"\n",
         port + 1,
         if isolate { DISPATCHER_USER.to_string() } else { whoami() },
         base.join("log").display(),
         base.join("run").display(),
+        base.join("state").display(),
+        port + 2,
     ));
     for (tenant, user) in TENANTS {
         let home = base.join(tenant);
@@ -186,6 +188,7 @@ fn write_tree(base: &Path, port: u16, isolate: bool) -> anyhow::Result<PathBuf> 
 
 fn print_instructions(port: u16, base: &Path) {
     let proxy = port + 1;
+    let admin = port + 2;
     println!(
         "\ncondo demo: config in {base}/condo.toml, access logs in {base}/log\n\
          Try, from another terminal:\n\
@@ -196,6 +199,8 @@ fn print_instructions(port: u16, base: &Path) {
          \n  curl -H 'Host: b.demo.test' http://127.0.0.1:{proxy}/           # the same through the proxy hand-over\
          \n  curl http://127.0.0.1:{port}/a.demo.test/ -H 'Host: nobody.test' # 404: unknown host\
          \n  ps -o user,pid,args -C condo                                  # master root, dispatcher condo-demo, one worker per tenant\
+         \n  curl http://127.0.0.1:{admin}/metrics                         # per-tenant usage (Prometheus), refreshed every 4 s\
+         \n  condo usage -c {base}/condo.toml                   # the billing table (also after Ctrl-C)\
          \n\nStop with Ctrl-C; remove the demo users and files with `condo demo --clean`.\n",
         base = base.display()
     );

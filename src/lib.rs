@@ -15,6 +15,7 @@
 //! - [`http`]: the request-head parser, chunked bodies, paths, routing, shared I/O.
 //! - [`demo`]: `condo demo`, the embedded default setup.
 
+pub mod accounting;
 pub mod config;
 pub mod demo;
 pub mod dispatcher;

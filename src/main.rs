@@ -29,6 +29,19 @@ enum Command {
     Check,
     /// Check the config, then tell the running master to reload it (SIGHUP).
     Reload,
+    /// Print each tenant's usage for billing, from the ledger in state_dir.
+    Usage {
+        /// Only usage from this time on: RFC 3339 ("2026-11-01T00:00:00Z") or a span
+        /// back from now ("24h", "7d").
+        #[arg(long)]
+        since: Option<String>,
+        /// JSON instead of a table.
+        #[arg(long, conflicts_with = "csv")]
+        json: bool,
+        /// CSV instead of a table.
+        #[arg(long)]
+        csv: bool,
+    },
     /// Run a demo: two isolated tenants on 127.0.0.1 (creates system users as root).
     Demo {
         /// Remove the demo's users and files instead.
@@ -64,6 +77,7 @@ fn main() -> ExitCode {
         Command::Serve => condo::master::serve(&cli.config),
         Command::Check => return check(&cli.config),
         Command::Reload => condo::master::signal_reload(&cli.config),
+        Command::Usage { since, json, csv } => usage(&cli.config, since.as_deref(), json, csv),
         Command::Demo { clean: true, .. } => condo::demo::clean(),
         Command::Demo { clean: false, port } => condo::demo::run(port),
         Command::Dispatcher {
@@ -109,4 +123,64 @@ fn check(path: &std::path::Path) -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn usage(
+    config: &std::path::Path,
+    since: Option<&str>,
+    json: bool,
+    csv: bool,
+) -> anyhow::Result<()> {
+    use anyhow::Context;
+    use condo::accounting::{ledger::Ledger, report};
+    let loaded = condo::config::load(config);
+    let Some(config) = loaded.config else {
+        for d in &loaded.diagnostics {
+            eprintln!("condo: {d}");
+        }
+        anyhow::bail!("{}: the main config has errors", config.display());
+    };
+    let since = since.map(parse_since).transpose()?;
+    let path = config.server.state_dir.join("usage.json");
+    if !path.exists() {
+        anyhow::bail!(
+            "no usage recorded yet: {} does not exist (condo writes it while serving)",
+            path.display()
+        );
+    }
+    let ledger = Ledger::load(&path).context("reading the usage ledger")?;
+    let totals = ledger.totals(since);
+    let rows = report::rows(&totals);
+    let out = if json {
+        report::json(&rows)
+    } else if csv {
+        report::csv(&rows)
+    } else {
+        report::table(&rows)
+    };
+    print!("{out}");
+    if json {
+        println!();
+    }
+    Ok(())
+}
+
+/// Seconds since the epoch for `--since`: RFC 3339, or a span back from now.
+fn parse_since(text: &str) -> anyhow::Result<u64> {
+    let now = std::time::SystemTime::now();
+    let at = match humantime::parse_rfc3339_weak(text) {
+        Ok(t) => t,
+        Err(_) => {
+            let span = humantime::parse_duration(text).map_err(|_| {
+                anyhow::anyhow!(
+                    "--since `{text}`: neither a time (2026-11-01T00:00:00Z) nor a span (24h, 7d)"
+                )
+            })?;
+            now.checked_sub(span)
+                .ok_or_else(|| anyhow::anyhow!("--since `{text}` is before 1970"))?
+        }
+    };
+    Ok(at
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs()))
 }

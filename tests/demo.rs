@@ -23,8 +23,13 @@ fn demo_serves_two_tenants_each_as_its_own_user() {
         return;
     }
     let _clean = CleanDemo;
-    // A port unlikely to be taken; the demo also listens on port + 1.
-    let port = 20000 + (std::process::id() % 20000) as u16;
+    // The demo listens on port, port + 1 (proxy) and port + 2 (admin): three free
+    // ports below the ephemeral range, where parallel tests' port-0 listeners live.
+    let free = |p: u16| std::net::TcpListener::bind(("127.0.0.1", p)).is_ok();
+    let mut port = 20000 + (std::process::id() % 12000) as u16;
+    while !(free(port) && free(port + 1) && free(port + 2)) {
+        port = if port > 32000 { 20000 } else { port + 3 };
+    }
     let mut child = Command::new(CONDO)
         .args(["demo", "--port", &port.to_string()])
         .stdout(Stdio::piped())

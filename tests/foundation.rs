@@ -504,7 +504,7 @@ fn condo_check_reports_file_and_line_of_each_mistake() {
     let main_path = config.display().to_string();
     let expect = [
         format!("{main_path}:5:1: key `server.listen_backlog`"),
-        format!("{main_path}:12:1: key `tenant.a.user`"),
+        format!("{main_path}:13:1: key `tenant.a.user`"),
         format!("{}/sites/c.toml:3:1: key `site.0.tenant`", base.display()),
         format!("{}/sites/c.toml:4:1: key `site.0.root`", base.display()),
         format!("{}/sites/d.toml:5:1: key `site.0.indx`", base.display()),

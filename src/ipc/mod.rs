@@ -124,6 +124,9 @@ pub enum WorkerToMaster {
     /// The worker wants to be replaced (it is idle, or reached `max_requests` or
     /// `worker_memory_max`); `reason` goes to the log.
     Retire { reason: String },
+    /// What the worker counted per site since its last report (every few seconds,
+    /// and once more when it leaves).
+    Usage(Vec<crate::accounting::SiteDelta>),
 }
 
 /// A client connection changing hands, with one fd: the client socket (pass) or a

@@ -17,6 +17,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::mpsc;
 use tracing::{error, info, warn};
 
+use crate::accounting::ledger::{CgroupSample, Ledger};
 use crate::config::{self, Config, Credentials};
 use crate::ipc::{
     self, Channel, DispatcherToMaster, MasterToDispatcher, MasterToWorker, WorkerToMaster,
@@ -24,6 +25,48 @@ use crate::ipc::{
 
 /// How often the master reads the tenants' cgroup counters.
 const SAMPLE_EVERY: Duration = Duration::from_secs(2);
+/// Every this many samples the metrics file and the ledger are written (4 s).
+const PUBLISH_EVERY_TICKS: u64 = 2;
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// The usage ledger saved in `state_dir`, created 0700 for root. A ledger that cannot
+/// be read is set aside (renamed) and reported, and a new one starts: billing data is
+/// never silently overwritten.
+fn open_ledger(state_dir: &Path, privileged: bool) -> (Ledger, Option<PathBuf>) {
+    if let Err(e) = std::fs::create_dir_all(state_dir) {
+        error!(
+            "creating state_dir {}: {e}; usage is not saved",
+            state_dir.display()
+        );
+        return (Ledger::default(), None);
+    }
+    if privileged {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(state_dir, std::fs::Permissions::from_mode(0o700));
+    }
+    let path = state_dir.join("usage.json");
+    match Ledger::load(&path) {
+        Ok(ledger) => (ledger, Some(path)),
+        Err(e) => {
+            let aside = path.with_extension(format!("json.unreadable-{}", unix_now()));
+            let moved = std::fs::rename(&path, &aside).is_ok();
+            error!(
+                "{e:#}; {} and starting a new ledger",
+                if moved {
+                    format!("kept it as {}", aside.display())
+                } else {
+                    "could not move it aside".to_string()
+                }
+            );
+            (Ledger::default(), moved.then_some(path))
+        }
+    }
+}
 
 type DispatcherChannel = Channel<MasterToDispatcher, DispatcherToMaster>;
 type WorkerChannel = Channel<MasterToWorker, WorkerToMaster>;
@@ -105,6 +148,12 @@ pub struct Master {
     groups: HashMap<String, cgroup::TenantGroup>,
     /// OOM kills of each live group already reported.
     oom_seen: HashMap<String, u64>,
+    ledger: Ledger,
+    /// Where the ledger is saved; `None` when it could not be read at start (then it
+    /// is not overwritten: billing data is never replaced by an empty ledger).
+    ledger_file: Option<PathBuf>,
+    /// The dispatcher's group, which may read the metrics file.
+    metrics_gid: Option<u32>,
     events_tx: mpsc::UnboundedSender<Event>,
     events: mpsc::UnboundedReceiver<Event>,
 }
@@ -205,6 +254,25 @@ fn raise_fd_limit(max_connections: usize) {
     }
 }
 
+/// Replace `path` atomically with `bytes`, mode 0640, group `gid` (the dispatcher's, so
+/// it can serve the file but not change it).
+fn write_readable_by(path: &Path, bytes: &[u8], gid: Option<u32>) -> std::io::Result<()> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt;
+    let tmp = path.with_extension("tmp");
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o640)
+        .open(&tmp)?;
+    file.write_all(bytes)?;
+    if let Some(gid) = gid {
+        rustix::fs::fchown(&file, None, Some(rustix::process::Gid::from_raw(gid)))?;
+    }
+    std::fs::rename(&tmp, path)
+}
+
 fn pid_file(config: &Config) -> PathBuf {
     config.server.run_dir.join("condo.pid")
 }
@@ -244,6 +312,8 @@ impl Master {
                 crashes: CrashRecord::default(),
             })
             .collect();
+        let (ledger, ledger_file) = open_ledger(&config.server.state_dir, privileged);
+        let metrics_gid = dispatcher_credentials.as_ref().map(|c| c.gid);
         let (events_tx, events) = mpsc::unbounded_channel();
         let cgroups = if privileged {
             cgroup::Cgroups::detect(
@@ -269,6 +339,9 @@ impl Master {
             cgroups,
             groups: HashMap::new(),
             oom_seen: HashMap::new(),
+            ledger,
+            ledger_file,
+            metrics_gid,
             events_tx,
             events,
         })
@@ -289,11 +362,19 @@ impl Master {
             }
         }
         self.keep_warm().await;
+        let mut ticks: u64 = 0;
+        self.publish();
         let mut sampling = tokio::time::interval(SAMPLE_EVERY);
         sampling.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
-                _ = sampling.tick() => self.sample_cgroups(),
+                _ = sampling.tick() => {
+                    self.sample_cgroups();
+                    ticks += 1;
+                    if ticks.is_multiple_of(PUBLISH_EVERY_TICKS) {
+                        self.publish();
+                    }
+                }
                 Some(event) = self.events.recv() => self.handle(event).await,
                 _ = term.recv() => { info!("SIGTERM: stopping"); break; }
                 _ = int.recv() => { info!("SIGINT: stopping"); break; }
@@ -370,6 +451,14 @@ impl Master {
                 }
                 self.keep_warm().await;
             }
+            Event::FromWorker(tenant, _pid, WorkerToMaster::Usage(deltas)) => {
+                let own: Vec<&str> = self
+                    .config
+                    .tenant_sites(&tenant)
+                    .map(|s| s.name.as_str())
+                    .collect();
+                self.ledger.apply_report(&tenant, &own, &deltas, unix_now());
+            }
             Event::WorkerExited(tenant, pid, status) => {
                 let Some(workers) = self.workers.get_mut(&tenant) else {
                     return;
@@ -401,8 +490,16 @@ impl Master {
 
     /// Read every tenant group's counters: OOM kills are logged as they happen.
     fn sample_cgroups(&mut self) {
+        let now = unix_now();
         for (tenant, group) in &self.groups {
             let stats = group.stats();
+            let sample = CgroupSample {
+                cpu_usec: stats.cpu_usec,
+                memory_bytes: stats.memory_bytes,
+                memory_peak_bytes: stats.memory_peak_bytes,
+                oom_kills: stats.oom_kills,
+            };
+            self.ledger.sample(tenant, sample, now);
             let seen = self.oom_seen.entry(tenant.clone()).or_insert(0);
             if stats.oom_kills > *seen {
                 warn!(
@@ -415,6 +512,30 @@ impl Master {
         }
     }
 
+    /// Write the Prometheus text for the admin listener and save the ledger.
+    fn publish(&mut self) {
+        let workers: HashMap<String, usize> = self
+            .workers
+            .iter()
+            .map(|(t, ws)| (t.clone(), ws.len()))
+            .collect();
+        let text = crate::accounting::report::prometheus(&self.ledger, &workers);
+        let path = spawn::metrics_file(&self.config);
+        if let Err(e) = write_readable_by(&path, text.as_bytes(), self.metrics_gid) {
+            warn!("writing {}: {e}", path.display());
+        }
+        self.ledger.compact(unix_now());
+        self.save_ledger();
+    }
+
+    fn save_ledger(&self) {
+        if let Some(path) = &self.ledger_file
+            && let Err(e) = self.ledger.save(path)
+        {
+            error!("saving the usage ledger: {e:#}");
+        }
+    }
+
     /// The tenant's last worker exited: it scaled to zero. Its cgroup goes (the worker's
     /// children die with it, so the group empties within moments).
     async fn tenant_gone(&mut self, tenant: &str) {
@@ -424,6 +545,8 @@ impl Master {
         }
         // A new group counts from zero.
         self.oom_seen.remove(tenant);
+        self.ledger.group_gone(tenant);
+        self.save_ledger();
     }
 
     /// The channel of the dispatcher in `slot` if `pid` is still the one running there.
@@ -532,6 +655,7 @@ impl Master {
             .map_err(|e| format!("starting the worker failed: {e:#}"))?;
         let pid = child.id().unwrap_or(0);
         info!(tenant, pid, "worker started");
+        self.ledger.spawned(tenant, unix_now());
         let channel = Arc::new(channel);
         self.workers
             .entry(tenant.to_string())
@@ -770,6 +894,15 @@ impl Master {
                 .filter_map(|d| d.running.as_ref().map(|r| r.0)),
         );
         spawn::terminate(&pids, Duration::from_secs(5)).await;
+        // Workers sent their last counts as they stopped: account for them.
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        while let Ok(event) = self.events.try_recv() {
+            if let Event::FromWorker(tenant, pid, message @ WorkerToMaster::Usage(_)) = event {
+                Box::pin(self.handle(Event::FromWorker(tenant, pid, message))).await;
+            }
+        }
+        self.sample_cgroups();
+        self.publish();
         for (_, group) in self.groups.drain() {
             group.remove().await;
         }

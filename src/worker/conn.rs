@@ -272,6 +272,7 @@ async fn refuse_busy(
         uri = head.target,
         "503: max_clients reached ({refused:?})"
     );
+    site.counters.capped();
     let retry = format!("Retry-After: {}\r\n", gate.retry_after());
     let page = http::error_response_with(503, false, head.is_head(), &retry);
     stream.write_all(&page).await?;
@@ -288,6 +289,13 @@ fn log_access(
     sent: u64,
     started: Instant,
 ) {
+    // Bytes in: the head and the body it declared (a chunked body counts as its head).
+    let declared = match head.body {
+        BodyFraming::Length(n) => n,
+        _ => 0,
+    };
+    site.counters
+        .request(status, head.head_len as u64 + declared, sent);
     if let Some(log) = site.access_log.get() {
         let line = access_log::format(&access_log::Entry {
             peer: handoff.peer.ip(),

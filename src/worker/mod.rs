@@ -44,6 +44,8 @@ pub struct SiteState {
     pub apps: Vec<Option<Arc<app::process::App>>>,
     /// `max_clients` and its queue, if the site has a cap.
     pub gate: Option<gate::Gate>,
+    /// Requests and bytes, reported to the master for accounting.
+    pub counters: crate::accounting::SiteCounters,
 }
 
 /// A site log file the master opened. Replaced when the master reopens the logs
@@ -174,8 +176,19 @@ async fn serve(name: String, master_fd: OwnedFd) -> anyhow::Result<()> {
             .try_send(&WorkerToMaster::Retire { reason }, &[])
             .is_ok()
     }));
+    tokio::spawn(report_usage(tenant.clone(), master.clone()));
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("handling SIGTERM")?;
     loop {
-        let (message, fds) = match master.recv().await {
+        let received = tokio::select! {
+            received = master.recv() => received,
+            _ = term.recv() => {
+                // condo is stopping: what was counted since the last report still counts.
+                flush_usage(&tenant, &master).await;
+                return Ok(());
+            }
+        };
+        let (message, fds) = match received {
             Ok(Some(m)) => m,
             Ok(None) => {
                 info!(tenant = name, "master went away; exiting");
@@ -185,6 +198,7 @@ async fn serve(name: String, master_fd: OwnedFd) -> anyhow::Result<()> {
         };
         if let MasterToWorker::Retire = message {
             tenant.lifecycle.retire(drain_grace).await;
+            flush_usage(&tenant, &master).await;
             info!(tenant = name, "worker retired");
             return Ok(());
         }
@@ -213,6 +227,36 @@ async fn serve(name: String, master_fd: OwnedFd) -> anyhow::Result<()> {
     }
 }
 
+/// How often a worker tells the master what it counted.
+const USAGE_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+
+async fn report_usage(tenant: Arc<Tenant>, master: Arc<Channel<WorkerToMaster, MasterToWorker>>) {
+    loop {
+        tokio::time::sleep(USAGE_EVERY).await;
+        flush_usage(&tenant, &master).await;
+    }
+}
+
+/// Send the master every site's counts since the last report, in messages that stay
+/// well under the channel's size limit.
+async fn flush_usage(tenant: &Tenant, master: &Channel<WorkerToMaster, MasterToWorker>) {
+    let deltas: Vec<_> = tenant
+        .by_name
+        .values()
+        .map(|s| s.counters.take(&s.config.name))
+        .filter(|d| !d.is_empty())
+        .collect();
+    for batch in deltas.chunks(256) {
+        if let Err(e) = master
+            .send(&WorkerToMaster::Usage(batch.to_vec()), &[])
+            .await
+        {
+            warn!("reporting usage to the master: {e}");
+            return;
+        }
+    }
+}
+
 fn open_site(config: Site) -> SiteState {
     let files = rustix::fs::open(
         &config.root,
@@ -233,6 +277,7 @@ fn open_site(config: Site) -> SiteState {
         reason
     });
     SiteState {
+        counters: Default::default(),
         gate: config
             .max_clients
             .map(|max| gate::Gate::new(max, config.queue_max, config.queue_timeout)),

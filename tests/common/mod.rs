@@ -152,7 +152,11 @@ impl TwoTenants {
                 COUNTER.fetch_add(1, Ordering::SeqCst)
             )
         };
-        let extra_server = format!("{extra_server}\n{cgroup}");
+        let state = base.join("state");
+        let extra_server = format!(
+            "{extra_server}\n{cgroup}state_dir = \"{}\"\n",
+            state.display()
+        );
         std::fs::create_dir_all(base.join("sites")).unwrap();
         let main = format!(
             "[server]\nlisten = [{{ addr = \"127.0.0.1:0\", handover = \"pass\" }}, {{ addr = \"127.0.0.1:0\", handover = \"proxy\" }}]\n\

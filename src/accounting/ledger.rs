@@ -1,0 +1,318 @@
+//! The master's record of every tenant's usage, in time buckets, saved to disk.
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use super::SiteDelta;
+
+const HOUR: u64 = 3600;
+const DAY: u64 = 24 * HOUR;
+/// Hourly buckets are merged into daily ones after this long.
+const HOURLY_FOR: u64 = 31 * DAY;
+/// Buckets older than this are dropped.
+const KEEP_FOR: u64 = 400 * DAY;
+
+/// A tenant's usage over some time span.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Usage {
+    /// By status class: 1xx, 2xx, 3xx, 4xx, 5xx.
+    pub requests: [u64; 5],
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub capped: u64,
+    pub timeouts: u64,
+    pub cpu_usec: u64,
+    /// The highest memory use seen in the span.
+    pub memory_peak_bytes: u64,
+    /// Memory use integrated over time: divide by 2^30 * 3600 for GB-hours.
+    pub memory_byte_seconds: f64,
+    pub oom_kills: u64,
+    /// Worker starts (cold starts).
+    pub spawns: u64,
+}
+
+impl Usage {
+    pub fn add(&mut self, other: &Usage) {
+        for (a, b) in self.requests.iter_mut().zip(other.requests) {
+            *a = a.saturating_add(b);
+        }
+        self.bytes_in = self.bytes_in.saturating_add(other.bytes_in);
+        self.bytes_out = self.bytes_out.saturating_add(other.bytes_out);
+        self.capped = self.capped.saturating_add(other.capped);
+        self.timeouts = self.timeouts.saturating_add(other.timeouts);
+        self.cpu_usec = self.cpu_usec.saturating_add(other.cpu_usec);
+        self.memory_peak_bytes = self.memory_peak_bytes.max(other.memory_peak_bytes);
+        self.memory_byte_seconds += other.memory_byte_seconds;
+        self.oom_kills = self.oom_kills.saturating_add(other.oom_kills);
+        self.spawns = self.spawns.saturating_add(other.spawns);
+    }
+
+    pub fn total_requests(&self) -> u64 {
+        self.requests.iter().sum()
+    }
+
+    pub fn gb_hours(&self) -> f64 {
+        self.memory_byte_seconds / (1u64 << 30) as f64 / HOUR as f64
+    }
+}
+
+/// One reading of a tenant's cgroup counters (cumulative since the group was made).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CgroupSample {
+    pub cpu_usec: u64,
+    pub memory_bytes: u64,
+    pub memory_peak_bytes: u64,
+    pub oom_kills: u64,
+}
+
+/// A site's request counters since accounting began (for Prometheus).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SiteTotals {
+    pub requests: [u64; 5],
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub capped: u64,
+    pub timeouts: u64,
+}
+
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct Ledger {
+    /// Tenant → bucket start (seconds since the epoch) → usage in that bucket.
+    tenants: BTreeMap<String, BTreeMap<u64, Usage>>,
+    /// Tenant → site → totals.
+    sites: BTreeMap<String, BTreeMap<String, SiteTotals>>,
+    /// The last cgroup reading per tenant and when it was taken: usage is the growth
+    /// between readings.
+    #[serde(skip)]
+    last: HashMap<String, (CgroupSample, u64)>,
+}
+
+impl Ledger {
+    /// The ledger saved at `path`; empty if there is none yet. A file that cannot be
+    /// read is an error, not silently an empty ledger: billing data must not vanish.
+    pub fn load(path: &Path) -> anyhow::Result<Self> {
+        match std::fs::read(path) {
+            Ok(bytes) => serde_json::from_slice(&bytes)
+                .map_err(|e| anyhow::anyhow!("{}: not a usage ledger: {e}", path.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Self::default()),
+            Err(e) => Err(anyhow::anyhow!("reading {}: {e}", path.display())),
+        }
+    }
+
+    /// Write atomically (temp file, fsync, rename), readable by root only.
+    pub fn save(&self, path: &Path) -> anyhow::Result<()> {
+        let tmp = path.with_extension("json.tmp");
+        let bytes = serde_json::to_vec(self)?;
+        let mut file = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", tmp.display()))?;
+        file.write_all(&bytes)?;
+        file.sync_all()?;
+        std::fs::rename(&tmp, path)
+            .map_err(|e| anyhow::anyhow!("renaming {} to {}: {e}", tmp.display(), path.display()))
+    }
+
+    fn bucket(&mut self, tenant: &str, now: u64) -> &mut Usage {
+        self.tenants
+            .entry(tenant.to_string())
+            .or_default()
+            .entry(now - now % HOUR)
+            .or_default()
+    }
+
+    /// A worker's report. Only sites of `tenant` count: a worker runs as its tenant,
+    /// so what it sends is believed for its own sites only.
+    pub fn apply_report(
+        &mut self,
+        tenant: &str,
+        own_sites: &[&str],
+        deltas: &[SiteDelta],
+        now: u64,
+    ) {
+        for d in deltas
+            .iter()
+            .filter(|d| own_sites.contains(&d.site.as_str()))
+        {
+            let bucket = self.bucket(tenant, now);
+            for (a, b) in bucket.requests.iter_mut().zip(d.requests) {
+                *a = a.saturating_add(b);
+            }
+            bucket.bytes_in = bucket.bytes_in.saturating_add(d.bytes_in);
+            bucket.bytes_out = bucket.bytes_out.saturating_add(d.bytes_out);
+            bucket.capped = bucket.capped.saturating_add(d.capped);
+            bucket.timeouts = bucket.timeouts.saturating_add(d.timeouts);
+            let site = self
+                .sites
+                .entry(tenant.to_string())
+                .or_default()
+                .entry(d.site.clone())
+                .or_default();
+            for (a, b) in site.requests.iter_mut().zip(d.requests) {
+                *a = a.saturating_add(b);
+            }
+            site.bytes_in = site.bytes_in.saturating_add(d.bytes_in);
+            site.bytes_out = site.bytes_out.saturating_add(d.bytes_out);
+            site.capped = site.capped.saturating_add(d.capped);
+            site.timeouts = site.timeouts.saturating_add(d.timeouts);
+        }
+    }
+
+    pub fn spawned(&mut self, tenant: &str, now: u64) {
+        self.bucket(tenant, now).spawns += 1;
+    }
+
+    /// A reading of the tenant's cgroup. The growth since the last reading is usage;
+    /// a reading lower than the last means a new group, counted from zero.
+    pub fn sample(&mut self, tenant: &str, sample: CgroupSample, now: u64) {
+        let (before, then) = self
+            .last
+            .get(tenant)
+            .copied()
+            .unwrap_or((CgroupSample::default(), now));
+        let grew = |new: u64, old: u64| if new >= old { new - old } else { new };
+        let cpu = grew(sample.cpu_usec, before.cpu_usec);
+        let ooms = grew(sample.oom_kills, before.oom_kills);
+        let seconds = now.saturating_sub(then) as f64;
+        let bucket = self.bucket(tenant, now);
+        bucket.cpu_usec = bucket.cpu_usec.saturating_add(cpu);
+        bucket.oom_kills = bucket.oom_kills.saturating_add(ooms);
+        // The average of two readings times the time between them (trapezoids).
+        bucket.memory_byte_seconds +=
+            (before.memory_bytes as f64 + sample.memory_bytes as f64) / 2.0 * seconds;
+        bucket.memory_peak_bytes = bucket
+            .memory_peak_bytes
+            .max(sample.memory_peak_bytes)
+            .max(sample.memory_bytes);
+        self.last.insert(tenant.to_string(), (sample, now));
+    }
+
+    /// The tenant's group is gone (scaled to zero): its next one starts from zero, and
+    /// its memory is zero from now on.
+    pub fn group_gone(&mut self, tenant: &str) {
+        self.last.remove(tenant);
+    }
+
+    /// Memory in use now, from the last reading.
+    pub fn memory_now(&self, tenant: &str) -> u64 {
+        self.last.get(tenant).map_or(0, |(s, _)| s.memory_bytes)
+    }
+
+    /// Merge old hourly buckets into days; drop what is older than a year and a month.
+    pub fn compact(&mut self, now: u64) {
+        for buckets in self.tenants.values_mut() {
+            let old: Vec<u64> = buckets
+                .keys()
+                .copied()
+                .filter(|&t| t + HOURLY_FOR < now && t % DAY != 0)
+                .collect();
+            for t in old {
+                if let Some(u) = buckets.remove(&t) {
+                    buckets.entry(t - t % DAY).or_default().add(&u);
+                }
+            }
+            buckets.retain(|&t, _| t + KEEP_FOR >= now);
+        }
+    }
+
+    /// Each tenant's usage in buckets starting at or after `since` (all when `None`).
+    pub fn totals(&self, since: Option<u64>) -> BTreeMap<String, Usage> {
+        self.tenants
+            .iter()
+            .map(|(tenant, buckets)| {
+                let mut total = Usage::default();
+                let from = since.map_or(0, |s| s - s % HOUR);
+                for (_, u) in buckets.range(from..) {
+                    total.add(u);
+                }
+                (tenant.clone(), total)
+            })
+            .collect()
+    }
+
+    pub fn sites(&self) -> &BTreeMap<String, BTreeMap<String, SiteTotals>> {
+        &self.sites
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn delta(site: &str, ok: u64, notfound: u64) -> SiteDelta {
+        SiteDelta {
+            site: site.into(),
+            requests: [0, ok, 0, notfound, 0],
+            bytes_in: 10 * (ok + notfound),
+            bytes_out: 100 * ok,
+            ..SiteDelta::default()
+        }
+    }
+
+    #[test]
+    fn reports_count_for_own_sites_only() {
+        let mut l = Ledger::default();
+        l.apply_report(
+            "a",
+            &["a.test"],
+            &[delta("a.test", 3, 1), delta("b.test", 50, 0)],
+            7200,
+        );
+        let t = l.totals(None);
+        assert_eq!(t["a"].requests, [0, 3, 0, 1, 0]);
+        assert_eq!(t["a"].bytes_out, 300);
+        assert_eq!(l.sites()["a"].len(), 1);
+    }
+
+    #[test]
+    fn cgroup_samples_become_usage_and_survive_a_new_group() {
+        let mut l = Ledger::default();
+        let s = |cpu, mem, ooms| CgroupSample {
+            cpu_usec: cpu,
+            memory_bytes: mem,
+            memory_peak_bytes: mem,
+            oom_kills: ooms,
+        };
+        l.sample("a", s(1_000, 1 << 30, 0), 1000);
+        l.sample("a", s(5_000, 1 << 30, 1), 1000 + 3600);
+        // Scaled to zero, a new group counts from zero again.
+        l.group_gone("a");
+        l.sample("a", s(2_000, 0, 0), 10_000);
+        let t = &l.totals(None)["a"];
+        assert_eq!(t.cpu_usec, 1_000 + 4_000 + 2_000);
+        assert_eq!(t.oom_kills, 1);
+        assert!((t.gb_hours() - 1.0).abs() < 1e-9, "{}", t.gb_hours());
+        assert_eq!(t.memory_peak_bytes, 1 << 30);
+    }
+
+    #[test]
+    fn since_persistence_and_compaction() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("usage.json");
+        let mut l = Ledger::default();
+        let day0 = 100 * DAY;
+        l.apply_report("a", &["a.test"], &[delta("a.test", 1, 0)], day0 + 5 * HOUR);
+        l.apply_report("a", &["a.test"], &[delta("a.test", 2, 0)], day0 + 40 * DAY);
+        l.spawned("a", day0 + 40 * DAY);
+        l.save(&path).unwrap();
+        let mut back = Ledger::load(&path).unwrap();
+        assert_eq!(back.totals(None)["a"].total_requests(), 3);
+        assert_eq!(back.totals(Some(day0 + 39 * DAY))["a"].total_requests(), 2);
+        back.compact(day0 + 41 * DAY);
+        // The old hour became its day, the total is the same.
+        assert!(back.tenants["a"].contains_key(&day0));
+        assert_eq!(back.totals(None)["a"].total_requests(), 3);
+        assert_eq!(back.totals(None)["a"].spawns, 1);
+        back.compact(day0 + 500 * DAY);
+        assert_eq!(back.totals(None)["a"].total_requests(), 0);
+        std::fs::write(&path, b"{not json").unwrap();
+        assert!(Ledger::load(&path).is_err());
+    }
+}

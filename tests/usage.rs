@@ -1,0 +1,164 @@
+//! Usage accounting end to end: exact request counts per tenant in `condo usage`,
+//! kept across a tenant scaling to zero, a reload and a restart; the Prometheus text on
+//! the admin listener; CPU and memory from the tenant's cgroup.
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    cond()
+}
+
+fn get(addr: std::net::SocketAddr, host: &str, path: &str) -> String {
+    curl(&[
+        "-s",
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        "-H",
+        &format!("Host: {host}"),
+        &format!("http://{addr}{path}"),
+    ])
+    .0
+}
+
+fn usage_json(config: &std::path::Path, args: &[&str]) -> serde_json::Value {
+    let out = Command::new(CONDO)
+        .args(["usage", "-c"])
+        .arg(config)
+        .args(args)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn row<'a>(rows: &'a serde_json::Value, tenant: &str) -> &'a serde_json::Value {
+    rows.as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["tenant"] == tenant)
+        .unwrap_or_else(|| panic!("no row for {tenant} in {rows}"))
+}
+
+#[test]
+fn usage_counts_survive_scale_to_zero_reload_and_restart() {
+    if !require_root() {
+        return;
+    }
+    let t = TwoTenants::new();
+    let config = t.config_tenants(
+        "admin_listen = \"127.0.0.1:0\"",
+        "idle_timeout = \"1s\"",
+        "",
+    );
+    let mut condo = Condo::start(&config);
+    for _ in 0..3 {
+        assert_eq!(get(condo.pass, "a.test", "/"), "200");
+    }
+    assert_eq!(get(condo.proxy(), "a.test", "/missing"), "404");
+    // a scales to zero; its counts went to the master on the way out.
+    assert!(eventually(Duration::from_secs(8), || condo
+        .children("worker", Some("a"))
+        .is_empty()));
+    for _ in 0..2 {
+        assert_eq!(get(condo.pass, "a.test", "/"), "200");
+    }
+    let out = Command::new(CONDO)
+        .args(["reload", "-c"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    for _ in 0..3 {
+        assert_eq!(get(condo.pass, "b.test", "/"), "200");
+    }
+    // The admin listener shows it (the master rewrites the text every few seconds).
+    let admin = condo
+        .log_text()
+        .lines()
+        .find_map(|l| l.split("admin listener on ").nth(1))
+        .and_then(|r| r.split_whitespace().next())
+        .map(str::to_string)
+        .expect("admin listener");
+    let want = r#"condo_requests_total{tenant="a",site="a.test",status_class="2xx"} 5"#;
+    assert!(
+        eventually(Duration::from_secs(15), || curl(&[&format!(
+            "http://{admin}/metrics"
+        )])
+        .0
+        .contains(want)),
+        "{}",
+        curl(&[&format!("http://{admin}/metrics")]).0
+    );
+    let metrics = curl(&[&format!("http://{admin}/metrics")]).0;
+    assert!(
+        metrics.contains(r#"condo_requests_total{tenant="a",site="a.test",status_class="4xx"} 1"#),
+        "{metrics}"
+    );
+    assert!(
+        metrics.contains(r#"condo_cpu_seconds_total{tenant="a"}"#),
+        "{metrics}"
+    );
+
+    // A restart: the ledger is read back and counting goes on.
+    drop(condo);
+    condo = Condo::start(&config);
+    assert_eq!(get(condo.pass, "a.test", "/"), "200");
+    drop(condo);
+
+    let rows = usage_json(&config, &["--json"]);
+    let a = row(&rows, "a");
+    assert_eq!(a["requests"], 7, "{a}");
+    assert_eq!(a["requests_2xx"], 6, "{a}");
+    assert_eq!(a["requests_4xx"], 1, "{a}");
+    assert!(a["spawns"].as_u64().unwrap() >= 3, "{a}");
+    assert!(a["bytes_out"].as_u64().unwrap() >= 6 * 7, "{a}");
+    let b = row(&rows, "b");
+    assert_eq!(b["requests"], 3, "{b}");
+    assert_eq!(b["requests_2xx"], 3, "{b}");
+    // From the cgroups: the workers used some CPU and memory (plausible, not exact).
+    for r in [a, b] {
+        let cpu = r["cpu_seconds"].as_f64().unwrap();
+        assert!(cpu > 0.0 && cpu < 30.0, "{r}");
+        let peak = r["memory_peak_bytes"].as_u64().unwrap();
+        assert!(peak > 100_000 && peak < 1 << 30, "{r}");
+    }
+    // --since in the future: nothing; CSV has a header and one line per tenant.
+    let future = usage_json(&config, &["--json", "--since", "2999-01-01T00:00:00Z"]);
+    assert_eq!(row(&future, "a")["requests"], 0);
+    let out = Command::new(CONDO)
+        .args(["usage", "--csv", "-c"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let csv = String::from_utf8_lossy(&out.stdout);
+    assert!(csv.starts_with("tenant,requests,"), "{csv}");
+    assert!(
+        csv.lines().any(|l| l.starts_with("a,7,0,6,0,1,0,")),
+        "{csv}"
+    );
+    let bad = Command::new(CONDO)
+        .args(["usage", "--since", "yesterday-ish", "-c"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("--since"));
+}
