@@ -117,6 +117,14 @@ fn worker_and_scripts_run_inside_the_tenants_limits() {
     let (t, parent, config) = setup(
         "memory_max = \"256M\"\ncpu_max = 0.5\npids_max = 64\nio_weight = 500\nnice = 5\nrlimit_nofile = 1000\nrlimit_core = 0",
     );
+    // The site's own nice, above the tenant's, for its scripts.
+    let site_file = t.dir.path().join("sites/a.toml");
+    let text = std::fs::read_to_string(&site_file).unwrap();
+    std::fs::write(
+        &site_file,
+        text.replacen("tenant = \"a\"\n", "tenant = \"a\"\nnice = 7\n", 1),
+    )
+    .unwrap();
     t.script(
         "a",
         "cgi-bin/self.sh",
@@ -131,7 +139,7 @@ fn worker_and_scripts_run_inside_the_tenants_limits() {
     assert!(ok, "{out}");
     assert_eq!(field(&out, "nofile"), "1000");
     assert_eq!(field(&out, "core"), "0");
-    assert_eq!(field(&out, "nice"), "5");
+    assert_eq!(field(&out, "nice"), "7");
     assert_eq!(field(&out, "memcg"), format!("/{}/a", parent.0));
     assert_eq!(field(&out, "pidscg"), format!("/{}/a", parent.0));
     // The worker itself too, and the limits are written.
@@ -151,6 +159,10 @@ fn worker_and_scripts_run_inside_the_tenants_limits() {
         "100000"
     );
     assert_eq!(parent.tenant_file("pids", "a", "pids.max"), "64");
+    // The worker itself runs at the tenant's nice.
+    let stat = std::fs::read_to_string(format!("/proc/{worker}/stat")).unwrap();
+    let after_comm = &stat[stat.rfind(')').unwrap() + 2..];
+    assert_eq!(after_comm.split(' ').nth(16), Some("5"), "{stat}");
     let limits = std::fs::read_to_string(format!("/proc/{worker}/limits")).unwrap();
     assert!(
         limits
@@ -260,6 +272,23 @@ fn a_memory_hog_is_oom_killed_and_b_is_unaffected() {
         }
     };
     assert!(oom_line.contains("tenant=\"a\""), "{oom_line}");
+    // And it is billed: `condo usage` counts the kill for a, none for b.
+    drop(condo);
+    let out = std::process::Command::new(CONDO)
+        .args(["usage", "--csv", "-c"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let csv = String::from_utf8_lossy(&out.stdout);
+    let oom_of = |tenant: &str| -> u64 {
+        csv.lines()
+            .find(|l| l.starts_with(&format!("{tenant},")))
+            .and_then(|l| l.split(',').nth(14))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or_else(|| panic!("no {tenant} row in:\n{csv}"))
+    };
+    assert!(oom_of("a") >= 1, "{csv}");
+    assert_eq!(oom_of("b"), 0, "{csv}");
 }
 
 #[test]
