@@ -118,8 +118,11 @@ build_condo() {
 }
 
 # ---- 3. users and docroots --------------------------------------------------------
+# make_user NAME [regular]: a throw-away system account, or with "regular" a normal one
+# (uid/gid from 1000 up: a thousand tenants do not fit the system range).
 make_user() {
-    local name=$1
+    local name=$1 kind=(--system)
+    [[ ${2:-} == regular ]] && kind=()
     if getent passwd "$name" >/dev/null; then
         if [[ $(getent passwd "$name" | cut -d: -f5) == "$USER_MARK" ]]; then
             warn "removing leftover account $name from an earlier interrupted run"
@@ -132,7 +135,7 @@ make_user() {
     if getent group "$name" >/dev/null; then
         die "group $name exists without its user; remove it or pick other names"
     fi
-    useradd --system --no-create-home --shell /usr/sbin/nologin --user-group \
+    useradd "${kind[@]}" --no-create-home --shell /usr/sbin/nologin --user-group \
         --comment "$USER_MARK" "$name"
     CREATED_USERS+=("$name")
 }

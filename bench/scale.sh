@@ -56,7 +56,7 @@ make_tenants() {
     make_user "$USER_W"
     for ((i = 1; i <= SCALE_TENANTS; i++)); do
         u=$(name_of "$i")
-        make_user "$u"
+        make_user "$u" regular
         mkdir -p "$TMP/t/$i/www"
         printf 'tenant %s\n' "$i" >"$TMP/t/$i/www/index.html"
         printf '<?php echo "hello %s\\n";' "$i" >"$TMP/t/$i/www/hello.php"
