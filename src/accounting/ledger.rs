@@ -169,17 +169,31 @@ impl Ledger {
         self.bucket(tenant, now).spawns += 1;
     }
 
-    /// A reading of the tenant's cgroup. The growth since the last reading is usage;
-    /// a reading lower than the last means a new group, counted from zero.
+    /// The master has just made (or found) the tenant's group and read it: that
+    /// reading is the baseline, counted as nothing. A fresh group reads zero; one that
+    /// was left in place (its processes lingered when it was to be removed) or survived
+    /// a master restart keeps its totals, which were already counted.
+    pub fn group_started(&mut self, tenant: &str, sample: CgroupSample, now: u64) {
+        self.last.insert(tenant.to_string(), (sample, now));
+        let bucket = self.bucket(tenant, now);
+        bucket.memory_peak_bytes = bucket.memory_peak_bytes.max(sample.memory_bytes);
+    }
+
+    /// A reading of the tenant's cgroup; the growth since the last one is usage.
+    ///
+    /// Counters only restart with a new group, and the master says so with
+    /// [`Self::group_started`]. A counter lower than before in the same group is a
+    /// failed read (the cgroup module reads 0 when a file cannot be read): it counts
+    /// nothing and the baseline stays, so the next good reading is not billed again
+    /// from zero. Without a baseline (a group whose start the ledger did not see) the
+    /// first reading becomes one.
     pub fn sample(&mut self, tenant: &str, sample: CgroupSample, now: u64) {
-        let (before, then) = self
-            .last
-            .get(tenant)
-            .copied()
-            .unwrap_or((CgroupSample::default(), now));
-        let grew = |new: u64, old: u64| if new >= old { new - old } else { new };
-        let cpu = grew(sample.cpu_usec, before.cpu_usec);
-        let ooms = grew(sample.oom_kills, before.oom_kills);
+        let Some((before, then)) = self.last.get(tenant).copied() else {
+            self.group_started(tenant, sample, now);
+            return;
+        };
+        let cpu = sample.cpu_usec.saturating_sub(before.cpu_usec);
+        let ooms = sample.oom_kills.saturating_sub(before.oom_kills);
         let seconds = now.saturating_sub(then) as f64;
         let bucket = self.bucket(tenant, now);
         bucket.cpu_usec = bucket.cpu_usec.saturating_add(cpu);
@@ -191,11 +205,16 @@ impl Ledger {
             .memory_peak_bytes
             .max(sample.memory_peak_bytes)
             .max(sample.memory_bytes);
-        self.last.insert(tenant.to_string(), (sample, now));
+        let kept = CgroupSample {
+            cpu_usec: sample.cpu_usec.max(before.cpu_usec),
+            oom_kills: sample.oom_kills.max(before.oom_kills),
+            ..sample
+        };
+        self.last.insert(tenant.to_string(), (kept, now));
     }
 
-    /// The tenant's group is gone (scaled to zero): its next one starts from zero, and
-    /// its memory is zero from now on.
+    /// The tenant's group is gone (scaled to zero): its memory is zero from now on,
+    /// and the next group starts with [`Self::group_started`].
     pub fn group_gone(&mut self, tenant: &str) {
         self.last.remove(tenant);
     }
@@ -271,25 +290,71 @@ mod tests {
         assert_eq!(l.sites()["a"].len(), 1);
     }
 
-    #[test]
-    fn cgroup_samples_become_usage_and_survive_a_new_group() {
-        let mut l = Ledger::default();
-        let s = |cpu, mem, ooms| CgroupSample {
+    fn s(cpu: u64, mem: u64, ooms: u64) -> CgroupSample {
+        CgroupSample {
             cpu_usec: cpu,
             memory_bytes: mem,
             memory_peak_bytes: mem,
             oom_kills: ooms,
-        };
+        }
+    }
+
+    #[test]
+    fn cgroup_samples_become_usage_and_survive_a_new_group() {
+        let mut l = Ledger::default();
+        l.group_started("a", s(0, 0, 0), 1000);
         l.sample("a", s(1_000, 1 << 30, 0), 1000);
         l.sample("a", s(5_000, 1 << 30, 1), 1000 + 3600);
-        // Scaled to zero, a new group counts from zero again.
+        // Scaled to zero; the new group counts from zero again.
         l.group_gone("a");
-        l.sample("a", s(2_000, 0, 0), 10_000);
+        l.group_started("a", s(0, 0, 0), 10_000);
+        l.sample("a", s(2_000, 0, 0), 10_002);
         let t = &l.totals(None)["a"];
         assert_eq!(t.cpu_usec, 1_000 + 4_000 + 2_000);
         assert_eq!(t.oom_kills, 1);
         assert!((t.gb_hours() - 1.0).abs() < 1e-9, "{}", t.gb_hours());
         assert_eq!(t.memory_peak_bytes, 1 << 30);
+    }
+
+    #[test]
+    fn a_failed_read_is_not_a_reset() {
+        let mut l = Ledger::default();
+        l.group_started("a", s(0, 0, 0), 1000);
+        l.sample("a", s(1_000_000, 100, 1), 1002);
+        // cpu.stat and memory.events could not be read: the cgroup module gives 0.
+        l.sample("a", s(0, 100, 0), 1004);
+        l.sample("a", s(1_200_000, 100, 1), 1006);
+        let t = &l.totals(None)["a"];
+        assert_eq!(t.cpu_usec, 1_200_000);
+        assert_eq!(t.oom_kills, 1);
+    }
+
+    #[test]
+    fn a_group_left_in_place_is_not_billed_twice() {
+        let mut l = Ledger::default();
+        l.group_started("a", s(0, 0, 0), 1000);
+        l.sample("a", s(3_000_000, 0, 2), 1002);
+        l.group_gone("a");
+        // Its processes lingered, so the group stayed and is used again with its
+        // totals: they were counted already.
+        l.group_started("a", s(3_000_000, 0, 2), 2000);
+        l.sample("a", s(3_500_000, 0, 2), 2002);
+        let t = &l.totals(None)["a"];
+        assert_eq!(t.cpu_usec, 3_500_000);
+        assert_eq!(t.oom_kills, 2);
+    }
+
+    #[test]
+    fn a_group_seen_first_mid_life_is_a_baseline() {
+        // A master restarted while the group lived on: what the group had counted was
+        // in the ledger the last master saved.
+        let mut l = Ledger::default();
+        l.sample("a", s(9_000_000, 1 << 20, 3), 1000);
+        l.sample("a", s(9_100_000, 1 << 20, 3), 1010);
+        let t = &l.totals(None)["a"];
+        assert_eq!(t.cpu_usec, 100_000);
+        assert_eq!(t.oom_kills, 0);
+        assert_eq!(t.memory_byte_seconds, (10u64 << 20) as f64);
     }
 
     #[test]

@@ -34,6 +34,15 @@ fn unix_now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
+fn cgroup_sample(stats: &cgroup::CgroupStats) -> CgroupSample {
+    CgroupSample {
+        cpu_usec: stats.cpu_usec,
+        memory_bytes: stats.memory_bytes,
+        memory_peak_bytes: stats.memory_peak_bytes,
+        oom_kills: stats.oom_kills,
+    }
+}
+
 /// The usage ledger saved in `state_dir`, created 0700 for root. A ledger that cannot
 /// be read is set aside (renamed) and reported, and a new one starts: billing data is
 /// never silently overwritten.
@@ -493,13 +502,7 @@ impl Master {
         let now = unix_now();
         for (tenant, group) in &self.groups {
             let stats = group.stats();
-            let sample = CgroupSample {
-                cpu_usec: stats.cpu_usec,
-                memory_bytes: stats.memory_bytes,
-                memory_peak_bytes: stats.memory_peak_bytes,
-                oom_kills: stats.oom_kills,
-            };
-            self.ledger.sample(tenant, sample, now);
+            self.ledger.sample(tenant, cgroup_sample(&stats), now);
             let seen = self.oom_seen.entry(tenant.clone()).or_insert(0);
             if stats.oom_kills > *seen {
                 warn!(
@@ -638,6 +641,9 @@ impl Master {
                         .tenant(tenant, &tenant_config.limits)
                         .map_err(|e| format!("setting up the tenant's cgroup: {e}"))?;
                     self.groups.insert(tenant.to_string(), g.clone());
+                    // A group left in place keeps its totals: they are counted already.
+                    self.ledger
+                        .group_started(tenant, cgroup_sample(&g.stats()), unix_now());
                     Some(g)
                 }
             },
