@@ -140,7 +140,9 @@ fn usage(
         }
         anyhow::bail!("{}: the main config has errors", config.display());
     };
-    let since = since.map(parse_since).transpose()?;
+    let since = since
+        .map(|t| report::parse_since(t, std::time::SystemTime::now()))
+        .transpose()?;
     let path = config.server.state_dir.join("usage.json");
     if !path.exists() {
         anyhow::bail!(
@@ -163,24 +165,4 @@ fn usage(
         println!();
     }
     Ok(())
-}
-
-/// Seconds since the epoch for `--since`: RFC 3339, or a span back from now.
-fn parse_since(text: &str) -> anyhow::Result<u64> {
-    let now = std::time::SystemTime::now();
-    let at = match humantime::parse_rfc3339_weak(text) {
-        Ok(t) => t,
-        Err(_) => {
-            let span = humantime::parse_duration(text).map_err(|_| {
-                anyhow::anyhow!(
-                    "--since `{text}`: neither a time (2026-11-01T00:00:00Z) nor a span (24h, 7d)"
-                )
-            })?;
-            now.checked_sub(span)
-                .ok_or_else(|| anyhow::anyhow!("--since `{text}` is before 1970"))?
-        }
-    };
-    Ok(at
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs()))
 }

@@ -3,6 +3,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write as _;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -246,6 +247,32 @@ pub fn prometheus(ledger: &Ledger, workers: &HashMap<String, usize>) -> String {
     text
 }
 
+/// `condo usage --since`, in seconds since the epoch: RFC 3339
+/// ("2026-11-01T00:00:00Z"), a date alone (its midnight, UTC: billing periods are
+/// usually given as dates), or a span back from `now` ("24h", "7d"). A time before
+/// 1970 is 0: all of the ledger.
+pub fn parse_since(text: &str, now: SystemTime) -> anyhow::Result<u64> {
+    let date_only = text.len() == 10 && text.as_bytes().get(4) == Some(&b'-');
+    let stamp = if date_only {
+        format!("{text}T00:00:00Z")
+    } else {
+        text.to_string()
+    };
+    let at = match humantime::parse_rfc3339_weak(&stamp) {
+        Ok(t) => t,
+        Err(_) => {
+            let span = humantime::parse_duration(text).map_err(|_| {
+                anyhow::anyhow!(
+                    "--since `{text}`: neither a time (2026-11-01T00:00:00Z), a date \
+                     (2026-11-01) nor a span back from now (24h, 7d)"
+                )
+            })?;
+            now.checked_sub(span).unwrap_or(UNIX_EPOCH)
+        }
+    };
+    Ok(at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -285,5 +312,21 @@ mod tests {
                 .starts_with("a,9,0,7,0,2,0,")
         );
         assert!(table(&rows).contains("a "));
+    }
+
+    #[test]
+    fn since_takes_times_dates_and_spans() {
+        let now = UNIX_EPOCH + std::time::Duration::from_secs(1_795_000_000);
+        let at = |t| parse_since(t, now).map_err(|e| e.to_string());
+        assert_eq!(at("2026-11-01T00:00:00Z"), Ok(1_793_491_200));
+        assert_eq!(at("2026-11-01"), Ok(1_793_491_200));
+        assert_eq!(at("24h"), Ok(1_795_000_000 - 86_400));
+        assert_eq!(at("7d"), Ok(1_795_000_000 - 7 * 86_400));
+        for bad in ["yesterday", "2026-13-01", "", "-5h"] {
+            let e = at(bad).unwrap_err();
+            assert!(e.contains("--since"), "{bad}: {e}");
+        }
+        // Further back than accounting goes: everything.
+        assert_eq!(at("100000d"), Ok(0));
     }
 }
