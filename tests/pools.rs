@@ -47,9 +47,17 @@ fn idle_tenant_scales_to_zero_and_back() {
         "worker of a still running after its idle_timeout; log:\n{}",
         condo.log_text()
     );
+    // The master logs the exit after it has removed the tenant's cgroup and saved the
+    // usage ledger: moments after the process is gone.
+    assert!(
+        eventually(Duration::from_secs(5), || condo
+            .log_text()
+            .contains("worker left")),
+        "{}",
+        condo.log_text()
+    );
     let log = condo.log_text();
     assert!(log.contains("idle_timeout"), "{log}");
-    assert!(log.contains("worker left"), "{log}");
     // The next request brings it back, on both hand-over paths.
     for addr in [condo.pass, condo.proxy()] {
         let (body, ok) = curl(&["-H", "Host: a.test", &format!("http://{addr}/")]);

@@ -103,7 +103,8 @@ impl Ledger {
         }
     }
 
-    /// Write atomically (temp file, fsync, rename), readable by root only.
+    /// Write atomically (temp file, fsync, rename, fsync of the directory), readable by
+    /// root only.
     pub fn save(&self, path: &Path) -> anyhow::Result<()> {
         let tmp = path.with_extension("json.tmp");
         let bytes = serde_json::to_vec(self)?;
@@ -116,8 +117,17 @@ impl Ledger {
             .map_err(|e| anyhow::anyhow!("{}: {e}", tmp.display()))?;
         file.write_all(&bytes)?;
         file.sync_all()?;
-        std::fs::rename(&tmp, path)
-            .map_err(|e| anyhow::anyhow!("renaming {} to {}: {e}", tmp.display(), path.display()))
+        std::fs::rename(&tmp, path).map_err(|e| {
+            anyhow::anyhow!("renaming {} to {}: {e}", tmp.display(), path.display())
+        })?;
+        // The rename is only durable once the directory is: without this a crash can
+        // bring back the ledger of before the save.
+        if let Some(dir) = path.parent() {
+            std::fs::File::open(dir)
+                .and_then(|d| d.sync_all())
+                .map_err(|e| anyhow::anyhow!("syncing {}: {e}", dir.display()))?;
+        }
+        Ok(())
     }
 
     fn bucket(&mut self, tenant: &str, now: u64) -> &mut Usage {
