@@ -27,4 +27,5 @@ pub mod logging;
 pub mod master;
 pub mod sandbox;
 pub mod sys;
+pub mod tls;
 pub mod worker;

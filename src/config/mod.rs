@@ -36,6 +36,28 @@ pub enum Handover {
 pub struct Listener {
     pub addr: SocketAddr,
     pub handover: Handover,
+    /// HTTPS: the certificate's owner decides the path (see `crate::tls`).
+    pub tls: bool,
+}
+
+/// A certificate of the host's (a wildcard for customer subdomains, a default): its key
+/// is the host's, so the dispatcher terminates TLS with it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ProviderCert {
+    /// Host names it covers; `*.example.com` covers one label below `example.com`.
+    pub names: Vec<String>,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// Used for a ClientHello without SNI or with one no certificate covers.
+    pub default: bool,
+}
+
+/// A site's own certificate: read by the tenant's worker, as the tenant; the
+/// dispatcher and the master never open it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SiteTls {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 /// Request-head limits and client timeouts, shared by dispatcher and workers.
@@ -119,6 +141,8 @@ pub struct Site {
     /// Niceness of the site's scripts and app processes (mpm-itk's NiceValue); at
     /// least the tenant's.
     pub nice: Option<i32>,
+    /// The site's own certificate (TLS ends in the tenant's worker).
+    pub tls: Option<SiteTls>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -200,6 +224,8 @@ impl RouteConfig {
 pub struct Config {
     pub file: PathBuf,
     pub server: Server,
+    /// The host's certificates, for TLS the dispatcher terminates.
+    pub certificates: Vec<ProviderCert>,
     pub tenants: BTreeMap<String, Tenant>,
     pub sites: Vec<Site>,
 }
@@ -222,6 +248,8 @@ pub struct Loaded {
 #[derive(Deserialize)]
 struct MainFile {
     server: ServerSection,
+    #[serde(default)]
+    certificate: Vec<CertificateSection>,
     #[serde(default)]
     defaults: TenantSection,
     #[serde(default)]
@@ -264,7 +292,10 @@ fn default_unknown_host() -> u16 {
 
 #[derive(Deserialize)]
 struct ServerSection {
+    #[serde(default)]
     listen: Vec<ListenEntry>,
+    #[serde(default)]
+    tls_listen: Vec<String>,
     #[serde(default)]
     handover: Handover,
     #[serde(default = "default_user")]
@@ -314,6 +345,16 @@ enum ListenEntry {
 struct ListenTable {
     addr: String,
     handover: Option<Handover>,
+    tls: Option<bool>,
+}
+
+#[derive(Deserialize)]
+struct CertificateSection {
+    names: Vec<String>,
+    cert: PathBuf,
+    key: PathBuf,
+    #[serde(default)]
+    default: bool,
 }
 
 /// `[defaults]` and `[tenant.NAME]` take the same keys, except that only a tenant
@@ -393,6 +434,7 @@ struct SiteSection {
     route: Vec<RouteSection>,
     max_clients: Option<usize>,
     nice: Option<i32>,
+    tls: Option<SiteTls>,
     queue_max: Option<usize>,
     queue_timeout: Option<String>,
 }
@@ -524,6 +566,16 @@ pub fn load(path: &Path) -> Loaded {
             format!("no loaded site is named `{default}`"),
         ));
     }
+    let certificates = validate_certificates(&source, &main.certificate, &mut diagnostics);
+    if server.listeners.iter().any(|l| l.tls)
+        && certificates.is_empty()
+        && !sites.iter().any(|s| s.tls.is_some())
+    {
+        diagnostics.push(source.error(
+            "server.tls_listen",
+            "a TLS listener needs certificates: a [[certificate]] of the host's or a site's `tls`",
+        ));
+    }
     // Mistakes in the main file are fatal (they concern every site); the site files'
     // only cost their own sites.
     let main_ok = !diagnostics.iter().any(|d| d.file == source.path);
@@ -531,11 +583,61 @@ pub fn load(path: &Path) -> Loaded {
         config: main_ok.then(|| Config {
             file: path.to_path_buf(),
             server,
+            certificates,
             tenants,
             sites,
         }),
         diagnostics,
     }
+}
+
+/// The host's certificates: names, absolute paths, files that parse (read here as the
+/// admin running `condo check` or `serve`), at most one default.
+fn validate_certificates(
+    source: &Source,
+    sections: &[CertificateSection],
+    diags: &mut Vec<Diagnostic>,
+) -> Vec<ProviderCert> {
+    let mut certs = Vec::new();
+    for (i, c) in sections.iter().enumerate() {
+        let key = format!("certificate.{i}");
+        let before = diags.len();
+        let names: Vec<String> = c.names.iter().map(|n| normalize_host(n)).collect();
+        if names.is_empty() && !c.default {
+            diags.push(source.error(&format!("{key}.names"), "name the hosts it covers"));
+        }
+        for (j, name) in names.iter().enumerate() {
+            let plain = name.strip_prefix("*.").unwrap_or(name);
+            if !valid_host(plain) {
+                diags.push(source.error(
+                    &format!("{key}.names.{j}"),
+                    format!("`{name}` is not a host name or `*.domain` wildcard"),
+                ));
+            }
+        }
+        for (k, path) in [("cert", &c.cert), ("key", &c.key)] {
+            if !path.is_absolute() {
+                diags.push(source.error(&format!("{key}.{k}"), "must be an absolute path"));
+            }
+        }
+        if diags.len() == before
+            && let Err(e) = crate::tls::load_certified_key(&c.cert, &c.key)
+        {
+            diags.push(source.error(&key, format!("{e:#}")));
+        }
+        if diags.len() == before {
+            certs.push(ProviderCert {
+                names,
+                cert: c.cert.clone(),
+                key: c.key.clone(),
+                default: c.default,
+            });
+        }
+    }
+    if certs.iter().filter(|c| c.default).count() > 1 {
+        diags.push(source.error("certificate", "only one certificate can be the default"));
+    }
+    certs
 }
 
 fn valid_name(name: &str) -> bool {
@@ -577,20 +679,30 @@ fn validate_server(
 ) -> Option<Server> {
     let before = diags.len();
     let mut listeners = Vec::new();
-    if s.listen.is_empty() {
+    if s.listen.is_empty() && s.tls_listen.is_empty() {
         diags.push(source.error("server.listen", "at least one listen address is needed"));
     }
-    for (i, entry) in s.listen.iter().enumerate() {
-        let (addr, handover, key) = match entry {
-            ListenEntry::Addr(a) => (a, s.handover, format!("server.listen.{i}")),
-            ListenEntry::Table(t) => (
-                &t.addr,
-                t.handover.unwrap_or(s.handover),
-                format!("server.listen.{i}.addr"),
-            ),
-        };
+    let tls_entries = s
+        .tls_listen
+        .iter()
+        .enumerate()
+        .map(|(i, a)| (a, s.handover, true, format!("server.tls_listen.{i}")));
+    let entries = s.listen.iter().enumerate().map(|(i, entry)| match entry {
+        ListenEntry::Addr(a) => (a, s.handover, false, format!("server.listen.{i}")),
+        ListenEntry::Table(t) => (
+            &t.addr,
+            t.handover.unwrap_or(s.handover),
+            t.tls.unwrap_or(false),
+            format!("server.listen.{i}.addr"),
+        ),
+    });
+    for (addr, handover, tls, key) in entries.chain(tls_entries) {
         match addr.parse::<SocketAddr>() {
-            Ok(addr) => listeners.push(Listener { addr, handover }),
+            Ok(addr) => listeners.push(Listener {
+                addr,
+                handover,
+                tls,
+            }),
             Err(_) => diags.push(source.error(
                 &key,
                 format!(
@@ -891,6 +1003,13 @@ fn validate_site(
             ));
         }
     }
+    if let Some(tls) = &s.tls {
+        for (k, path) in [("cert", &tls.cert), ("key", &tls.key)] {
+            if !path.is_absolute() {
+                diags.push(source.error(&format!("{key}.tls.{k}"), "must be an absolute path"));
+            }
+        }
+    }
     if s.max_clients.is_none() && (s.queue_max.is_some() || s.queue_timeout.is_some()) {
         diags.push(source.error(
             &format!("{key}.max_clients"),
@@ -914,6 +1033,7 @@ fn validate_site(
         routes,
         max_clients: s.max_clients,
         nice: s.nice,
+        tls: s.tls,
         queue_max,
         queue_timeout,
     })

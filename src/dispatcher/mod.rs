@@ -4,6 +4,7 @@
 
 mod admin;
 mod proxy;
+mod tls;
 mod workers;
 
 use std::net::SocketAddr;
@@ -28,6 +29,7 @@ use crate::ipc::{
     Channel, DispatcherInit, Handoff, ListenerInfo, MasterToDispatcher, Route, Routing,
 };
 use crate::sandbox;
+use tls::ClientConn;
 use workers::{MasterChannel, Workers};
 
 struct Dispatcher {
@@ -40,6 +42,8 @@ struct Dispatcher {
     open: AtomicUsize,
     /// When the cap was last logged, in seconds since the epoch (one line a minute).
     cap_logged: AtomicU64,
+    /// The host's certificates, if it has any.
+    provider: Option<tls::Provider>,
 }
 
 /// One client connection held by the dispatcher.
@@ -142,6 +146,7 @@ async fn serve(
         metrics_file: init.metrics_file,
         open: AtomicUsize::new(0),
         cap_logged: AtomicU64::new(0),
+        provider: tls::Provider::new(init.certificates).context("the host's certificates")?,
     });
     for (fd, info) in listeners.into_iter().zip(init.listeners) {
         rustix::io::ioctl_fionbio(&fd, true)?;
@@ -222,6 +227,14 @@ async fn accept_loop(dispatcher: Arc<Dispatcher>, listener: OwnedFd, info: Liste
                     drop(fd);
                     continue;
                 };
+                if info.tls {
+                    let d = dispatcher.clone();
+                    tokio::spawn(async move {
+                        let _held = held;
+                        d.tls_connection(fd, peer, local).await
+                    });
+                    continue;
+                }
                 let Some((fd, buf)) = dispatcher.accept_fast(fd, peer, local, info.handover) else {
                     continue;
                 };
@@ -284,7 +297,8 @@ impl Dispatcher {
     ) {
         let Ok(stream) = tcp_stream(fd) else { return };
         let idle = self.limits.header_timeout;
-        self.serve_connection(stream, peer, local, handover, buf, idle)
+        let conn = ClientConn::Tcp(stream);
+        self.serve_connection(conn, peer, local, handover, buf, idle, None)
             .await;
     }
 
@@ -301,25 +315,30 @@ impl Dispatcher {
             self.limits.header_timeout
         };
         self.serve_connection(
-            stream,
+            ClientConn::Tcp(stream),
             handoff.peer,
             handoff.local,
             Handover::Pass,
             buf,
             idle,
+            None,
         )
         .await;
     }
 
     /// Route requests on one client connection until it is handed to a worker or closed.
+    /// `tls_names`: the connection is HTTPS terminated here with a certificate for these
+    /// names; a request for a Host they do not cover gets 421.
+    #[allow(clippy::too_many_arguments)]
     async fn serve_connection(
         &self,
-        stream: TcpStream,
+        stream: ClientConn,
         peer: SocketAddr,
         local: SocketAddr,
         handover: Handover,
         mut buf: BytesMut,
         mut idle: std::time::Duration,
+        tls_names: Option<Vec<String>>,
     ) {
         let mut upstreams = proxy::Upstreams::default();
         let mut stream = SendTimeout::new(stream, self.limits.send_timeout);
@@ -339,6 +358,20 @@ impl Dispatcher {
                 }
             };
             idle = self.limits.keepalive_timeout;
+            if let Some(names) = &tls_names
+                && !head
+                    .host
+                    .as_deref()
+                    .is_some_and(|h| crate::tls::covers(names, h))
+            {
+                // RFC 9110 §15.5.20: this connection's certificate does not cover the Host.
+                respond_and_close(
+                    &mut stream,
+                    &http::error_response(421, false, head.is_head()),
+                )
+                .await;
+                return;
+            }
             let routing = self.routing.load_full();
             let Some(route) = routing.table.lookup(head.host.as_deref()) else {
                 let response =
@@ -348,7 +381,11 @@ impl Dispatcher {
             };
             match handover {
                 Handover::Pass => {
-                    match stream.inner.into_std() {
+                    let ClientConn::Tcp(tcp) = stream.inner else {
+                        // TLS connections are always proxied (see tls_connection).
+                        return;
+                    };
+                    match tcp.into_std() {
                         Ok(s) => self.pass(OwnedFd::from(s), peer, local, route, buf).await,
                         Err(e) => debug!("detaching the client socket: {e}"),
                     }
@@ -361,6 +398,7 @@ impl Dispatcher {
                         peer,
                         local,
                         limits: &self.limits,
+                        secure: tls_names.is_some(),
                     };
                     match upstreams
                         .forward(&self.workers, &mut stream, &mut buf, ctx)
@@ -414,5 +452,7 @@ fn pass_handoff(peer: SocketAddr, local: SocketAddr, route: &Route, buf: &[u8]) 
         local,
         site: route.site.clone(),
         buffered: buf.to_vec(),
+        tls_handshake: false,
+        secure: false,
     }
 }

@@ -12,12 +12,12 @@ use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpStream, UnixStream};
+use tokio::net::UnixStream;
 
 use crate::http::io::SendTimeout;
 
 /// The client connection as the relay writes to it: with the send timeout.
-pub type Client = SendTimeout<TcpStream>;
+pub type Client = SendTimeout<super::tls::ClientConn>;
 use tracing::debug;
 
 use super::workers::Workers;
@@ -37,6 +37,8 @@ pub struct Request<'a> {
     pub peer: SocketAddr,
     pub local: SocketAddr,
     pub limits: &'a ClientLimits,
+    /// The client connection is HTTPS.
+    pub secure: bool,
 }
 
 struct Upstream {
@@ -97,6 +99,8 @@ async fn open(workers: &Workers, req: &Request<'_>) -> Result<Upstream, u16> {
         local: req.local,
         site: req.route.site.clone(),
         buffered: Vec::new(),
+        tls_handshake: false,
+        secure: req.secure,
     };
     if let Err(reason) = workers
         .hand_over(&req.route.tenant, &handoff, &OwnedFd::from(theirs))

@@ -30,6 +30,7 @@ pub struct DispatcherInit {
     pub listeners: Vec<ListenerInfo>,
     pub routing: Routing,
     pub limits: ClientLimits,
+    pub certificates: Vec<ProviderCertPem>,
     /// The Prometheus text the master rewrites every few seconds, served on the admin
     /// listener.
     pub metrics_file: PathBuf,
@@ -41,6 +42,18 @@ pub struct ListenerInfo {
     pub handover: Handover,
     /// The admin listener: metrics and health, no sites.
     pub admin: bool,
+    /// HTTPS.
+    pub tls: bool,
+}
+
+/// One of the host's certificates, read by the master (the dispatcher may not read the
+/// host's key files itself).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ProviderCertPem {
+    pub names: Vec<String>,
+    pub default: bool,
+    pub cert_pem: Vec<u8>,
+    pub key_pem: Vec<u8>,
 }
 
 /// A site as the dispatcher sees it: host names and the tenant that serves them.
@@ -49,6 +62,8 @@ pub struct Route {
     pub site: String,
     pub aliases: Vec<String>,
     pub tenant: String,
+    /// The site has its own certificate: HTTPS for it ends in the tenant's worker.
+    pub own_tls: bool,
 }
 
 /// What a reload changes in a running dispatcher.
@@ -139,8 +154,13 @@ pub struct Handoff {
     /// The site the dispatcher routed the first request to.
     pub site: String,
     /// Bytes already read from the client and not yet consumed, starting with the head
-    /// of the request to serve next.
+    /// of the request to serve next (or, with `tls_handshake`, with the ClientHello).
     pub buffered: Vec<u8>,
+    /// The socket is a raw TLS connection for a site with its own certificate: the
+    /// worker does the handshake.
+    pub tls_handshake: bool,
+    /// The client's connection is HTTPS (terminated by the dispatcher or the worker).
+    pub secure: bool,
 }
 
 #[derive(Debug, Serialize, Deserialize)]

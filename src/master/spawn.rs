@@ -17,7 +17,7 @@ use super::{DispatcherChannel, WorkerChannel};
 use crate::config::{Config, Credentials, Handover, Site, Tenant};
 use crate::ipc::{
     self, Channel, DispatcherInit, ListenerInfo, LogKind, MasterToDispatcher, MasterToWorker,
-    Route, Routing, WorkerInit,
+    ProviderCertPem, Route, Routing, WorkerInit,
 };
 use crate::sandbox::{self, SandboxPlan};
 use std::net::SocketAddr;
@@ -44,7 +44,7 @@ pub async fn bind_listeners(config: &Config) -> anyhow::Result<Vec<Vec<Bound>>> 
         sets.push(bind_set(config, resolved.as_deref(), count > 1).await?);
     }
     if let (Some(addr), Some(first)) = (config.server.admin_listen, sets.first_mut()) {
-        first.push(bind_one(Handover::Proxy, addr, false, true, true).await?);
+        first.push(bind_one(Handover::Proxy, false, addr, false, true, true).await?);
     }
     Ok(sets)
 }
@@ -64,13 +64,14 @@ async fn bind_set(
     for (i, l) in config.server.listeners.iter().enumerate() {
         let addr = resolved.and_then(|r| r.get(i).copied()).unwrap_or(l.addr);
         let announce = resolved.is_none();
-        bound.push(bind_one(l.handover, addr, reuse_port, announce, false).await?);
+        bound.push(bind_one(l.handover, l.tls, addr, reuse_port, announce, false).await?);
     }
     Ok(bound)
 }
 
 async fn bind_one(
     handover: Handover,
+    tls: bool,
     addr: SocketAddr,
     reuse_port: bool,
     announce: bool,
@@ -97,6 +98,8 @@ async fn bind_one(
     let bound = listener.local_addr()?;
     if admin {
         info!("admin listener on {bound} (/metrics, /health)");
+    } else if announce && tls {
+        info!("listening on {bound} (tls)");
     } else if announce {
         let name = match handover {
             Handover::Pass => "pass",
@@ -110,8 +113,28 @@ async fn bind_one(
             addr: bound,
             handover,
             admin,
+            tls,
         },
     })
+}
+
+/// The host's certificates and keys, read here as root for the dispatcher, which
+/// runs as an account that may not read them itself.
+fn provider_certificates(config: &Config) -> anyhow::Result<Vec<ProviderCertPem>> {
+    config
+        .certificates
+        .iter()
+        .map(|c| {
+            let read =
+                |p: &Path| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
+            Ok(ProviderCertPem {
+                names: c.names.clone(),
+                default: c.default,
+                cert_pem: read(&c.cert)?,
+                key_pem: read(&c.key)?,
+            })
+        })
+        .collect()
 }
 
 /// Host → site → tenant, all the dispatcher knows of the sites.
@@ -124,6 +147,7 @@ pub fn routing(config: &Config) -> Routing {
                 site: s.name.clone(),
                 aliases: s.aliases.clone(),
                 tenant: s.tenant.clone(),
+                own_tls: s.tls.is_some(),
             })
             .collect(),
         default_site: config.server.default_site.clone(),
@@ -163,6 +187,7 @@ pub async fn start_dispatcher(
         routing: routing(config),
         limits: config.server.limits,
         metrics_file: metrics_file(config),
+        certificates: provider_certificates(config)?,
     };
     // The caller sends this once it watches the child: a dispatcher that dies at
     // once must be seen exiting, not make the send fail the master.

@@ -27,25 +27,30 @@ const MAX_LOCAL_REDIRECTS: u32 = 5;
 
 pub async fn serve(tenant: Arc<Tenant>, peer: Arc<PeerChannel>, handoff: Handoff, fd: OwnedFd) {
     let send_timeout = tenant.limits.send_timeout;
+    let _held = tenant.lifecycle.connection();
     let stream = match handoff.handover {
+        _ if handoff.tls_handshake => tls_handshake(&tenant, &handoff, fd).await,
         Handover::Pass => Stream::tcp(fd, send_timeout),
         Handover::Proxy => Stream::unix(fd, send_timeout),
     };
     let mut stream = match stream {
         Ok(s) => s,
         Err(e) => {
-            warn!("taking over a connection: {e}");
+            debug!("taking over a connection: {e}");
             return;
         }
     };
-    let _held = tenant.lifecycle.connection();
     let limits = tenant.limits;
-    let mut buf = BytesMut::from(&handoff.buffered[..]);
+    let mut buf = if handoff.tls_handshake {
+        BytesMut::new()
+    } else {
+        BytesMut::from(&handoff.buffered[..])
+    };
     let mut site_hint = Some(handoff.site.as_str());
     let mut idle = limits.header_timeout;
     loop {
         let read = read_head(&mut stream, &mut buf, &limits, idle);
-        let read = if handoff.handover == Handover::Pass {
+        let read = if handoff.handover == Handover::Pass && !handoff.tls_handshake {
             // A retiring worker gives connections that wait for their next request back
             // to the dispatcher, which passes them to the tenant's new worker. A head
             // already buffered is still served here (`biased`).
@@ -76,6 +81,11 @@ pub async fn serve(tenant: Arc<Tenant>, peer: Arc<PeerChannel>, handoff: Handoff
         };
         idle = limits.keepalive_timeout;
         let site = match handoff.handover {
+            // An HTTPS connection with the site's own certificate serves that site's
+            // names only (RFC 9110 §15.5.20: anything else is 421, below).
+            _ if handoff.tls_handshake => tenant
+                .site_named(&handoff.site)
+                .filter(|s| head.host.as_deref().is_some_and(|h| serves_host(s, h))),
             // The relay stream belongs to one site: the dispatcher routed it.
             Handover::Proxy => tenant.site_named(&handoff.site),
             Handover::Pass => match site_hint.take() {
@@ -84,7 +94,7 @@ pub async fn serve(tenant: Arc<Tenant>, peer: Arc<PeerChannel>, handoff: Handoff
             },
         };
         let Some(site) = site.cloned() else {
-            if handoff.handover == Handover::Pass {
+            if handoff.handover == Handover::Pass && !handoff.tls_handshake {
                 hand_back(stream, buf, &handoff, &peer).await;
             } else {
                 respond_and_close(
@@ -116,6 +126,30 @@ pub async fn serve(tenant: Arc<Tenant>, peer: Arc<PeerChannel>, handoff: Handoff
     }
 }
 
+fn serves_host(site: &SiteState, host: &str) -> bool {
+    site.config.name == host || site.config.aliases.iter().any(|a| a == host)
+}
+
+/// The handshake of an HTTPS connection for a site with its own certificate, with the
+/// ClientHello the dispatcher read first.
+async fn tls_handshake(tenant: &Tenant, handoff: &Handoff, fd: OwnedFd) -> std::io::Result<Stream> {
+    let config = match tenant
+        .site_named(&handoff.site)
+        .and_then(|s| s.tls.as_ref())
+    {
+        Some(Ok(config)) => config.clone(),
+        Some(Err(reason)) => return Err(std::io::Error::other(reason.clone())),
+        None => return Err(std::io::Error::other("the site has no certificate here")),
+    };
+    let tcp = tokio::net::TcpStream::from_std(std::net::TcpStream::from(fd))?;
+    let prefixed = crate::tls::Prefixed::new(handoff.buffered.clone(), tcp);
+    let accept = tokio_rustls::TlsAcceptor::from(config).accept(prefixed);
+    let tls = tokio::time::timeout(tenant.limits.header_timeout, accept)
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake"))??;
+    Ok(Stream::tls(tls, tenant.limits.send_timeout))
+}
+
 /// The next request is another tenant's: give the socket and the unread bytes back to
 /// the dispatcher that sent the connection. The client sees nothing of this.
 async fn hand_back(stream: Stream, buf: BytesMut, from: &Handoff, peer: &PeerChannel) {
@@ -132,6 +166,8 @@ async fn hand_back(stream: Stream, buf: BytesMut, from: &Handoff, peer: &PeerCha
         local: from.local,
         site: String::new(),
         buffered: buf.to_vec(),
+        tls_handshake: false,
+        secure: false,
     };
     if let Err(e) = peer
         .send(&WorkerToDispatcher::HandBack(handoff), &[fd.as_fd()])
@@ -194,6 +230,7 @@ async fn respond(
                     path: &path,
                     peer: handoff.peer,
                     local: handoff.local,
+                    secure: handoff.secure,
                 };
                 break app::serve(call, stream, buf).await?;
             }
@@ -206,6 +243,7 @@ async fn respond(
                     path: &path,
                     peer: handoff.peer,
                     local: handoff.local,
+                    secure: handoff.secure,
                 };
                 let outcome = if route.handler == Handler::FastCgi {
                     fastcgi::serve(call, stream, buf).await?

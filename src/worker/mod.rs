@@ -46,6 +46,9 @@ pub struct SiteState {
     pub gate: Option<gate::Gate>,
     /// Requests and bytes, reported to the master for accounting.
     pub counters: crate::accounting::SiteCounters,
+    /// The site's own certificate, read as the tenant; `Err` says why it could not be
+    /// (its HTTPS connections are then closed and the reason is in the error log).
+    pub tls: Option<Result<Arc<rustls::ServerConfig>, String>>,
 }
 
 /// A site log file the master opened. Replaced when the master reopens the logs
@@ -257,6 +260,21 @@ async fn flush_usage(tenant: &Tenant, master: &Channel<WorkerToMaster, MasterToW
     }
 }
 
+/// The site's certificate and key, read here with the tenant's permissions: condo's
+/// privileged processes never open them.
+fn site_tls(
+    site: &Site,
+    files: &crate::config::SiteTls,
+) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+    let key = crate::tls::load_certified_key(&files.cert, &files.key)?;
+    let mut by_name = crate::tls::ByName::default();
+    let names = std::iter::once(site.name.clone())
+        .chain(site.aliases.iter().cloned())
+        .collect();
+    by_name.add(names, Arc::new(key), true);
+    crate::tls::server_config(Arc::new(by_name))
+}
+
 fn open_site(config: Site) -> SiteState {
     let files = rustix::fs::open(
         &config.root,
@@ -276,7 +294,15 @@ fn open_site(config: Site) -> SiteState {
         warn!(site = config.name, "{reason}");
         reason
     });
+    let tls = config.tls.as_ref().map(|files| {
+        site_tls(&config, files).map_err(|e| {
+            let reason = format!("the site's certificate: {e:#}");
+            warn!(site = config.name, "{reason}");
+            reason
+        })
+    });
     SiteState {
+        tls,
         counters: Default::default(),
         gate: config
             .max_clients

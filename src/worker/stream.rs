@@ -11,6 +11,7 @@ use tokio::io::{AsyncRead, AsyncWrite, Interest, ReadBuf};
 use tokio::net::{TcpStream, UnixStream};
 
 use crate::http::io::{Stall, send_timed_out};
+use crate::tls::Prefixed;
 
 /// A client connection with a send timeout ([`Stall`]): a client that stops reading
 /// loses its connection after `send_timeout`.
@@ -31,6 +32,8 @@ enum Inner {
     },
     Tcp(TcpStream),
     Unix(UnixStream),
+    /// HTTPS with the site's own certificate: no sendfile, files are copied.
+    Tls(Box<tokio_rustls::server::TlsStream<Prefixed<TcpStream>>>),
     /// Only while switching states.
     Gone,
 }
@@ -58,6 +61,13 @@ impl Stream {
             unix: true,
         };
         Ok(Self::new(inner, send_timeout))
+    }
+
+    pub fn tls(
+        stream: tokio_rustls::server::TlsStream<Prefixed<TcpStream>>,
+        send_timeout: Duration,
+    ) -> Self {
+        Self::new(Inner::Tls(Box::new(stream)), send_timeout)
     }
 
     fn new(inner: Inner, send_timeout: Duration) -> Self {
@@ -114,6 +124,11 @@ impl Inner {
             Inner::Unregistered { fd, .. } => fd,
             Inner::Tcp(s) => OwnedFd::from(s.into_std()?),
             Inner::Unix(s) => OwnedFd::from(s.into_std()?),
+            Inner::Tls(_) => {
+                return Err(io::Error::other(
+                    "a TLS connection cannot change hands after its handshake",
+                ));
+            }
             Inner::Gone => return Err(gone()),
         })
     }
@@ -128,6 +143,9 @@ impl Stream {
         mut offset: u64,
         len: u64,
     ) -> io::Result<()> {
+        if let Inner::Tls(_) = self.inner {
+            return self.copy_file(file, offset, len).await;
+        }
         let end = offset + len;
         while offset < end {
             let want = (end - offset).min(1 << 30) as usize;
@@ -160,7 +178,7 @@ impl Stream {
                         want,
                     )?)
                 }),
-                Inner::Gone => return Err(gone()),
+                Inner::Tls(_) | Inner::Gone => return Err(gone()),
             };
             match sent {
                 Ok(0) => {
@@ -173,6 +191,34 @@ impl Stream {
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) => return Err(e),
             }
+        }
+        Ok(())
+    }
+}
+
+impl Stream {
+    /// sendfile's stand-in where the kernel cannot encrypt: read and write in chunks.
+    async fn copy_file(
+        &mut self,
+        file: &std::fs::File,
+        mut offset: u64,
+        len: u64,
+    ) -> io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        use tokio::io::AsyncWriteExt;
+        let end = offset + len;
+        let mut chunk = vec![0u8; 64 * 1024];
+        while offset < end {
+            let want = ((end - offset) as usize).min(chunk.len());
+            let n = file.read_at(&mut chunk[..want], offset)?;
+            if n == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "file shrank while being sent",
+                ));
+            }
+            self.write_all(&chunk[..n]).await?;
+            offset += n as u64;
         }
         Ok(())
     }
@@ -191,6 +237,7 @@ impl AsyncRead for Stream {
         match &mut this.inner {
             Inner::Tcp(s) => Pin::new(s).poll_read(cx, buf),
             Inner::Unix(s) => Pin::new(s).poll_read(cx, buf),
+            Inner::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
             _ => Poll::Ready(Err(gone())),
         }
     }
@@ -215,6 +262,7 @@ impl AsyncWrite for Stream {
         let polled = match &mut this.inner {
             Inner::Tcp(s) => Pin::new(s).poll_write(cx, buf),
             Inner::Unix(s) => Pin::new(s).poll_write(cx, buf),
+            Inner::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
             _ => Poll::Ready(Err(gone())),
         };
         this.stall.check(cx, polled)
@@ -224,6 +272,7 @@ impl AsyncWrite for Stream {
         match &mut self.get_mut().inner {
             Inner::Tcp(s) => Pin::new(s).poll_flush(cx),
             Inner::Unix(s) => Pin::new(s).poll_flush(cx),
+            Inner::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
             _ => Poll::Ready(Ok(())),
         }
     }
@@ -232,6 +281,7 @@ impl AsyncWrite for Stream {
         match &mut self.get_mut().inner {
             Inner::Tcp(s) => Pin::new(s).poll_shutdown(cx),
             Inner::Unix(s) => Pin::new(s).poll_shutdown(cx),
+            Inner::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
             Inner::Unregistered { fd, .. } => Poll::Ready(
                 rustix::net::shutdown(&*fd, rustix::net::Shutdown::Write).map_err(io::Error::from),
             ),

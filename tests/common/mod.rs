@@ -191,6 +191,8 @@ pub struct Condo {
     child: Child,
     pub pass: SocketAddr,
     pub proxy: Option<SocketAddr>,
+    /// The first TLS listener, if the config has one.
+    pub tls: Option<SocketAddr>,
     pub log: Arc<Mutex<Vec<String>>>,
 }
 
@@ -214,20 +216,27 @@ impl Condo {
                 if let Some(rest) = line.split("listening on ").nth(1) {
                     let mut words = rest.split_whitespace();
                     let addr: SocketAddr = words.next().unwrap().parse().unwrap();
-                    let proxy = rest.contains("handover proxy");
-                    let _ = tx.send((addr, proxy));
+                    let kind = if rest.contains("(tls)") {
+                        2
+                    } else {
+                        u8::from(rest.contains("handover proxy"))
+                    };
+                    let _ = tx.send((addr, kind));
                 }
                 sink.lock().unwrap().push(line);
             }
         });
         let mut pass = None;
         let mut proxy = None;
+        let mut tls = None;
+        let wants_tls = std::fs::read_to_string(config).is_ok_and(|c| c.contains("tls_listen"));
         let deadline = Instant::now() + Duration::from_secs(20);
-        while pass.is_none() || proxy.is_none() {
+        while pass.is_none() || proxy.is_none() || (wants_tls && tls.is_none()) {
             let left = deadline.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left) {
-                Ok((addr, true)) => proxy = Some(addr),
-                Ok((addr, false)) => pass = Some(addr),
+                Ok((addr, 2)) => tls = tls.or(Some(addr)),
+                Ok((addr, 1)) => proxy = Some(addr),
+                Ok((addr, _)) => pass = Some(addr),
                 Err(_) => break,
             }
         }
@@ -235,6 +244,7 @@ impl Condo {
             child,
             pass: pass.unwrap_or_else(|| "0.0.0.0:0".parse().unwrap()),
             proxy,
+            tls,
             log,
         };
         if pass.is_none() {

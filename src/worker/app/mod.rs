@@ -370,9 +370,10 @@ fn request_head(call: &CgiCall<'_>, upgrade: bool) -> Vec<u8> {
         std::net::IpAddr::V4(v4) => v4.to_string(),
         std::net::IpAddr::V6(v6) => format!("\"[{v6}]\""),
     };
+    let proto = if call.secure { "https" } else { "http" };
     out.extend_from_slice(
         format!(
-            "X-Forwarded-For: {ip}\r\nX-Forwarded-Proto: http\r\nForwarded: for={node};proto=http\r\n"
+            "X-Forwarded-For: {ip}\r\nX-Forwarded-Proto: {proto}\r\nForwarded: for={node};proto={proto}\r\n"
         )
         .as_bytes(),
     );

@@ -45,6 +45,8 @@ pub struct CgiCall<'a> {
     pub path: &'a str,
     pub peer: SocketAddr,
     pub local: SocketAddr,
+    /// The client's connection is HTTPS.
+    pub secure: bool,
 }
 
 pub enum CgiOutcome {
@@ -340,7 +342,7 @@ pub(super) fn meta_variables(
         remote: call.peer,
         local: call.local,
         server_name: &call.site.config.name,
-        https: false,
+        https: call.secure,
         document_root: &call.site.config.root,
         script_name: &script.script_name,
         script_filename: script_file,

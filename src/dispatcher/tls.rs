@@ -1,0 +1,180 @@
+//! HTTPS in the dispatcher: read the ClientHello, then either pass the raw connection to
+//! the worker of a site with its own certificate, or terminate TLS with one of the
+//! host's certificates and proxy each request (see [`crate::tls`]).
+
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::OwnedFd;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use bytes::BytesMut;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tracing::{debug, warn};
+
+use super::Dispatcher;
+use crate::ipc::{Handoff, ProviderCertPem};
+use crate::tls::{self, ByName, Prefixed};
+
+/// The host's certificates, ready for handshakes.
+pub struct Provider {
+    pub by_name: Arc<ByName>,
+    pub config: Arc<rustls::ServerConfig>,
+}
+
+impl Provider {
+    pub fn new(certs: Vec<ProviderCertPem>) -> anyhow::Result<Option<Self>> {
+        if certs.is_empty() {
+            return Ok(None);
+        }
+        let mut by_name = ByName::default();
+        for c in certs {
+            let key = tls::certified_key_from_pem(&c.cert_pem, &c.key_pem)?;
+            by_name.add(c.names, Arc::new(key), c.default);
+        }
+        let by_name = Arc::new(by_name);
+        let config = tls::server_config(by_name.clone())?;
+        Ok(Some(Self { by_name, config }))
+    }
+}
+
+/// A client connection as the dispatcher serves it: plain, or TLS it terminated.
+pub enum ClientConn {
+    Tcp(TcpStream),
+    Tls(Box<tokio_rustls::server::TlsStream<Prefixed<TcpStream>>>),
+}
+
+impl AsyncRead for ClientConn {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ClientConn::Tcp(s) => Pin::new(s).poll_read(cx, buf),
+            ClientConn::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for ClientConn {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            ClientConn::Tcp(s) => Pin::new(s).poll_write(cx, buf),
+            ClientConn::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ClientConn::Tcp(s) => Pin::new(s).poll_flush(cx),
+            ClientConn::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ClientConn::Tcp(s) => Pin::new(s).poll_shutdown(cx),
+            ClientConn::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+impl Dispatcher {
+    /// A new connection on a TLS listener.
+    pub(super) async fn tls_connection(
+        self: Arc<Self>,
+        fd: OwnedFd,
+        peer: SocketAddr,
+        local: SocketAddr,
+    ) {
+        let Ok(mut stream) = super::tcp_stream(fd) else {
+            return;
+        };
+        let deadline = tokio::time::Instant::now() + self.limits.header_timeout;
+        let mut buf = BytesMut::with_capacity(2048);
+        let hello = loop {
+            match tls::peek_client_hello(&buf) {
+                Ok(Some(hello)) => break hello,
+                Ok(None) if buf.len() < tls::MAX_CLIENT_HELLO => {}
+                Ok(None) => return,
+                Err(e) => {
+                    debug!(%peer, "not a TLS ClientHello: {e}");
+                    return;
+                }
+            }
+            match tokio::time::timeout_at(deadline, stream.read_buf(&mut buf)).await {
+                Ok(Ok(n)) if n > 0 => {}
+                _ => return,
+            }
+        };
+        let routing = self.routing.load_full();
+        if let Some(route) = routing
+            .table
+            .exact(hello.sni.as_deref())
+            .filter(|r| r.own_tls)
+        {
+            // The site's own certificate: the tenant's worker does the handshake.
+            let handoff = Handoff {
+                handover: crate::config::Handover::Pass,
+                peer,
+                local,
+                site: route.site.clone(),
+                buffered: buf.to_vec(),
+                tls_handshake: true,
+                secure: true,
+            };
+            let Ok(std) = stream.into_std() else { return };
+            let fd = OwnedFd::from(std);
+            if let Err(reason) = self.workers.hand_over(&route.tenant, &handoff, &fd).await {
+                // Nothing can be said in HTTP before a handshake: the client sees a close.
+                warn!(tenant = route.tenant, site = route.site, "{reason}");
+            }
+            return;
+        }
+        let Some(provider) = &self.provider else {
+            debug!(%peer, sni = ?hello.sni, "no certificate for this name; closing");
+            return;
+        };
+        // Without a certificate for the name (and no default) rustls answers the
+        // ClientHello with an alert.
+        let acceptor = tokio_rustls::LazyConfigAcceptor::new(
+            rustls::server::Acceptor::default(),
+            Prefixed::new(buf.to_vec(), stream),
+        );
+        let handshake = async {
+            let start = acceptor.await?;
+            start.into_stream(provider.config.clone()).await
+        };
+        let tls = match tokio::time::timeout_at(deadline, handshake).await {
+            Ok(Ok(tls)) => tls,
+            Ok(Err(e)) => {
+                debug!(%peer, sni = ?hello.sni, "TLS handshake: {e}");
+                return;
+            }
+            Err(_) => return,
+        };
+        let names = provider
+            .by_name
+            .names_for(hello.sni.as_deref())
+            .map(<[String]>::to_vec)
+            .unwrap_or_default();
+        let idle = self.limits.header_timeout;
+        self.serve_connection(
+            ClientConn::Tls(Box::new(tls)),
+            peer,
+            local,
+            crate::config::Handover::Proxy,
+            BytesMut::new(),
+            idle,
+            Some(names),
+        )
+        .await;
+    }
+}

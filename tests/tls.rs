@@ -1,0 +1,254 @@
+//! HTTPS: a site's own certificate is used only in its tenant's worker (the dispatcher
+//! cannot read the key and its memory never holds it); the host's wildcard certificate
+//! is terminated in the dispatcher; SNI and Host must agree (421); an unknown name gets
+//! no certificate. Real rustls on condo's side, real curl (OpenSSL) as the client, a CA
+//! and certificates made with rcgen for each test.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use common::*;
+
+struct Pki {
+    ca_pem: PathBuf,
+    ca: rcgen::Issuer<'static, rcgen::KeyPair>,
+}
+
+impl Pki {
+    fn new(dir: &Path) -> Self {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "condo test CA");
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        let ca_pem = dir.join("ca.pem");
+        std::fs::write(&ca_pem, cert.pem()).unwrap();
+        Self {
+            ca_pem,
+            ca: rcgen::Issuer::new(params, key),
+        }
+    }
+
+    /// A certificate for `names`: (cert PEM, key PEM, key DER).
+    fn issue(&self, names: &[&str]) -> (String, String, Vec<u8>) {
+        let params =
+            rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.ca).unwrap();
+        (cert.pem(), key.serialize_pem(), key.serialize_der())
+    }
+}
+
+fn https(condo: &Condo, ca: &Path, sni: &str, host: Option<&str>, path: &str) -> (String, bool) {
+    let port = condo.tls.expect("a TLS listener").port();
+    let mut args = vec![
+        "-s".to_string(),
+        "--cacert".into(),
+        ca.display().to_string(),
+        "--resolve".into(),
+        format!("{sni}:{port}:127.0.0.1"),
+        "-w".into(),
+        "\n%{http_code}".into(),
+    ];
+    if let Some(h) = host {
+        args.push("-H".into());
+        args.push(format!("Host: {h}"));
+    }
+    args.push(format!("https://{sni}:{port}{path}"));
+    let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+    curl(&refs)
+}
+
+/// Does the memory of process `pid` contain `needle`? (Root reads /proc/PID/mem.)
+fn memory_contains(pid: u32, needle: &[u8]) -> bool {
+    use std::io::{Read, Seek, SeekFrom};
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    let mut mem = std::fs::File::open(format!("/proc/{pid}/mem")).unwrap();
+    for line in maps.lines() {
+        let mut fields = line.split_whitespace();
+        let range = fields.next().unwrap();
+        let perms = fields.next().unwrap();
+        if !perms.starts_with('r') || line.contains("[vvar]") || line.contains("[vsyscall]") {
+            continue;
+        }
+        let (start, end) = range.split_once('-').unwrap();
+        let start = u64::from_str_radix(start, 16).unwrap();
+        let end = u64::from_str_radix(end, 16).unwrap();
+        if end - start > 1 << 30 {
+            continue;
+        }
+        let mut buf = vec![0u8; (end - start) as usize];
+        if mem.seek(SeekFrom::Start(start)).is_err() || mem.read_exact(&mut buf).is_err() {
+            continue;
+        }
+        if buf.windows(needle.len()).any(|w| w == needle) {
+            return true;
+        }
+    }
+    false
+}
+
+#[test]
+fn own_and_provider_certificates_sni_and_host() {
+    if !require_root() {
+        return;
+    }
+    let t = TwoTenants::new();
+    let pki = Pki::new(t.dir.path());
+    // Tenant a's own certificate, in a's home, the key readable by a only.
+    let (a_cert, a_key, a_key_der) = pki.issue(&["a.test", "www.a.test"]);
+    let a_tls = t.root_a.parent().unwrap().join("tls");
+    std::fs::create_dir(&a_tls).unwrap();
+    chown(&a_tls, &t.a, 0o700);
+    write_owned(&a_tls.join("cert.pem"), a_cert.as_bytes(), &t.a, 0o644);
+    write_owned(&a_tls.join("key.pem"), a_key.as_bytes(), &t.a, 0o600);
+    // The host's wildcard for customer subdomains, root's.
+    let (w_cert, w_key, _) = pki.issue(&["*.hosting.test"]);
+    let host_tls = t.dir.path().join("host-tls");
+    std::fs::create_dir(&host_tls).unwrap();
+    std::fs::write(host_tls.join("wild.pem"), w_cert).unwrap();
+    std::fs::write(host_tls.join("wild.key"), w_key).unwrap();
+    std::fs::set_permissions(
+        host_tls.join("wild.key"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+
+    let config = t.config("tls_listen = [\"127.0.0.1:0\"]");
+    let main = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        format!(
+            "{main}\n[[certificate]]\nnames = [\"*.hosting.test\"]\ncert = \"{}\"\nkey = \"{}\"\n",
+            host_tls.join("wild.pem").display(),
+            host_tls.join("wild.key").display()
+        ),
+    )
+    .unwrap();
+    let site_a = t.dir.path().join("sites/a.toml");
+    let text = std::fs::read_to_string(&site_a).unwrap();
+    std::fs::write(
+        &site_a,
+        text.replacen(
+            "tenant = \"a\"\n",
+            &format!(
+                "tenant = \"a\"\ntls = {{ cert = \"{}\", key = \"{}\" }}\n",
+                a_tls.join("cert.pem").display(),
+                a_tls.join("key.pem").display()
+            ),
+            1,
+        ),
+    )
+    .unwrap();
+    let site_b = t.dir.path().join("sites/b.toml");
+    let text = std::fs::read_to_string(&site_b).unwrap();
+    std::fs::write(
+        &site_b,
+        text.replacen(
+            "name = \"b.test\"\n",
+            "name = \"b.test\"\naliases = [\"b.hosting.test\"]\n",
+            1,
+        ),
+    )
+    .unwrap();
+    for name in ["a", "b"] {
+        t.script(
+            name,
+            "cgi-bin/https.sh",
+            "#!/bin/sh\nprintf 'Content-Type: text/plain\\n\\nhttps=%s\\n' \"${HTTPS:-off}\"\n",
+        );
+        t.append_site(
+            name,
+            "[[site.route]]\npath = \"/cgi-bin/\"\nhandler = \"cgi\"",
+        );
+    }
+    let condo = Condo::start(&config);
+    let ca = &pki.ca_pem;
+    // Scripts know the request came over HTTPS, on both paths, and plain HTTP is not.
+    for sni in ["a.test", "b.hosting.test"] {
+        let (out, ok) = https(&condo, ca, sni, None, "/cgi-bin/https.sh");
+        assert!(ok && out == "https=on\n\n200", "{sni}: {out}");
+    }
+    let (out, _) = curl(&[
+        "-H",
+        "Host: a.test",
+        &format!("http://{}/cgi-bin/https.sh", condo.pass),
+    ]);
+    assert_eq!(out, "https=off\n");
+
+    // a's own certificate, verified by curl for a.test and www.a.test.
+    let (out, ok) = https(&condo, ca, "a.test", None, "/");
+    assert!(ok && out == "site A\n\n200", "{out}\n{}", condo.log_text());
+    let (out, ok) = https(&condo, ca, "www.a.test", None, "/");
+    assert!(ok && out == "site A\n\n200", "{out}");
+    // b through the host's wildcard, terminated in the dispatcher.
+    let (out, ok) = https(&condo, ca, "b.hosting.test", None, "/");
+    assert!(ok && out == "site B\n\n200", "{out}\n{}", condo.log_text());
+    // Keep-alive over both paths: two requests on one connection.
+    let port = condo.tls.unwrap().port();
+    for sni in ["a.test", "b.hosting.test"] {
+        let (out, ok) = curl(&[
+            "--cacert",
+            &ca.display().to_string(),
+            "--resolve",
+            &format!("{sni}:{port}:127.0.0.1"),
+            &format!("https://{sni}:{port}/"),
+            &format!("https://{sni}:{port}/"),
+        ]);
+        assert!(ok && out.matches("site").count() == 2, "{sni}: {out}");
+    }
+
+    // SNI and Host must agree: a's connection cannot reach b, nor b's reach a.
+    let (out, _) = https(&condo, ca, "a.test", Some("b.test"), "/");
+    assert!(out.ends_with("\n421"), "{out}");
+    let (out, _) = https(&condo, ca, "b.hosting.test", Some("a.test"), "/");
+    assert!(out.ends_with("\n421"), "{out}");
+    // A name no certificate covers (and no default): no handshake.
+    let (out, ok) = https(&condo, ca, "nobody.test", None, "/");
+    assert!(!ok, "{out}");
+
+    // The dispatcher cannot read a's key, and its memory does not hold it; the worker
+    // of a, which did the handshakes, does (so the scan can find it).
+    let dispatcher = condo.wait_child("dispatcher", None);
+    let worker_a = condo.wait_child("worker", Some("a"));
+    let out = Command::new("setpriv")
+        .arg(format!("--reuid={}", t.dispatcher.uid))
+        .arg(format!("--regid={}", t.dispatcher.gid))
+        .arg("--clear-groups")
+        .args(["cat"])
+        .arg(a_tls.join("key.pem"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success(), "the dispatcher user read a's key");
+    // The private scalar (PKCS#8 ECDSA: after INTEGER 1, OCTET STRING of 32 bytes) and a
+    // line of the PEM text the worker read.
+    let at = a_key_der
+        .windows(5)
+        .position(|w| w == [0x02, 0x01, 0x01, 0x04, 0x20])
+        .expect("an EC private key")
+        + 5;
+    let scalar = &a_key_der[at..at + 32];
+    let pem_line = a_key.lines().nth(2).expect("a PEM body line").as_bytes();
+    assert!(
+        memory_contains(worker_a, scalar) || memory_contains(worker_a, pem_line),
+        "the scan found a's key nowhere, not even in a's worker"
+    );
+    for needle in [scalar, pem_line] {
+        assert!(
+            !memory_contains(dispatcher, needle),
+            "a's private key is in the dispatcher's memory"
+        );
+    }
+    let fds: Vec<String> = std::fs::read_dir(format!("/proc/{dispatcher}/fd"))
+        .unwrap()
+        .flatten()
+        .filter_map(|e| std::fs::read_link(e.path()).ok())
+        .map(|p| p.display().to_string())
+        .collect();
+    assert!(!fds.iter().any(|f| f.contains("key.pem")), "{fds:?}");
+}
