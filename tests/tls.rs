@@ -137,7 +137,7 @@ fn own_and_provider_certificates_sni_and_host() {
         text.replacen(
             "tenant = \"a\"\n",
             &format!(
-                "tenant = \"a\"\ntls = {{ cert = \"{}\", key = \"{}\" }}\n",
+                "tenant = \"a\"\ntls = {{ cert = \"{}\", key = \"{}\" }}\nhttps_redirect = true\nhsts = \"max-age=600\"\n",
                 a_tls.join("cert.pem").display(),
                 a_tls.join("key.pem").display()
             ),
@@ -176,10 +176,44 @@ fn own_and_provider_certificates_sni_and_host() {
     }
     let (out, _) = curl(&[
         "-H",
-        "Host: a.test",
+        "Host: b.test",
         &format!("http://{}/cgi-bin/https.sh", condo.pass),
     ]);
     assert_eq!(out, "https=off\n");
+    // a redirects plain HTTP to HTTPS and sends HSTS over HTTPS only.
+    for addr in [condo.pass, condo.proxy()] {
+        let (head, _) = curl(&["-si", "-H", "Host: a.test", &format!("http://{addr}/x?y=1")]);
+        assert!(head.starts_with("HTTP/1.1 301"), "{head}");
+        assert!(
+            head.contains("Location: https://a.test/x?y=1\r\n"),
+            "{head}"
+        );
+        assert!(!head.contains("Strict-Transport-Security"), "{head}");
+        let (head, _) = curl(&[
+            "-si",
+            "-X",
+            "POST",
+            "-H",
+            "Host: a.test",
+            &format!("http://{addr}/form"),
+        ]);
+        assert!(head.starts_with("HTTP/1.1 308"), "{head}");
+    }
+    let port = condo.tls.unwrap().port();
+    for path in ["/", "/cgi-bin/https.sh", "/missing"] {
+        let (head, _) = curl(&[
+            "-si",
+            "--cacert",
+            &ca.display().to_string(),
+            "--resolve",
+            &format!("a.test:{port}:127.0.0.1"),
+            &format!("https://a.test:{port}{path}"),
+        ]);
+        assert!(
+            head.contains("Strict-Transport-Security: max-age=600\r\n"),
+            "{path}: {head}"
+        );
+    }
 
     // a's own certificate, verified by curl for a.test and www.a.test.
     let (out, ok) = https(&condo, ca, "a.test", None, "/");

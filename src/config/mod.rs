@@ -143,6 +143,18 @@ pub struct Site {
     pub nice: Option<i32>,
     /// The site's own certificate (TLS ends in the tenant's worker).
     pub tls: Option<SiteTls>,
+    /// Plain-HTTP requests get a 301 to `https://` on this port.
+    pub https_redirect: Option<u16>,
+    /// `Strict-Transport-Security` value for HTTPS responses.
+    pub hsts: Option<String>,
+}
+
+/// `https_redirect = true` (port 443) or the HTTPS port.
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum RedirectSetting {
+    On(bool),
+    Port(u16),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -435,6 +447,8 @@ struct SiteSection {
     max_clients: Option<usize>,
     nice: Option<i32>,
     tls: Option<SiteTls>,
+    https_redirect: Option<RedirectSetting>,
+    hsts: Option<String>,
     queue_max: Option<usize>,
     queue_timeout: Option<String>,
 }
@@ -1003,6 +1017,23 @@ fn validate_site(
             ));
         }
     }
+    let https_redirect = match s.https_redirect {
+        None | Some(RedirectSetting::On(false)) => None,
+        Some(RedirectSetting::On(true)) => Some(443),
+        Some(RedirectSetting::Port(0)) => {
+            diags.push(source.error(&format!("{key}.https_redirect"), "true, or a port"));
+            None
+        }
+        Some(RedirectSetting::Port(port)) => Some(port),
+    };
+    if let Some(value) = &s.hsts
+        && (!value.starts_with("max-age=") || value.bytes().any(|b| b.is_ascii_control()))
+    {
+        diags.push(source.error(
+            &format!("{key}.hsts"),
+            "a Strict-Transport-Security value such as \"max-age=31536000; includeSubDomains\"",
+        ));
+    }
     if let Some(tls) = &s.tls {
         for (k, path) in [("cert", &tls.cert), ("key", &tls.key)] {
             if !path.is_absolute() {
@@ -1034,6 +1065,8 @@ fn validate_site(
         max_clients: s.max_clients,
         nice: s.nice,
         tls: s.tls,
+        https_redirect,
+        hsts: s.hsts,
         queue_max,
         queue_timeout,
     })

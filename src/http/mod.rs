@@ -25,6 +25,7 @@ pub fn reason(status: u16) -> &'static str {
         206 => "Partial Content",
         301 => "Moved Permanently",
         302 => "Found",
+        308 => "Permanent Redirect",
         304 => "Not Modified",
         400 => "Bad Request",
         403 => "Forbidden",

@@ -195,6 +195,11 @@ async fn respond(
     handoff: &Handoff,
 ) -> std::io::Result<bool> {
     let started = Instant::now();
+    if let Some(port) = site.config.https_redirect
+        && !handoff.secure
+    {
+        return redirect_to_https(tenant, site, stream, head, handoff, port, started).await;
+    }
     let _slot = match &site.gate {
         None => None,
         Some(gate) => match gate.enter().await {
@@ -278,13 +283,14 @@ async fn respond(
                             static_files::error_response(status),
                             &request,
                             false,
+                            site_headers(site, handoff.secure),
                         )
                         .await?;
                         break (status, sent, false);
                     }
                 }
             }
-            _ => break serve_static(tenant, site, stream, buf, &request).await?,
+            _ => break serve_static(tenant, site, stream, buf, &request, handoff.secure).await?,
         }
     };
     log_access(tenant, site, head, handoff, status, sent, started);
@@ -316,6 +322,46 @@ async fn refuse_busy(
     stream.write_all(&page).await?;
     log_access(tenant, site, head, handoff, 503, 0, started);
     Ok(false)
+}
+
+/// A plain-HTTP request for a site with `https_redirect`: 301 to the same URL over
+/// HTTPS (308 for methods other than GET and HEAD, so the method is kept).
+async fn redirect_to_https(
+    tenant: &Tenant,
+    site: &SiteState,
+    stream: &mut Stream,
+    head: &RequestHead,
+    handoff: &Handoff,
+    port: u16,
+    started: Instant,
+) -> std::io::Result<bool> {
+    let host = head.host.as_deref().unwrap_or(&site.config.name);
+    let authority = if port == 443 {
+        host.to_string()
+    } else {
+        format!("{host}:{port}")
+    };
+    let status = if head.is_head() || head.method == head::Method::Get {
+        301
+    } else {
+        308
+    };
+    let location = format!("Location: https://{authority}{}\r\n", head.target);
+    // The body, if any, was not read: the connection ends after the answer.
+    let keep_alive = head.keep_alive && matches!(head.body, BodyFraming::None);
+    let page = http::error_response_with(status, keep_alive, head.is_head(), &location);
+    stream.write_all(&page).await?;
+    log_access(tenant, site, head, handoff, status, 0, started);
+    Ok(keep_alive)
+}
+
+/// Headers every response of the site gets: HSTS on HTTPS.
+pub(super) fn site_headers(site: &SiteState, secure: bool) -> Option<(&'static str, &str)> {
+    site.config
+        .hsts
+        .as_deref()
+        .filter(|_| secure)
+        .map(|v| ("Strict-Transport-Security", v))
 }
 
 fn log_access(
@@ -357,6 +403,7 @@ async fn serve_static(
     stream: &mut Stream,
     buf: &mut BytesMut,
     head: &RequestHead,
+    secure: bool,
 ) -> std::io::Result<(u16, u64, bool)> {
     let mut keep_alive = head.keep_alive;
     // Consume the request's body first, so the bytes after it are the next request.
@@ -390,7 +437,14 @@ async fn serve_static(
         Err(_) => static_files::error_response(500),
     };
     let status = response.status;
-    let sent = write_response(stream, response, head, keep_alive).await?;
+    let sent = write_response(
+        stream,
+        response,
+        head,
+        keep_alive,
+        site_headers(site, secure),
+    )
+    .await?;
     Ok((status, sent, keep_alive))
 }
 
@@ -450,14 +504,16 @@ async fn write_response(
     response: Response,
     head: &RequestHead,
     keep_alive: bool,
+    site_header: Option<(&'static str, &str)>,
 ) -> std::io::Result<u64> {
     let status = response.status;
     let length = response.content_length();
-    let headers: Vec<(&str, &str)> = response
+    let mut headers: Vec<(&str, &str)> = response
         .headers
         .iter()
         .map(|(n, v)| (*n, v.as_str()))
         .collect();
+    headers.extend(site_header);
     let framing = if head.is_head() {
         Framing::HeadOnly(Some(length))
     } else {

@@ -5,7 +5,7 @@
 mod access_log;
 mod app;
 pub(crate) mod cgi;
-mod conn;
+pub(crate) mod conn;
 pub(crate) mod fastcgi;
 mod gate;
 mod lifecycle;

@@ -206,10 +206,11 @@ async fn run(call: &CgiCall<'_>, stream: &mut Stream, buf: &mut BytesMut) -> Out
     if matches!(framing, Framing::UntilClose) {
         keep_alive = false;
     }
-    let pairs: Vec<(&str, &str)> = headers
+    let mut pairs: Vec<(&str, &str)> = headers
         .iter()
         .map(|(n, v)| (n.as_str(), v.as_str()))
         .collect();
+    pairs.extend(crate::worker::conn::site_headers(call.site, call.secure));
     let out = response_head(
         response.status,
         &reason,

@@ -277,6 +277,7 @@ async fn run(
     let running = slot.as_mut().expect("set when the script started");
     let outcome = answer(
         call.head,
+        crate::worker::conn::site_headers(call.site, call.secure),
         cgi_head,
         out,
         &mut stdout,
@@ -357,6 +358,7 @@ pub(super) fn meta_variables(
 /// already read after the head start). `head_sent` turns true once bytes went out.
 pub(super) async fn answer<R: AsyncRead + Unpin>(
     request: &RequestHead,
+    site_header: Option<(&'static str, &str)>,
     cgi_head: CgiHead,
     mut out: BytesMut,
     body: &mut R,
@@ -388,6 +390,7 @@ pub(super) async fn answer<R: AsyncRead + Unpin>(
     if let Some(Location::Client(uri) | Location::Local(uri)) = &cgi_head.location {
         headers.push(("Location", uri));
     }
+    headers.extend(site_header);
     let reason = cgi_head
         .reason
         .as_deref()

@@ -155,6 +155,7 @@ async fn run(
     let cgi_head = cgi_head?;
     let outcome = answer(
         call.head,
+        crate::worker::conn::site_headers(call.site, call.secure),
         cgi_head,
         out,
         &mut body,
