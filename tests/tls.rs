@@ -93,81 +93,119 @@ fn memory_contains(pid: u32, needle: &[u8]) -> bool {
     false
 }
 
+/// Tenants a and b over HTTPS: a with its own certificate (in a's home, key 0600 a's)
+/// for `a_names`, b as `b.hosting.test` (and `b.extra.test`) under the host's
+/// certificate for `host_names`; a `/cgi-bin/https.sh` on both.
+struct Setup {
+    t: TwoTenants,
+    pki: Pki,
+    config: PathBuf,
+    a_tls: PathBuf,
+    host_tls: PathBuf,
+    a_key: String,
+    a_key_der: Vec<u8>,
+}
+
+impl Setup {
+    fn new(a_names: &[&str], host_names: &[&str]) -> Self {
+        let t = TwoTenants::new();
+        let pki = Pki::new(t.dir.path());
+        let a_tls = t.root_a.parent().unwrap().join("tls");
+        std::fs::create_dir(&a_tls).unwrap();
+        chown(&a_tls, &t.a, 0o700);
+        let host_tls = t.dir.path().join("host-tls");
+        std::fs::create_dir(&host_tls).unwrap();
+        let config = t.config("tls_listen = [\"127.0.0.1:0\"]");
+        let main = std::fs::read_to_string(&config).unwrap();
+        std::fs::write(
+            &config,
+            format!(
+                "{main}\n[[certificate]]\nnames = [\"*.hosting.test\", \"*.extra.test\"]\ncert = \"{}\"\nkey = \"{}\"\n",
+                host_tls.join("wild.pem").display(),
+                host_tls.join("wild.key").display()
+            ),
+        )
+        .unwrap();
+        let edit = |file: &str, from: &str, to: &str| {
+            let path = t.dir.path().join(file);
+            let text = std::fs::read_to_string(&path).unwrap();
+            std::fs::write(&path, text.replacen(from, to, 1)).unwrap();
+        };
+        edit(
+            "sites/a.toml",
+            "aliases = [\"www.a.test\"]\n",
+            &format!(
+                "aliases = [\"www.a.test\", \"new.a.test\"]\ntls = {{ cert = \"{}\", key = \"{}\" }}\nhttps_redirect = true\nhsts = \"max-age=600\"\n",
+                a_tls.join("cert.pem").display(),
+                a_tls.join("key.pem").display()
+            ),
+        );
+        edit(
+            "sites/b.toml",
+            "name = \"b.test\"\n",
+            "name = \"b.test\"\naliases = [\"b.hosting.test\", \"b.extra.test\"]\n",
+        );
+        for name in ["a", "b"] {
+            t.script(
+                name,
+                "cgi-bin/https.sh",
+                "#!/bin/sh\nprintf 'Content-Type: text/plain\\n\\nhttps=%s\\n' \"${HTTPS:-off}\"\n",
+            );
+            t.append_site(
+                name,
+                "[[site.route]]\npath = \"/cgi-bin/\"\nhandler = \"cgi\"",
+            );
+        }
+        let mut setup = Self {
+            t,
+            pki,
+            config,
+            a_tls,
+            host_tls,
+            a_key: String::new(),
+            a_key_der: Vec::new(),
+        };
+        setup.write_certs(a_names, host_names);
+        setup
+    }
+
+    /// (Re)issue a's own certificate and the host's, in place.
+    fn write_certs(&mut self, a_names: &[&str], host_names: &[&str]) {
+        let (a_cert, a_key, a_key_der) = self.pki.issue(a_names);
+        write_owned(
+            &self.a_tls.join("cert.pem"),
+            a_cert.as_bytes(),
+            &self.t.a,
+            0o644,
+        );
+        write_owned(
+            &self.a_tls.join("key.pem"),
+            a_key.as_bytes(),
+            &self.t.a,
+            0o600,
+        );
+        let (w_cert, w_key, _) = self.pki.issue(host_names);
+        std::fs::write(self.host_tls.join("wild.pem"), w_cert).unwrap();
+        std::fs::write(self.host_tls.join("wild.key"), w_key).unwrap();
+        std::fs::set_permissions(
+            self.host_tls.join("wild.key"),
+            std::os::unix::fs::PermissionsExt::from_mode(0o600),
+        )
+        .unwrap();
+        self.a_key = a_key;
+        self.a_key_der = a_key_der;
+    }
+}
+
 #[test]
 fn own_and_provider_certificates_sni_and_host() {
     if !require_root() {
         return;
     }
-    let t = TwoTenants::new();
-    let pki = Pki::new(t.dir.path());
-    // Tenant a's own certificate, in a's home, the key readable by a only.
-    let (a_cert, a_key, a_key_der) = pki.issue(&["a.test", "www.a.test"]);
-    let a_tls = t.root_a.parent().unwrap().join("tls");
-    std::fs::create_dir(&a_tls).unwrap();
-    chown(&a_tls, &t.a, 0o700);
-    write_owned(&a_tls.join("cert.pem"), a_cert.as_bytes(), &t.a, 0o644);
-    write_owned(&a_tls.join("key.pem"), a_key.as_bytes(), &t.a, 0o600);
-    // The host's wildcard for customer subdomains, root's.
-    let (w_cert, w_key, _) = pki.issue(&["*.hosting.test"]);
-    let host_tls = t.dir.path().join("host-tls");
-    std::fs::create_dir(&host_tls).unwrap();
-    std::fs::write(host_tls.join("wild.pem"), w_cert).unwrap();
-    std::fs::write(host_tls.join("wild.key"), w_key).unwrap();
-    std::fs::set_permissions(
-        host_tls.join("wild.key"),
-        std::os::unix::fs::PermissionsExt::from_mode(0o600),
-    )
-    .unwrap();
-
-    let config = t.config("tls_listen = [\"127.0.0.1:0\"]");
-    let main = std::fs::read_to_string(&config).unwrap();
-    std::fs::write(
-        &config,
-        format!(
-            "{main}\n[[certificate]]\nnames = [\"*.hosting.test\"]\ncert = \"{}\"\nkey = \"{}\"\n",
-            host_tls.join("wild.pem").display(),
-            host_tls.join("wild.key").display()
-        ),
-    )
-    .unwrap();
-    let site_a = t.dir.path().join("sites/a.toml");
-    let text = std::fs::read_to_string(&site_a).unwrap();
-    std::fs::write(
-        &site_a,
-        text.replacen(
-            "tenant = \"a\"\n",
-            &format!(
-                "tenant = \"a\"\ntls = {{ cert = \"{}\", key = \"{}\" }}\nhttps_redirect = true\nhsts = \"max-age=600\"\n",
-                a_tls.join("cert.pem").display(),
-                a_tls.join("key.pem").display()
-            ),
-            1,
-        ),
-    )
-    .unwrap();
-    let site_b = t.dir.path().join("sites/b.toml");
-    let text = std::fs::read_to_string(&site_b).unwrap();
-    std::fs::write(
-        &site_b,
-        text.replacen(
-            "name = \"b.test\"\n",
-            "name = \"b.test\"\naliases = [\"b.hosting.test\"]\n",
-            1,
-        ),
-    )
-    .unwrap();
-    for name in ["a", "b"] {
-        t.script(
-            name,
-            "cgi-bin/https.sh",
-            "#!/bin/sh\nprintf 'Content-Type: text/plain\\n\\nhttps=%s\\n' \"${HTTPS:-off}\"\n",
-        );
-        t.append_site(
-            name,
-            "[[site.route]]\npath = \"/cgi-bin/\"\nhandler = \"cgi\"",
-        );
-    }
-    let condo = Condo::start(&config);
+    let s = Setup::new(&["a.test", "www.a.test"], &["*.hosting.test"]);
+    let (t, pki, config, a_tls) = (&s.t, &s.pki, &s.config, &s.a_tls);
+    let (a_key, a_key_der) = (&s.a_key, &s.a_key_der);
+    let condo = Condo::start(config);
     let ca = &pki.ca_pem;
     // Scripts know the request came over HTTPS, on both paths, and plain HTTP is not.
     for sni in ["a.test", "b.hosting.test"] {
@@ -285,4 +323,51 @@ fn own_and_provider_certificates_sni_and_host() {
         .map(|p| p.display().to_string())
         .collect();
     assert!(!fds.iter().any(|f| f.contains("key.pem")), "{fds:?}");
+}
+
+/// `condo reload` reads every certificate again: the host's in the dispatcher, a site's
+/// own in the tenant's next worker. Names the new certificates add work after it.
+#[test]
+fn certificates_are_read_again_at_reload() {
+    if !require_root() {
+        return;
+    }
+    let mut s = Setup::new(&["a.test", "www.a.test"], &["*.hosting.test"]);
+    let condo = Condo::start(&s.config);
+    let ca = s.pki.ca_pem.clone();
+    assert!(https(&condo, &ca, "b.hosting.test", None, "/").1);
+    assert!(https(&condo, &ca, "a.test", None, "/").1);
+    // Not covered yet: curl refuses both.
+    assert!(!https(&condo, &ca, "b.extra.test", None, "/").1);
+    assert!(!https(&condo, &ca, "new.a.test", None, "/").1);
+    s.write_certs(
+        &["a.test", "www.a.test", "new.a.test"],
+        &["*.hosting.test", "*.extra.test"],
+    );
+    let out = Command::new(CONDO)
+        .args(["reload", "-c"])
+        .arg(&s.config)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let b = https(&condo, &ca, "b.extra.test", None, "/");
+        let a = https(&condo, &ca, "new.a.test", None, "/");
+        if b.1 && a.1 {
+            assert_eq!(b.0, "site B\n\n200");
+            assert_eq!(a.0, "site A\n\n200");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{b:?} {a:?}\n{}",
+            condo.log_text()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
 }

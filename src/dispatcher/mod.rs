@@ -42,8 +42,8 @@ struct Dispatcher {
     open: AtomicUsize,
     /// When the cap was last logged, in seconds since the epoch (one line a minute).
     cap_logged: AtomicU64,
-    /// The host's certificates, if it has any.
-    provider: Option<tls::Provider>,
+    /// The host's certificates, if it has any (replaced at a reload).
+    provider: arc_swap::ArcSwapOption<tls::Provider>,
 }
 
 /// One client connection held by the dispatcher.
@@ -146,7 +146,11 @@ async fn serve(
         metrics_file: init.metrics_file,
         open: AtomicUsize::new(0),
         cap_logged: AtomicU64::new(0),
-        provider: tls::Provider::new(init.certificates).context("the host's certificates")?,
+        provider: arc_swap::ArcSwapOption::from(
+            tls::Provider::new(init.certificates)
+                .context("the host's certificates")?
+                .map(Arc::new),
+        ),
     });
     for (fd, info) in listeners.into_iter().zip(init.listeners) {
         rustix::io::ioctl_fionbio(&fd, true)?;
@@ -158,9 +162,17 @@ async fn serve(
         tokio::spawn(async move { d.resume_handed_back(handoff, fd).await });
     });
     let reload_target = dispatcher.clone();
-    let on_reload: workers::ReloadFn = Arc::new(move |routing: Routing| {
+    let on_reload: workers::ReloadFn = Arc::new(move |routing: Routing, certificates| {
         let count = routing.routes.len();
         reload_target.routing.store(Arc::new(Routes::new(routing)));
+        match certificates.map(tls::Provider::new) {
+            None => {}
+            Some(Ok(provider)) => reload_target.provider.store(provider.map(Arc::new)),
+            // The master checked them; keep the running ones if they no longer parse.
+            Some(Err(e)) => {
+                warn!("reload: the host's certificates: {e:#}; keeping the old ones")
+            }
+        }
         info!("reloaded: routing {count} sites");
     });
     info!("dispatcher ready");

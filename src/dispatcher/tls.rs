@@ -138,7 +138,8 @@ impl Dispatcher {
             }
             return;
         }
-        let Some(provider) = &self.provider else {
+        let provider = self.provider.load_full();
+        let Some(provider) = provider.as_deref() else {
             debug!(%peer, sni = ?hello.sni, "no certificate for this name; closing");
             return;
         };

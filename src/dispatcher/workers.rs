@@ -11,8 +11,8 @@ use tokio::sync::oneshot;
 use tracing::{debug, warn};
 
 use crate::ipc::{
-    Channel, DispatcherToMaster, DispatcherToWorker, Handoff, MasterToDispatcher, Routing,
-    WorkerToDispatcher,
+    Channel, DispatcherToMaster, DispatcherToWorker, Handoff, MasterToDispatcher, ProviderCertPem,
+    Routing, WorkerToDispatcher,
 };
 
 pub type MasterChannel = Channel<DispatcherToMaster, MasterToDispatcher>;
@@ -67,7 +67,7 @@ pub struct Workers {
 /// Called for every connection a worker hands back.
 pub type HandBackFn = Arc<dyn Fn(Handoff, OwnedFd) + Send + Sync>;
 /// Called when the master sends a reloaded routing table.
-pub type ReloadFn = Arc<dyn Fn(Routing) + Send + Sync>;
+pub type ReloadFn = Arc<dyn Fn(Routing, Option<Vec<ProviderCertPem>>) + Send + Sync>;
 
 impl Workers {
     pub fn new(master: Arc<MasterChannel>) -> Arc<Self> {
@@ -225,7 +225,10 @@ impl Workers {
                     tenant,
                     result: Err(reason),
                 } => self.resolve(&tenant, Err(reason)),
-                MasterToDispatcher::Reload(routing) => on_reload(routing),
+                MasterToDispatcher::Reload {
+                    routing,
+                    certificates,
+                } => on_reload(routing, certificates),
                 MasterToDispatcher::Init(_) => warn!("unexpected second Init from the master"),
             }
         }

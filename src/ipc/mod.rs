@@ -77,8 +77,13 @@ pub struct Routing {
 #[derive(Debug, Serialize, Deserialize)]
 pub enum MasterToDispatcher {
     Init(DispatcherInit),
-    /// The config was reloaded: route by these from the next request on.
-    Reload(Routing),
+    /// The config was reloaded: route by these, and use these certificates (read
+    /// again), from the next connection on.
+    Reload {
+        routing: Routing,
+        /// `None`: keep the ones in use (they could not be read again).
+        certificates: Option<Vec<ProviderCertPem>>,
+    },
     /// Answer to [`DispatcherToMaster::WantWorker`]: on `Ok` one fd, a channel end
     /// connected to the tenant's worker.
     Worker {

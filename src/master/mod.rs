@@ -816,10 +816,30 @@ impl Master {
         }
         self.config = new;
         let routing = spawn::routing(&self.config);
+        // Certificate files are read again at every reload: the host's here, a site's
+        // own by its tenant's next worker (so those tenants count as changed).
+        let certificates = match spawn::provider_certificates(&self.config) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                error!("reload: {e:#}; keeping the dispatchers' certificates");
+                None
+            }
+        };
+        for site in self.config.sites.iter().filter(|s| s.tls.is_some()) {
+            if !changed.contains(&site.tenant) {
+                changed.push(site.tenant.clone());
+            }
+        }
         for slot in &self.dispatchers {
             if let Some((pid, channel, _)) = &slot.running
                 && let Err(e) = channel
-                    .send(&MasterToDispatcher::Reload(routing.clone()), &[])
+                    .send(
+                        &MasterToDispatcher::Reload {
+                            routing: routing.clone(),
+                            certificates: certificates.clone(),
+                        },
+                        &[],
+                    )
                     .await
             {
                 warn!(pid, "sending the dispatcher the new routes: {e}");

@@ -120,7 +120,7 @@ async fn bind_one(
 
 /// The host's certificates and keys, read here as root for the dispatcher, which
 /// runs as an account that may not read them itself.
-fn provider_certificates(config: &Config) -> anyhow::Result<Vec<ProviderCertPem>> {
+pub fn provider_certificates(config: &Config) -> anyhow::Result<Vec<ProviderCertPem>> {
     config
         .certificates
         .iter()
