@@ -38,6 +38,8 @@ pub struct Listener {
     pub handover: Handover,
     /// HTTPS: the certificate's owner decides the path (see `crate::tls`).
     pub tls: bool,
+    /// Connections start with a PROXY protocol header (from `proxy_protocol_from`).
+    pub proxy_protocol: bool,
 }
 
 /// A certificate of the host's (a wildcard for customer subdomains, a default): its key
@@ -97,6 +99,9 @@ pub struct Server {
     pub cgroup_parent: String,
     /// Usage counters persist here (`usage.json`), across restarts and reloads.
     pub state_dir: PathBuf,
+    /// Load balancers whose PROXY headers are believed; other sources are refused on
+    /// `proxy_protocol` listeners.
+    pub proxy_protocol_from: Vec<ipnet::IpNet>,
 }
 
 /// Which cgroup interface to use for tenants' limits.
@@ -336,6 +341,8 @@ struct ServerSection {
     cgroup_parent: String,
     #[serde(default = "default_state_dir")]
     state_dir: PathBuf,
+    #[serde(default)]
+    proxy_protocol_from: Vec<String>,
     max_request_line: Option<usize>,
     max_head_bytes: Option<usize>,
     max_headers: Option<usize>,
@@ -358,6 +365,7 @@ struct ListenTable {
     addr: String,
     handover: Option<Handover>,
     tls: Option<bool>,
+    proxy_protocol: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -700,22 +708,24 @@ fn validate_server(
         .tls_listen
         .iter()
         .enumerate()
-        .map(|(i, a)| (a, s.handover, true, format!("server.tls_listen.{i}")));
+        .map(|(i, a)| (a, s.handover, true, false, format!("server.tls_listen.{i}")));
     let entries = s.listen.iter().enumerate().map(|(i, entry)| match entry {
-        ListenEntry::Addr(a) => (a, s.handover, false, format!("server.listen.{i}")),
+        ListenEntry::Addr(a) => (a, s.handover, false, false, format!("server.listen.{i}")),
         ListenEntry::Table(t) => (
             &t.addr,
             t.handover.unwrap_or(s.handover),
             t.tls.unwrap_or(false),
+            t.proxy_protocol.unwrap_or(false),
             format!("server.listen.{i}.addr"),
         ),
     });
-    for (addr, handover, tls, key) in entries.chain(tls_entries) {
+    for (addr, handover, tls, proxy_protocol, key) in entries.chain(tls_entries) {
         match addr.parse::<SocketAddr>() {
             Ok(addr) => listeners.push(Listener {
                 addr,
                 handover,
                 tls,
+                proxy_protocol,
             }),
             Err(_) => diags.push(source.error(
                 &key,
@@ -765,6 +775,27 @@ fn validate_server(
         }
         Ok(_) => {}
         Err(e) => diags.push(source.error("server.user", e)),
+    }
+    let mut proxy_protocol_from = Vec::new();
+    for (i, text) in s.proxy_protocol_from.iter().enumerate() {
+        let parsed = text
+            .parse::<ipnet::IpNet>()
+            .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from));
+        match parsed {
+            Ok(net) => proxy_protocol_from.push(net),
+            Err(_) => diags.push(source.error(
+                &format!("server.proxy_protocol_from.{i}"),
+                format!(
+                    "`{text}` is not an address or network (e.g. \"10.0.0.5\" or \"10.0.0.0/24\")"
+                ),
+            )),
+        }
+    }
+    if listeners.iter().any(|l| l.proxy_protocol) && proxy_protocol_from.is_empty() {
+        diags.push(source.error(
+            "server.proxy_protocol_from",
+            "a listener with proxy_protocol needs the balancers' addresses here; from anyone else a PROXY header would be a forged client address",
+        ));
     }
     if !valid_name(&s.cgroup_parent) {
         diags.push(source.error(
@@ -856,6 +887,7 @@ fn validate_server(
         cgroup_root: s.cgroup_root.clone(),
         cgroup_parent: s.cgroup_parent.clone(),
         state_dir: s.state_dir.clone(),
+        proxy_protocol_from,
         limits,
     })
 }

@@ -42,6 +42,8 @@ struct Dispatcher {
     open: AtomicUsize,
     /// When the cap was last logged, in seconds since the epoch (one line a minute).
     cap_logged: AtomicU64,
+    /// Balancers whose PROXY headers are believed.
+    proxy_protocol_from: Vec<ipnet::IpNet>,
     /// The host's certificates, if it has any (replaced at a reload).
     provider: arc_swap::ArcSwapOption<tls::Provider>,
 }
@@ -145,6 +147,7 @@ async fn serve(
         workers: Workers::new(master),
         metrics_file: init.metrics_file,
         open: AtomicUsize::new(0),
+        proxy_protocol_from: init.proxy_protocol_from,
         cap_logged: AtomicU64::new(0),
         provider: arc_swap::ArcSwapOption::from(
             tls::Provider::new(init.certificates)
@@ -239,11 +242,19 @@ async fn accept_loop(dispatcher: Arc<Dispatcher>, listener: OwnedFd, info: Liste
                     drop(fd);
                     continue;
                 };
-                if info.tls {
+                if info.tls || info.proxy_protocol {
                     let d = dispatcher.clone();
                     tokio::spawn(async move {
                         let _held = held;
-                        d.tls_connection(fd, peer, local).await
+                        d.slow_start(
+                            fd,
+                            peer,
+                            local,
+                            info.tls,
+                            info.proxy_protocol,
+                            info.handover,
+                        )
+                        .await
                     });
                     continue;
                 }
@@ -296,6 +307,64 @@ impl Dispatcher {
             }
         }
         Some((fd, buf))
+    }
+
+    /// A connection that needs more than a request head first: a PROXY header from a
+    /// trusted balancer (which names the real client), a TLS ClientHello, or both.
+    async fn slow_start(
+        self: Arc<Self>,
+        fd: OwnedFd,
+        mut peer: SocketAddr,
+        local: SocketAddr,
+        tls: bool,
+        proxy_protocol: bool,
+        handover: Handover,
+    ) {
+        let Ok(mut stream) = tcp_stream(fd) else {
+            return;
+        };
+        let mut buf = BytesMut::new();
+        if proxy_protocol {
+            if !self
+                .proxy_protocol_from
+                .iter()
+                .any(|net| net.contains(&peer.ip().to_canonical()))
+            {
+                // Anyone else could name any client address: refused outright.
+                debug!(%peer, "PROXY listener: not a trusted balancer; closing");
+                return;
+            }
+            let deadline = tokio::time::Instant::now() + self.limits.header_timeout;
+            loop {
+                match crate::http::proxy_protocol::parse(&buf) {
+                    crate::http::proxy_protocol::Parsed::Header { len, client } => {
+                        let _ = buf.split_to(len);
+                        if let Some(client) = client {
+                            peer = client;
+                        }
+                        break;
+                    }
+                    crate::http::proxy_protocol::Parsed::Invalid(e) => {
+                        debug!(%peer, "{e}");
+                        return;
+                    }
+                    crate::http::proxy_protocol::Parsed::Incomplete => {}
+                }
+                use tokio::io::AsyncReadExt;
+                match tokio::time::timeout_at(deadline, stream.read_buf(&mut buf)).await {
+                    Ok(Ok(n)) if n > 0 => {}
+                    _ => return,
+                }
+            }
+        }
+        if tls {
+            self.tls_connection(stream, buf, peer, local).await;
+        } else {
+            let idle = self.limits.header_timeout;
+            let conn = ClientConn::Tcp(stream);
+            self.serve_connection(conn, peer, local, handover, buf, idle, None)
+                .await;
+        }
     }
 
     /// The slow path of a new connection: wait for its head, start workers, proxy.

@@ -88,17 +88,15 @@ impl AsyncWrite for ClientConn {
 
 impl Dispatcher {
     /// A new connection on a TLS listener.
+    /// `buf`: bytes already read after any PROXY header.
     pub(super) async fn tls_connection(
         self: Arc<Self>,
-        fd: OwnedFd,
+        mut stream: TcpStream,
+        mut buf: BytesMut,
         peer: SocketAddr,
         local: SocketAddr,
     ) {
-        let Ok(mut stream) = super::tcp_stream(fd) else {
-            return;
-        };
         let deadline = tokio::time::Instant::now() + self.limits.header_timeout;
-        let mut buf = BytesMut::with_capacity(2048);
         let hello = loop {
             match tls::peek_client_hello(&buf) {
                 Ok(Some(hello)) => break hello,

@@ -9,6 +9,7 @@ pub mod chunked;
 pub mod head;
 pub mod io;
 pub mod path;
+pub mod proxy_protocol;
 pub mod response;
 pub mod routing;
 

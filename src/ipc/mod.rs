@@ -31,6 +31,7 @@ pub struct DispatcherInit {
     pub routing: Routing,
     pub limits: ClientLimits,
     pub certificates: Vec<ProviderCertPem>,
+    pub proxy_protocol_from: Vec<ipnet::IpNet>,
     /// The Prometheus text the master rewrites every few seconds, served on the admin
     /// listener.
     pub metrics_file: PathBuf,
@@ -44,6 +45,8 @@ pub struct ListenerInfo {
     pub admin: bool,
     /// HTTPS.
     pub tls: bool,
+    /// Connections start with a PROXY header.
+    pub proxy_protocol: bool,
 }
 
 /// One of the host's certificates, read by the master (the dispatcher may not read the

@@ -44,7 +44,7 @@ pub async fn bind_listeners(config: &Config) -> anyhow::Result<Vec<Vec<Bound>>> 
         sets.push(bind_set(config, resolved.as_deref(), count > 1).await?);
     }
     if let (Some(addr), Some(first)) = (config.server.admin_listen, sets.first_mut()) {
-        first.push(bind_one(Handover::Proxy, false, addr, false, true, true).await?);
+        first.push(bind_one(Handover::Proxy, false, false, addr, false, true, true).await?);
     }
     Ok(sets)
 }
@@ -64,14 +64,27 @@ async fn bind_set(
     for (i, l) in config.server.listeners.iter().enumerate() {
         let addr = resolved.and_then(|r| r.get(i).copied()).unwrap_or(l.addr);
         let announce = resolved.is_none();
-        bound.push(bind_one(l.handover, l.tls, addr, reuse_port, announce, false).await?);
+        bound.push(
+            bind_one(
+                l.handover,
+                l.tls,
+                l.proxy_protocol,
+                addr,
+                reuse_port,
+                announce,
+                false,
+            )
+            .await?,
+        );
     }
     Ok(bound)
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn bind_one(
     handover: Handover,
     tls: bool,
+    proxy_protocol: bool,
     addr: SocketAddr,
     reuse_port: bool,
     announce: bool,
@@ -98,14 +111,18 @@ async fn bind_one(
     let bound = listener.local_addr()?;
     if admin {
         info!("admin listener on {bound} (/metrics, /health)");
-    } else if announce && tls {
-        info!("listening on {bound} (tls)");
     } else if announce {
-        let name = match handover {
-            Handover::Pass => "pass",
-            Handover::Proxy => "proxy",
+        let name = match (tls, handover) {
+            (true, _) => "(tls",
+            (false, Handover::Pass) => "(handover pass",
+            (false, Handover::Proxy) => "(handover proxy",
         };
-        info!("listening on {bound} (handover {name})");
+        let pp = if proxy_protocol {
+            ", proxy protocol"
+        } else {
+            ""
+        };
+        info!("listening on {bound} {name}{pp})");
     }
     Ok(Bound {
         fd: OwnedFd::from(listener.into_std()?),
@@ -114,6 +131,7 @@ async fn bind_one(
             handover,
             admin,
             tls,
+            proxy_protocol,
         },
     })
 }
@@ -188,6 +206,7 @@ pub async fn start_dispatcher(
         limits: config.server.limits,
         metrics_file: metrics_file(config),
         certificates: provider_certificates(config)?,
+        proxy_protocol_from: config.server.proxy_protocol_from.clone(),
     };
     // The caller sends this once it watches the child: a dispatcher that dies at
     // once must be seen exiting, not make the send fail the master.

@@ -193,6 +193,8 @@ pub struct Condo {
     pub proxy: Option<SocketAddr>,
     /// The first TLS listener, if the config has one.
     pub tls: Option<SocketAddr>,
+    /// The first listener that takes PROXY headers, if any.
+    pub proxy_protocol: Option<SocketAddr>,
     pub log: Arc<Mutex<Vec<String>>>,
 }
 
@@ -216,7 +218,9 @@ impl Condo {
                 if let Some(rest) = line.split("listening on ").nth(1) {
                     let mut words = rest.split_whitespace();
                     let addr: SocketAddr = words.next().unwrap().parse().unwrap();
-                    let kind = if rest.contains("(tls)") {
+                    let kind = if rest.contains("proxy protocol") {
+                        3
+                    } else if rest.contains("(tls") {
                         2
                     } else {
                         u8::from(rest.contains("handover proxy"))
@@ -229,11 +233,13 @@ impl Condo {
         let mut pass = None;
         let mut proxy = None;
         let mut tls = None;
+        let mut proxy_protocol = None;
         let wants_tls = std::fs::read_to_string(config).is_ok_and(|c| c.contains("tls_listen"));
         let deadline = Instant::now() + Duration::from_secs(20);
         while pass.is_none() || proxy.is_none() || (wants_tls && tls.is_none()) {
             let left = deadline.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left) {
+                Ok((addr, 3)) => proxy_protocol = proxy_protocol.or(Some(addr)),
                 Ok((addr, 2)) => tls = tls.or(Some(addr)),
                 Ok((addr, 1)) => proxy = Some(addr),
                 Ok((addr, _)) => pass = Some(addr),
@@ -245,6 +251,7 @@ impl Condo {
             pass: pass.unwrap_or_else(|| "0.0.0.0:0".parse().unwrap()),
             proxy,
             tls,
+            proxy_protocol,
             log,
         };
         if pass.is_none() {
