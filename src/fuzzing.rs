@@ -151,3 +151,22 @@ pub fn fastcgi_records(data: &[u8]) {
     let _ = crate::http::response::parse_response_head(data, false);
     let _ = crate::http::response::parse_response_head(data, true);
 }
+
+/// The PROXY header parser (bytes from a load balancer, or anyone pretending).
+pub fn proxy_header(data: &[u8]) {
+    use crate::http::proxy_protocol::{MAX_HEADER, Parsed, parse};
+    match parse(data) {
+        Parsed::Header { len, .. } => assert!(len <= data.len() && len <= MAX_HEADER + 16),
+        Parsed::Incomplete => assert!(data.len() < MAX_HEADER),
+        Parsed::Invalid(_) => {}
+    }
+}
+
+/// The ClientHello peek of the dispatcher (the first bytes of every TLS connection).
+pub fn client_hello(data: &[u8]) {
+    if let Ok(Some(hello)) = crate::tls::peek_client_hello(data)
+        && let Some(sni) = hello.sni
+    {
+        assert!(!sni.bytes().any(|b| b.is_ascii_uppercase()));
+    }
+}

@@ -14,6 +14,8 @@ const TARGETS: &[(&str, Target)] = &[
     ("ipc_message", condo::fuzzing::ipc_message),
     ("cgi_head", condo::fuzzing::cgi_head),
     ("fastcgi_records", condo::fuzzing::fastcgi_records),
+    ("proxy_header", condo::fuzzing::proxy_header),
+    ("client_hello", condo::fuzzing::client_hello),
 ];
 
 #[test]
