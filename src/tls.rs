@@ -107,7 +107,7 @@ impl ResolvesServerCert for ByName {
 }
 
 /// A server config with condo's defaults: TLS 1.2 and 1.3 (rustls offers only AEAD
-/// suites with forward secrecy), ALPN http/1.1, session tickets from a ticketer of this
+/// suites with forward secrecy), ALPN h2 and http/1.1, session tickets from a ticketer of this
 /// process (a tenant's worker has its own: resumption never crosses tenants).
 pub fn server_config(resolver: Arc<dyn ResolvesServerCert>) -> anyhow::Result<Arc<ServerConfig>> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
@@ -116,7 +116,7 @@ pub fn server_config(resolver: Arc<dyn ResolvesServerCert>) -> anyhow::Result<Ar
         .context("TLS versions")?
         .with_no_client_auth()
         .with_cert_resolver(resolver);
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     config.ticketer = rustls::crypto::ring::Ticketer::new().context("session ticketer")?;
     Ok(Arc::new(config))
 }

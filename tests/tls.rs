@@ -247,8 +247,10 @@ fn own_and_provider_certificates_sni_and_host() {
             &format!("a.test:{port}:127.0.0.1"),
             &format!("https://a.test:{port}{path}"),
         ]);
+        // curl speaks h2 here (lowercase header names).
         assert!(
-            head.contains("Strict-Transport-Security: max-age=600\r\n"),
+            head.to_ascii_lowercase()
+                .contains("strict-transport-security: max-age=600\r\n"),
             "{path}: {head}"
         );
     }
@@ -369,5 +371,85 @@ fn certificates_are_read_again_at_reload() {
             condo.log_text()
         );
         std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+}
+
+/// HTTP/2: ALPN h2 on both certificate paths (the worker's own handshake and the
+/// dispatcher's), h2c with prior knowledge on the plain listeners, 421 across names.
+#[test]
+fn http2_over_tls_and_h2c() {
+    if !require_root() {
+        return;
+    }
+    let s = Setup::new(&["a.test", "www.a.test"], &["*.hosting.test"]);
+    let condo = Condo::start(&s.config);
+    let ca = s.pki.ca_pem.display().to_string();
+    let port = condo.tls.unwrap().port();
+    let h2 = |sni: &str, host: Option<&str>, path: &str| {
+        let mut args = vec![
+            "--http2".to_string(),
+            "--cacert".into(),
+            ca.clone(),
+            "--resolve".into(),
+            format!("{sni}:{port}:127.0.0.1"),
+            "-w".into(),
+            "\n%{http_version} %{http_code}".into(),
+        ];
+        if let Some(h) = host {
+            args.extend(["-H".into(), format!("Host: {h}")]);
+        }
+        args.push(format!("https://{sni}:{port}{path}"));
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        curl(&refs)
+    };
+    let (out, ok) = h2("a.test", None, "/");
+    assert!(
+        ok && out == "site A\n\n2 200",
+        "{out}\n{}",
+        condo.log_text()
+    );
+    let (out, ok) = h2("b.hosting.test", None, "/");
+    assert!(
+        ok && out == "site B\n\n2 200",
+        "{out}\n{}",
+        condo.log_text()
+    );
+    // Scripts through h2 on both paths, with a request body.
+    for sni in ["a.test", "b.hosting.test"] {
+        let (out, ok) = h2(sni, None, "/cgi-bin/https.sh");
+        assert!(ok && out == "https=on\n\n2 200", "{sni}: {out}");
+    }
+    let (out, _) = h2("a.test", Some("b.test"), "/");
+    assert!(out.ends_with("2 421"), "{out}");
+    let (out, _) = h2("b.hosting.test", Some("a.test"), "/");
+    assert!(out.ends_with("2 421"), "{out}");
+    // Several requests multiplexed on one connection.
+    let url = |p: &str| format!("https://b.hosting.test:{port}{p}");
+    let (out, ok) = curl(&[
+        "--http2",
+        "--cacert",
+        &ca,
+        "--resolve",
+        &format!("b.hosting.test:{port}:127.0.0.1"),
+        "--parallel",
+        &url("/"),
+        &url("/"),
+        &url("/cgi-bin/https.sh"),
+    ]);
+    assert!(
+        ok && out.matches("site B").count() == 2 && out.contains("https=on"),
+        "{out}"
+    );
+    // h2c with prior knowledge on both plain listeners.
+    for addr in [condo.pass, condo.proxy()] {
+        let (out, ok) = curl(&[
+            "--http2-prior-knowledge",
+            "-H",
+            "Host: b.test",
+            "-w",
+            "\n%{http_version} %{http_code}",
+            &format!("http://{addr}/cgi-bin/https.sh"),
+        ]);
+        assert!(ok && out == "https=off\n\n2 200", "{addr}: {out}");
     }
 }

@@ -359,6 +359,9 @@ impl Dispatcher {
         }
         if tls {
             self.tls_connection(stream, buf, peer, local).await;
+        } else if buf.starts_with(crate::http::h2::PREFACE) {
+            let io = crate::tls::Prefixed::new(buf.to_vec(), stream);
+            self.serve_h2(io, peer, local, None).await;
         } else {
             let idle = self.limits.header_timeout;
             let conn = ClientConn::Tcp(stream);
@@ -369,14 +372,33 @@ impl Dispatcher {
 
     /// The slow path of a new connection: wait for its head, start workers, proxy.
     async fn accepted(
-        &self,
+        self: Arc<Self>,
         fd: OwnedFd,
         peer: SocketAddr,
         local: SocketAddr,
         handover: Handover,
         buf: BytesMut,
     ) {
-        let Ok(stream) = tcp_stream(fd) else { return };
+        let Ok(mut stream) = tcp_stream(fd) else {
+            return;
+        };
+        let mut buf = buf;
+        // Enough bytes to tell an h2c preface from an HTTP/1 request line.
+        let preface = crate::http::h2::PREFACE;
+        while buf.len() < preface.len() && preface.starts_with(&buf) {
+            use tokio::io::AsyncReadExt;
+            let read = stream.read_buf(&mut buf);
+            match tokio::time::timeout(self.limits.header_timeout, read).await {
+                Ok(Ok(n)) if n > 0 => {}
+                _ => return,
+            }
+        }
+        if buf.starts_with(preface) {
+            // h2c with prior knowledge: always proxied, whatever the listener's mode.
+            let io = crate::tls::Prefixed::new(buf.to_vec(), stream);
+            self.serve_h2(io, peer, local, None).await;
+            return;
+        }
         let idle = self.limits.header_timeout;
         let conn = ClientConn::Tcp(stream);
         self.serve_connection(conn, peer, local, handover, buf, idle, None)

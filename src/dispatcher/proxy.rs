@@ -92,29 +92,41 @@ fn upstream_closed(stream: &UnixStream) -> bool {
 }
 
 async fn open(workers: &Workers, req: &Request<'_>) -> Result<Upstream, u16> {
-    let (mine, theirs) = std::os::unix::net::UnixStream::pair().map_err(|_| 503u16)?;
-    let handoff = Handoff {
-        handover: Handover::Proxy,
-        peer: req.peer,
-        local: req.local,
-        site: req.route.site.clone(),
-        buffered: Vec::new(),
-        tls_handshake: false,
-        secure: req.secure,
-    };
-    if let Err(reason) = workers
-        .hand_over(&req.route.tenant, &handoff, &OwnedFd::from(theirs))
-        .await
-    {
-        tracing::warn!(tenant = req.route.tenant, site = req.route.site, "{reason}");
-        return Err(503);
-    }
-    mine.set_nonblocking(true).map_err(|_| 503u16)?;
-    let stream = UnixStream::from_std(mine).map_err(|_| 503u16)?;
+    let stream = open_relay(workers, req.route, req.peer, req.local, req.secure).await?;
     Ok(Upstream {
         stream,
         buf: BytesMut::with_capacity(16 * 1024),
     })
+}
+
+/// A fresh stream to the worker of `route`'s tenant, which serves it as one client
+/// connection of that site (HTTP/1.1). `Err`: the status to answer instead.
+pub async fn open_relay(
+    workers: &Workers,
+    route: &Route,
+    peer: SocketAddr,
+    local: SocketAddr,
+    secure: bool,
+) -> Result<UnixStream, u16> {
+    let (mine, theirs) = std::os::unix::net::UnixStream::pair().map_err(|_| 503u16)?;
+    let handoff = Handoff {
+        handover: Handover::Proxy,
+        peer,
+        local,
+        site: route.site.clone(),
+        buffered: Vec::new(),
+        tls_handshake: false,
+        secure,
+    };
+    if let Err(reason) = workers
+        .hand_over(&route.tenant, &handoff, &OwnedFd::from(theirs))
+        .await
+    {
+        tracing::warn!(tenant = route.tenant, site = route.site, "{reason}");
+        return Err(503);
+    }
+    mine.set_nonblocking(true).map_err(|_| 503u16)?;
+    UnixStream::from_std(mine).map_err(|_| 503u16)
 }
 
 async fn relay(

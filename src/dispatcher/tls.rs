@@ -164,6 +164,10 @@ impl Dispatcher {
             .names_for(hello.sni.as_deref())
             .map(<[String]>::to_vec)
             .unwrap_or_default();
+        if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
+            self.serve_h2(tls, peer, local, Some(names)).await;
+            return;
+        }
         let idle = self.limits.header_timeout;
         self.serve_connection(
             ClientConn::Tls(Box::new(tls)),
@@ -175,5 +179,63 @@ impl Dispatcher {
             Some(names),
         )
         .await;
+    }
+}
+
+impl Dispatcher {
+    /// An HTTP/2 connection (ALPN h2 on TLS ended here, or h2c with prior knowledge):
+    /// each request goes to its site's worker as HTTP/1.1 over a relay stream.
+    pub(super) async fn serve_h2<IO>(
+        self: Arc<Self>,
+        io: IO,
+        peer: SocketAddr,
+        local: SocketAddr,
+        tls_names: Option<Vec<String>>,
+    ) where
+        IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    {
+        let limits = self.limits;
+        let names = Arc::new(tls_names);
+        let dispatcher = self.clone();
+        crate::http::h2::serve(io, &limits, move |req| {
+            let d = dispatcher.clone();
+            let names = names.clone();
+            async move {
+                d.h2_request(req, peer, local, names.as_ref().as_deref())
+                    .await
+            }
+        })
+        .await;
+    }
+
+    async fn h2_request(
+        &self,
+        req: http::Request<hyper::body::Incoming>,
+        peer: SocketAddr,
+        local: SocketAddr,
+        tls_names: Option<&[String]>,
+    ) -> http::Response<crate::http::h2::Body> {
+        use crate::http::h2;
+        let Some(host) = h2::host_of(&req) else {
+            return h2::error(http::StatusCode::BAD_REQUEST);
+        };
+        if let Some(names) = tls_names
+            && !tls::covers(names, &host)
+        {
+            return h2::error(http::StatusCode::MISDIRECTED_REQUEST);
+        }
+        let routing = self.routing.load_full();
+        let Some(route) = routing.table.lookup(Some(&host)) else {
+            let status = http::StatusCode::from_u16(routing.unknown_host_status)
+                .unwrap_or(http::StatusCode::NOT_FOUND);
+            return h2::error(status);
+        };
+        let secure = tls_names.is_some();
+        match super::proxy::open_relay(&self.workers, route, peer, local, secure).await {
+            Ok(stream) => h2::forward_http1(stream, req, &host).await,
+            Err(status) => h2::error(
+                http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::BAD_GATEWAY),
+            ),
+        }
     }
 }

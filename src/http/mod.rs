@@ -6,6 +6,7 @@
 //! socket to another process, and hyper does not expose that boundary.
 
 pub mod chunked;
+pub mod h2;
 pub mod head;
 pub mod io;
 pub mod path;

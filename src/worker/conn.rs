@@ -40,6 +40,10 @@ pub async fn serve(tenant: Arc<Tenant>, peer: Arc<PeerChannel>, handoff: Handoff
             return;
         }
     };
+    if stream.is_h2() {
+        serve_h2(tenant, peer, handoff, stream).await;
+        return;
+    }
     let limits = tenant.limits;
     let mut buf = if handoff.tls_handshake {
         BytesMut::new()
@@ -124,6 +128,64 @@ pub async fn serve(tenant: Arc<Tenant>, peer: Arc<PeerChannel>, handoff: Handoff
             }
         }
     }
+}
+
+/// HTTP/2 on a connection with the site's own certificate: each stream is served by
+/// this same handler as an HTTP/1.1 connection over a socketpair (see `http::h2`).
+async fn serve_h2(tenant: Arc<Tenant>, peer: Arc<PeerChannel>, handoff: Handoff, stream: Stream) {
+    let limits = tenant.limits;
+    let backend = move |req: ::http::Request<hyper::body::Incoming>| {
+        let tenant = tenant.clone();
+        let peer = peer.clone();
+        let handoff = handoff.clone();
+        async move {
+            use crate::http::h2;
+            let Some(host) = h2::host_of(&req) else {
+                return h2::error(::http::StatusCode::BAD_REQUEST);
+            };
+            // The h2 connection serves its site's names only, as HTTP/1.1 does (421).
+            if !tenant
+                .site_named(&handoff.site)
+                .is_some_and(|s| serves_host(s, &host))
+            {
+                return h2::error(::http::StatusCode::MISDIRECTED_REQUEST);
+            }
+            let Ok((mine, theirs)) = std::os::unix::net::UnixStream::pair() else {
+                return h2::error(::http::StatusCode::SERVICE_UNAVAILABLE);
+            };
+            let local_handoff = Handoff {
+                handover: Handover::Proxy,
+                tls_handshake: false,
+                buffered: Vec::new(),
+                ..handoff
+            };
+            tokio::spawn(serve_boxed(
+                tenant,
+                peer,
+                local_handoff,
+                OwnedFd::from(theirs),
+            ));
+            let stream = mine
+                .set_nonblocking(true)
+                .and_then(|()| tokio::net::UnixStream::from_std(mine));
+            match stream {
+                Ok(stream) => h2::forward_http1(stream, req, &host).await,
+                Err(_) => h2::error(::http::StatusCode::SERVICE_UNAVAILABLE),
+            }
+        }
+    };
+    crate::http::h2::serve(stream, &limits, backend).await;
+}
+
+/// `serve` behind a named future type: serving an h2 stream calls `serve` from within
+/// `serve`, and the compiler can only see such a cycle through a concrete type.
+fn serve_boxed(
+    tenant: Arc<Tenant>,
+    peer: Arc<PeerChannel>,
+    handoff: Handoff,
+    fd: OwnedFd,
+) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
+    Box::pin(serve(tenant, peer, handoff, fd))
 }
 
 fn serves_host(site: &SiteState, host: &str) -> bool {

@@ -70,6 +70,11 @@ impl Stream {
         Self::new(Inner::Tls(Box::new(stream)), send_timeout)
     }
 
+    /// A TLS connection whose client chose HTTP/2 (ALPN).
+    pub fn is_h2(&self) -> bool {
+        matches!(&self.inner, Inner::Tls(s) if s.get_ref().1.alpn_protocol() == Some(b"h2"))
+    }
+
     fn new(inner: Inner, send_timeout: Duration) -> Self {
         Self {
             inner,

@@ -1,0 +1,133 @@
+//! HTTP/2 in front, HTTP/1.1 behind. A client's h2 connection (TLS with ALPN `h2`, or
+//! h2c with prior knowledge) is served with hyper's h2; each stream becomes one
+//! HTTP/1.1 request on a fresh stream to the code that already serves HTTP/1.1 — a
+//! tenant's worker over the proxy relay (in the dispatcher), or the worker's own
+//! connection handler over a socketpair (for a site's own certificate). Every handler
+//! (static, CGI, FastCGI, apps) thus speaks h2 without knowing it.
+//!
+//! Flood limits are set explicitly (see [`serve`]): rapid reset (CVE-2023-44487) is
+//! bounded by `max_pending_accept_reset_streams` and `max_local_error_reset_streams`;
+//! CONTINUATION floods and huge header lists by `max_header_list_size`; SETTINGS and
+//! PING floods by the h2 crate's own caps on queued frames.
+
+use std::convert::Infallible;
+use std::future::Future;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, StatusCode, header};
+use http_body_util::{BodyExt, Full, combinators::BoxBody};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::UnixStream;
+use tracing::debug;
+
+use crate::config::ClientLimits;
+use crate::http::SERVER_NAME;
+
+pub type Body = BoxBody<Bytes, hyper::Error>;
+
+/// The connection preface of h2c with prior knowledge (RFC 9113 §3.4).
+pub const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// Streams one client may have open at once.
+const MAX_STREAMS: u32 = 128;
+
+/// Serve one h2 connection, answering each request with `backend`.
+pub async fn serve<IO, F, Fut>(io: IO, limits: &ClientLimits, backend: F)
+where
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    F: Fn(Request<Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = Response<Body>> + Send + 'static,
+{
+    let service = hyper::service::service_fn(move |req| {
+        let backend = backend.clone();
+        async move { Ok::<_, Infallible>(backend(req).await) }
+    });
+    let mut builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    builder
+        .max_concurrent_streams(MAX_STREAMS)
+        .max_pending_accept_reset_streams(Some(32))
+        .max_local_error_reset_streams(Some(256))
+        .max_header_list_size(limits.max_head_bytes as u32)
+        .keep_alive_interval(Some(limits.keepalive_timeout / 2))
+        .keep_alive_timeout(Duration::from_secs(20))
+        .timer(hyper_util::rt::TokioTimer::new());
+    if let Err(e) = builder.serve_connection(TokioIo::new(io), service).await {
+        debug!("h2 connection ended: {e}");
+    }
+}
+
+/// Send `req` as HTTP/1.1 over `stream` (to a worker) and return its response.
+pub async fn forward_http1(
+    stream: UnixStream,
+    mut req: Request<Incoming>,
+    host: &str,
+) -> Response<Body> {
+    let (mut sender, conn) = match hyper::client::conn::http1::handshake(TokioIo::new(stream)).await
+    {
+        Ok(pair) => pair,
+        Err(e) => {
+            debug!("h2 → http/1.1: {e}");
+            return error(StatusCode::BAD_GATEWAY);
+        }
+    };
+    tokio::spawn(async move {
+        if let Err(e) = conn.await {
+            debug!("h2 → http/1.1 connection: {e}");
+        }
+    });
+    // HTTP/1.1 wants origin-form and a Host header; h2 carries :authority instead.
+    let path = req
+        .uri()
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .to_string();
+    *req.uri_mut() = path.parse().unwrap_or_else(|_| http::Uri::from_static("/"));
+    *req.version_mut() = http::Version::HTTP_11;
+    if let Ok(value) = HeaderValue::from_str(host) {
+        req.headers_mut().insert(header::HOST, value);
+    }
+    match sender.send_request(req).await {
+        Ok(response) => response.map(|b| b.boxed()),
+        Err(e) => {
+            debug!("h2 → http/1.1 request: {e}");
+            error(StatusCode::BAD_GATEWAY)
+        }
+    }
+}
+
+/// The Host of an h2 request: :authority, else a Host header; lowercased, without
+/// port or trailing dot, as the HTTP/1.1 parser gives it.
+pub fn host_of(req: &Request<Incoming>) -> Option<String> {
+    let raw = req
+        .uri()
+        .authority()
+        .map(|a| a.host().to_string())
+        .or_else(|| {
+            req.headers()
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(|h| h.rsplit_once(':').map_or(h, |(host, _)| host).to_string())
+        })?;
+    Some(crate::config::normalize_host(&raw))
+}
+
+/// A small response condo makes itself.
+pub fn error(status: StatusCode) -> Response<Body> {
+    let body = format!(
+        "<!DOCTYPE html>\n<html><head><title>{code}</title></head><body><h1>{code}</h1><hr><p>condo</p></body></html>\n",
+        code = status
+    );
+    let mut response = Response::new(
+        Full::new(Bytes::from(body))
+            .map_err(|never| match never {})
+            .boxed(),
+    );
+    *response.status_mut() = status;
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/html"));
+    headers.insert(header::SERVER, HeaderValue::from_static(SERVER_NAME));
+    response
+}
