@@ -453,3 +453,278 @@ fn http2_over_tls_and_h2c() {
         assert!(ok && out == "https=off\n\n2 200", "{addr}: {out}");
     }
 }
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// `openssl s_client` over TLS 1.2, saving or reusing a session; true if it was reused.
+fn s_client(port: u16, sni: &str, ca: &Path, sess: &Path, reuse: bool) -> bool {
+    let mut cmd = Command::new("openssl");
+    cmd.args([
+        "s_client",
+        "-tls1_2",
+        "-connect",
+        &format!("127.0.0.1:{port}"),
+    ])
+    .args(["-servername", sni, "-CAfile"])
+    .arg(ca)
+    .arg(if reuse { "-sess_in" } else { "-sess_out" })
+    .arg(sess)
+    .stdin(std::process::Stdio::null());
+    let out = cmd.output().expect("openssl");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("Reused,") || text.contains("New,"),
+        "no handshake with {sni}:\n{text}"
+    );
+    text.contains("Reused,")
+}
+
+/// TLS session resumption never crosses tenants: a's ticket works for a again, not for
+/// b (another process, another ticket key) — nor does the host's for a.
+#[test]
+fn resumption_never_crosses_tenants() {
+    if !require_root() {
+        return;
+    }
+    let s = Setup::new(&["a.test", "www.a.test"], &["*.hosting.test"]);
+    let condo = Condo::start(&s.config);
+    let port = condo.tls.unwrap().port();
+    let ca = &s.pki.ca_pem;
+    let a_sess = s.t.dir.path().join("a.sess");
+    let b_sess = s.t.dir.path().join("b.sess");
+    assert!(!s_client(port, "a.test", ca, &a_sess, false));
+    assert!(
+        s_client(port, "a.test", ca, &a_sess, true),
+        "a's own session not resumed"
+    );
+    assert!(
+        !s_client(port, "b.hosting.test", ca, &a_sess, true),
+        "a's ticket resumed for b"
+    );
+    assert!(!s_client(port, "b.hosting.test", ca, &b_sess, false));
+    assert!(s_client(port, "b.hosting.test", ca, &b_sess, true));
+    assert!(
+        !s_client(port, "a.test", ca, &b_sess, true),
+        "the host's ticket resumed for a"
+    );
+}
+
+/// HAProxy in front, speaking PROXY v2 to condo and health-checking its /health: the
+/// client address condo sees is the one HAProxy saw.
+#[test]
+fn behind_haproxy_with_proxy_v2() {
+    if !require_root() {
+        return;
+    }
+    if Command::new("haproxy").arg("-v").output().is_err() {
+        assert!(std::env::var("CI").is_err(), "haproxy is not installed");
+        eprintln!("skipping: haproxy is not installed");
+        return;
+    }
+    let t = TwoTenants::new();
+    let config = t.config("proxy_protocol_from = [\"127.0.0.1\"]\nadmin_listen = \"127.0.0.1:0\"");
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        text.replacen(
+            "listen = [",
+            "listen = [{ addr = \"127.0.0.1:0\", handover = \"pass\", proxy_protocol = true }, ",
+            1,
+        ),
+    )
+    .unwrap();
+    t.script(
+        "a",
+        "cgi-bin/remote.sh",
+        "#!/bin/sh\nprintf 'Content-Type: text/plain\\n\\nremote=%s\\n' \"$REMOTE_ADDR\"\n",
+    );
+    t.append_site(
+        "a",
+        "[[site.route]]\npath = \"/cgi-bin/\"\nhandler = \"cgi\"",
+    );
+    let condo = Condo::start(&config);
+    let pp = condo.proxy_protocol.unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let admin = loop {
+        if let Some(a) = condo
+            .log_text()
+            .lines()
+            .find_map(|l| l.split("admin listener on ").nth(1))
+            .and_then(|r| r.split_whitespace().next())
+            .map(str::to_string)
+        {
+            break a;
+        }
+        assert!(std::time::Instant::now() < deadline);
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let front = free_port();
+    let admin_port = admin.rsplit(':').next().unwrap();
+    let cfg = t.dir.path().join("haproxy.cfg");
+    std::fs::write(
+        &cfg,
+        format!(
+            "global\n  maxconn 100\ndefaults\n  mode http\n  timeout connect 2s\n  timeout client 10s\n  timeout server 10s\n\
+             frontend web\n  bind 127.0.0.1:{front}\n  default_backend condo\n\
+             backend condo\n  option httpchk GET /health\n  server node1 {pp} send-proxy-v2 check port {admin_port} inter 200ms\n"
+        ),
+    )
+    .unwrap();
+    let mut haproxy = Command::new("haproxy")
+        .arg("-f")
+        .arg(&cfg)
+        .arg("-db")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let result = std::panic::catch_unwind(|| {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        loop {
+            let (body, ok) = curl(&[
+                "--interface",
+                "127.0.0.3",
+                "-H",
+                "Host: a.test",
+                &format!("http://127.0.0.1:{front}/cgi-bin/remote.sh"),
+            ]);
+            if ok && body == "remote=127.0.0.3\n" {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "through haproxy: {body:?}"
+            );
+            std::thread::sleep(std::time::Duration::from_millis(200));
+        }
+    });
+    let _ = haproxy.kill();
+    let _ = haproxy.wait();
+    if let Err(e) = result {
+        std::panic::resume_unwind(e);
+    }
+}
+
+/// An h2 rapid-reset flood (HEADERS then RST_STREAM, thousands of times) from the
+/// Python `h2` package: the flooding connection is cut, memory stays bounded, and the
+/// other tenant is served throughout.
+#[test]
+fn h2_rapid_reset_flood_spares_the_others() {
+    if !require_root() {
+        return;
+    }
+    let has_h2 = Command::new("/usr/bin/python3")
+        .args(["-c", "import h2"])
+        .status()
+        .is_ok_and(|s| s.success());
+    if !has_h2 {
+        assert!(std::env::var("CI").is_err(), "python3-h2 is not installed");
+        eprintln!("skipping: python3-h2 is not installed");
+        return;
+    }
+    let t = TwoTenants::new();
+    let config = t.config("");
+    let condo = Condo::start(&config);
+    let flood = r#"
+import socket, sys, time
+import h2.connection, h2.config, h2.events
+s = socket.create_connection((sys.argv[1], int(sys.argv[2])))
+s.settimeout(2)
+c = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+c.initiate_connection()
+s.sendall(c.data_to_send())
+sent = 0
+end = time.time() + 5
+try:
+    while sent < 20000 and time.time() < end:
+        sid = c.get_next_available_stream_id()
+        c.send_headers(sid, [(":method", "GET"), (":path", "/"), (":scheme", "http"), (":authority", "a.test")])
+        c.reset_stream(sid)
+        s.sendall(c.data_to_send())
+        sent += 1
+    print("sent", sent, "not cut")
+except (OSError, Exception) as e:
+    print("sent", sent, "cut", type(e).__name__)
+"#;
+    let addr = condo.pass;
+    let flooder = std::thread::spawn(move || {
+        let out = Command::new("/usr/bin/python3")
+            .args([
+                "-c",
+                flood,
+                &addr.ip().to_string(),
+                &addr.port().to_string(),
+            ])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    });
+    for i in 0..20 {
+        let (body, ok) = curl(&["-H", "Host: b.test", &format!("http://{}/", condo.pass)]);
+        assert!(
+            ok && body == "site B\n",
+            "request {i} during the flood: {body}"
+        );
+    }
+    let result = flooder.join().unwrap();
+    eprintln!("flood: {result}");
+    assert!(
+        result.contains("cut"),
+        "the flooding connection was never cut: {result}"
+    );
+    let dispatcher = condo.wait_child("dispatcher", None);
+    let rss: u64 = status_field(&proc_status(dispatcher), "VmRSS")
+        .trim_end_matches(" kB")
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(rss < 100 * 1024, "dispatcher RSS {rss} KiB after the flood");
+    let (body, ok) = curl(&["-H", "Host: a.test", &format!("http://{}/", condo.pass)]);
+    assert!(ok && body == "site A\n", "{body}");
+}
+
+/// h2load over h2 (TLS, both certificate kinds) and h2c: every request answered.
+#[test]
+fn h2load_over_h2_and_h2c() {
+    if !require_root() {
+        return;
+    }
+    if Command::new("h2load").arg("--version").output().is_err() {
+        assert!(
+            std::env::var("CI").is_err(),
+            "h2load (nghttp2-client) is not installed"
+        );
+        eprintln!("skipping: h2load is not installed");
+        return;
+    }
+    let s = Setup::new(&["a.test", "www.a.test"], &["*.hosting.test"]);
+    let condo = Condo::start(&s.config);
+    let port = condo.tls.unwrap().port();
+    for url in [
+        format!("https://a.test:{port}/"),
+        format!("https://b.hosting.test:{port}/"),
+        format!("http://b.test:{}/", condo.pass.port()),
+    ] {
+        let out = Command::new("h2load")
+            .args(["-n", "2000", "-c", "4", "-m", "10"])
+            .arg(format!(
+                "--connect-to=127.0.0.1:{}",
+                url.rsplit(':').next().unwrap().trim_end_matches('/')
+            ))
+            .arg(&url)
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            text.contains("2000 succeeded, 0 failed, 0 errored"),
+            "{url}:\n{text}"
+        );
+        assert!(text.contains("status codes: 2000 2xx"), "{url}:\n{text}");
+    }
+}
