@@ -20,6 +20,11 @@ impl Pki {
     fn new(dir: &Path) -> Self {
         let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
         params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::CrlSign,
+            rcgen::KeyUsagePurpose::DigitalSignature,
+        ];
         params
             .distinguished_name
             .push(rcgen::DnType::CommonName, "condo test CA");
@@ -35,9 +40,20 @@ impl Pki {
 
     /// A certificate for `names`: (cert PEM, key PEM, key DER).
     fn issue(&self, names: &[&str]) -> (String, String, Vec<u8>) {
-        let params =
+        let mut params =
             rcgen::CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
                 .unwrap();
+        // A lifetime a public CA would give (sslyze's Mozilla check wants <= 398 days).
+        let now = time::OffsetDateTime::now_utc();
+        params.not_before = now - time::Duration::days(1);
+        params.not_after = now + time::Duration::days(90);
+        // What strict validators (sslyze's) require of a leaf.
+        params.use_authority_key_identifier_extension = true;
+        params.key_usages = vec![rcgen::KeyUsagePurpose::DigitalSignature];
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, names[0]);
         let key = rcgen::KeyPair::generate().unwrap();
         let cert = params.signed_by(&key, &self.ca).unwrap();
         (cert.pem(), key.serialize_pem(), key.serialize_der())
@@ -727,4 +743,45 @@ fn h2load_over_h2_and_h2c() {
         );
         assert!(text.contains("status codes: 2000 2xx"), "{url}:\n{text}");
     }
+}
+
+/// sslyze (PyPI) against both certificate paths: Mozilla's "intermediate" configuration.
+#[test]
+fn sslyze_mozilla_intermediate() {
+    if !require_root() {
+        return;
+    }
+    let has = Command::new("python3")
+        .args(["-m", "sslyze", "--help"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !has {
+        assert!(
+            std::env::var("CI").is_err(),
+            "sslyze is not installed (pip install sslyze)"
+        );
+        eprintln!("skipping: sslyze is not installed");
+        return;
+    }
+    let s = Setup::new(&["a.test", "www.a.test"], &["*.hosting.test"]);
+    // sslyze also connects without SNI: the wildcard answers those.
+    let text = std::fs::read_to_string(&s.config).unwrap();
+    std::fs::write(&s.config, format!("{text}default = true\n")).unwrap();
+    let condo = Condo::start(&s.config);
+    let port = condo.tls.unwrap().port();
+    let out = Command::new("python3")
+        .args([
+            "-m",
+            "sslyze",
+            "--mozilla_config=intermediate",
+            "--certinfo_ca_file",
+        ])
+        .arg(&s.pki.ca_pem)
+        .arg(format!("a.test:{port}{{127.0.0.1}}"))
+        .arg(format!("b.hosting.test:{port}{{127.0.0.1}}"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(text.matches(": OK - Compliant.").count(), 2, "{text}");
+    assert!(!text.contains("Not compliant"), "{text}");
 }
