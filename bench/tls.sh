@@ -1,0 +1,233 @@
+#!/usr/bin/env bash
+# HTTPS and HTTP/2 benchmark (issue 5): condo with a site's own certificate (TLS ends in
+# the tenant's worker) and with the host's wildcard (TLS ends in the dispatcher), against
+# nginx with the same certificates and files.
+#
+#   HTTPS/1.1 keep-alive      h2load --h1, BENCH_CONNS connections, BENCH_DURATION
+#   new handshake/request     h2load --h1, 1,000 clients with one request each
+#   HTTP/2                    h2load, 10 connections x 10 streams, BENCH_DURATION
+#
+# Run as root on Debian:   sudo bench/tls.sh
+# Quick:                   sudo BENCH_DURATION=3s bench/tls.sh
+set -euo pipefail
+
+SCRIPT_DIR=$(cd -- "$(dirname -- "${BASH_SOURCE[0]}")" && pwd)
+REPO_DIR=$(cd -- "$SCRIPT_DIR/.." && pwd)
+RESULTS_DIR=$SCRIPT_DIR/results
+
+CONDO_TLS_PORT=${CONDO_TLS_PORT:-18443}
+NGINX_TLS_PORT=${NGINX_TLS_PORT:-18444}
+BENCH_SERVERS="condo nginx"
+PROBE_PATH=/small.txt
+
+# shellcheck source-path=SCRIPTDIR source=lib.sh
+. "$SCRIPT_DIR/lib.sh"
+
+install_deps() {
+    local need=()
+    command -v nginx >/dev/null || [[ -x /usr/sbin/nginx ]] || need+=(nginx)
+    command -v h2load >/dev/null || need+=(nghttp2-client)
+    command -v openssl >/dev/null || need+=(openssl)   # the test PKI
+    command -v curl >/dev/null || need+=(curl)
+    command -v ss >/dev/null || need+=(iproute2)
+    apt_install "${need[@]}"
+}
+
+# A CA, a.test's own certificate (a's), the host's *.hosting.test wildcard.
+make_pki() {
+    local d=$TMP/pki
+    mkdir -p "$d"
+    openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 30 \
+        -subj "/CN=condo bench CA" -keyout "$d/ca.key" -out "$d/ca.pem" 2>/dev/null
+    issue() {   # NAME SAN OUT
+        openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -subj "/CN=$1" \
+            -keyout "$3.key" -out "$3.csr" 2>/dev/null
+        printf 'subjectAltName=%s\n' "$2" >"$3.ext"
+        openssl x509 -req -in "$3.csr" -CA "$d/ca.pem" -CAkey "$d/ca.key" -CAcreateserial \
+            -days 30 -extfile "$3.ext" -out "$3.pem" 2>/dev/null
+    }
+    issue a.test "DNS:a.test" "$d/a"
+    issue '*.hosting.test' "DNS:*.hosting.test" "$d/wild"
+    # a's key in a's tree, readable by a only (condo's worker reads it as a).
+    mkdir -p "$TMP/a/tls"
+    cp "$d/a.pem" "$d/a.key" "$TMP/a/tls/"
+    chown -R "$USER_A:$USER_A" "$TMP/a/tls"
+    chmod 0700 "$TMP/a/tls"
+    chmod 0600 "$TMP/a/tls/a.key"
+}
+
+make_tree() {
+    make_user "$USER_A"
+    make_user "$USER_B"
+    make_user "$USER_D"
+    make_user "$USER_W"
+    usermod -a -G "$USER_A,$USER_B" "$USER_W"
+    local t
+    for t in a b; do
+        mkdir -p "$TMP/$t/www"
+        printf 'Hello, world\n' >"$TMP/$t/www/small.txt"
+        chown -R "condo-bench-$t:condo-bench-$t" "$TMP/$t"
+        chmod 0750 "$TMP/$t" "$TMP/$t/www"
+        chmod 0640 "$TMP/$t/www/small.txt"
+    done
+}
+
+start_condo_tls() {
+    mkdir -p "$TMP/condo/sites"
+    cat >"$TMP/condo/condo.toml" <<EOF
+[server]
+tls_listen = ["127.0.0.1:$CONDO_TLS_PORT"]
+user = "$USER_D"
+uid_range = [100, 60000]
+log_dir = "$TMP/condo/log"
+run_dir = "$TMP/condo/run"
+state_dir = "$TMP/condo/state"
+cgroup_parent = "condo-tls-bench"
+
+[tenant.a]
+user = "$USER_A"
+[tenant.b]
+user = "$USER_B"
+
+[[certificate]]
+names = ["*.hosting.test"]
+cert = "$TMP/pki/wild.pem"
+key = "$TMP/pki/wild.key"
+EOF
+    cat >"$TMP/condo/sites/a.toml" <<EOF
+[[site]]
+name = "a.test"
+tenant = "a"
+root = "$TMP/a/www"
+tls = { cert = "$TMP/a/tls/a.pem", key = "$TMP/a/tls/a.key" }
+EOF
+    cat >"$TMP/condo/sites/b.toml" <<EOF
+[[site]]
+name = "b.hosting.test"
+tenant = "b"
+root = "$TMP/b/www"
+EOF
+    "$CONDO_BIN" check -c "$TMP/condo/condo.toml" >/dev/null || die "condo check failed"
+    setsid "$CONDO_BIN" serve -c "$TMP/condo/condo.toml" >"$TMP/condo/stderr.log" 2>&1 </dev/null &
+    SERVER_PID[condo]=$!
+    wait_https "$CONDO_TLS_PORT" condo
+}
+
+start_nginx_tls() {
+    mkdir -p "$TMP/nginx/logs"
+    cat >"$TMP/nginx/nginx.conf" <<EOF
+user $USER_W;
+worker_processes auto;
+pid $TMP/nginx/nginx.pid;
+error_log $TMP/nginx/logs/error.log warn;
+events { worker_connections 4096; }
+http {
+    access_log $TMP/nginx/logs/access.log combined;
+    keepalive_requests 100000;
+    ssl_protocols TLSv1.2 TLSv1.3;
+    ssl_session_cache off;      # condo keeps no server-side session cache either
+    client_body_temp_path $TMP/nginx/cb; proxy_temp_path $TMP/nginx/px;
+    fastcgi_temp_path $TMP/nginx/fc; uwsgi_temp_path $TMP/nginx/uw; scgi_temp_path $TMP/nginx/sc;
+    server {
+        listen 127.0.0.1:$NGINX_TLS_PORT ssl http2;
+        server_name a.test;
+        ssl_certificate $TMP/pki/a.pem; ssl_certificate_key $TMP/pki/a.key;
+        root $TMP/a/www;
+    }
+    server {
+        listen 127.0.0.1:$NGINX_TLS_PORT ssl http2;
+        server_name b.hosting.test;
+        ssl_certificate $TMP/pki/wild.pem; ssl_certificate_key $TMP/pki/wild.key;
+        root $TMP/b/www;
+    }
+}
+EOF
+    setsid nginx -c "$TMP/nginx/nginx.conf" -g 'daemon off;' >"$TMP/nginx/stderr.log" 2>&1 </dev/null &
+    SERVER_PID[nginx]=$!
+    wait_https "$NGINX_TLS_PORT" nginx
+}
+
+wait_https() {   # PORT NAME
+    local i
+    for ((i = 0; i < 100; i++)); do
+        if curl -s --max-time 2 --cacert "$TMP/pki/ca.pem" --resolve "a.test:$1:127.0.0.1" \
+            "https://a.test:$1/small.txt" | grep -q Hello; then
+            return 0
+        fi
+        sleep 0.2
+    done
+    die "$2 does not answer https://a.test:$1/small.txt"
+}
+
+declare -A R=()
+
+# measure SERVER PORT: every workload for both sites.
+measure() {
+    local name=$1 port=$2 sni secs out
+    secs=$(dur_secs "$BENCH_DURATION")
+    for sni in a.test b.hosting.test; do
+        out=$(timeout $((secs + 60)) h2load --h1 -c "$BENCH_CONNS" -D "$secs" --warm-up-time=1 \
+            --connect-to="127.0.0.1:$port" "https://$sni:$port/small.txt" 2>&1) || true
+        R[$name,$sni,h1]=$(awk '/^finished in/ {gsub(",", "", $4); print int($4)}' <<<"$out")
+        raw "=== $name $sni https/1.1 keep-alive ===" "$out"
+        # One request per connection: 1,000 clients, each a full handshake (no
+        # resumption) and one request. (h2load's timed mode with Connection: close spins
+        # forever in nghttp2 1.52, hence the count mode; every run is bounded by timeout.)
+        out=$(timeout 120 h2load --h1 -n 1000 -c 1000 \
+            --connect-to="127.0.0.1:$port" "https://$sni:$port/small.txt" 2>&1) || true
+        R[$name,$sni,new]=$(awk '/^finished in/ {gsub(",", "", $4); print int($4)}' <<<"$out")
+        raw "=== $name $sni new handshake ===" "$out"
+        out=$(timeout $((secs + 60)) h2load -c 10 -m 10 -D "$secs" --warm-up-time=1 \
+            --connect-to="127.0.0.1:$port" "https://$sni:$port/small.txt" 2>&1) || true
+        R[$name,$sni,h2]=$(awk '/^finished in/ {gsub(",", "", $4); print int($4)}' <<<"$out")
+        raw "=== $name $sni h2 ===" "$out"
+        log "$name $sni: https/1.1 ${R[$name,$sni,h1]:-?} req/s, new handshake ${R[$name,$sni,new]:-?}/s, h2 ${R[$name,$sni,h2]:-?} req/s"
+    done
+}
+
+report() {
+    local md sni w c n
+    md=$RESULTS_DIR/tls-$(date +%Y%m%d-%H%M%S)-$(hostname -s).md
+    {
+        printf '# HTTPS and HTTP/2: condo vs nginx, same certificates\n\n'
+        printf '%s, %s cores, %s; condo %s; %s per cell\n\n' "$(date -u +%Y-%m-%dT%H:%MZ)" "$(nproc)" \
+            "$(uname -r)" "$(cd "$REPO_DIR" && git rev-parse --short HEAD 2>/dev/null || echo '?')" "$BENCH_DURATION"
+        printf '| site (certificate) | workload | condo | nginx | condo/nginx |\n|---|---|--:|--:|--:|\n'
+        for sni in a.test b.hosting.test; do
+            for w in h1 new h2; do
+                c=${R[condo,$sni,$w]:-0}; n=${R[nginx,$sni,$w]:-0}
+                printf '| %s | %s | %s | %s | %s |\n' \
+                    "$([[ $sni == a.test ]] && echo 'a.test (own: TLS in the worker)' || echo 'b.hosting.test (host wildcard: TLS in the dispatcher)')" \
+                    "$(case $w in h1) echo "HTTPS/1.1 keep-alive, $BENCH_CONNS conns (req/s)";; new) echo 'new handshake per request, 1,000 clients x 1 (req/s)';; h2) echo 'h2, 10 conns x 10 streams (req/s)';; esac)" \
+                    "$c" "$n" "$( ((n > 0)) && printf '%.2f' "$(bc -l <<<"$c/$n")" || echo -)"
+            done
+        done
+        printf '\nTarget: >= 0.9x nginx. h2load runs on the same 2 cores as the servers.\n'
+    } >"$md"
+    cat "$md"
+    log "written $md"
+}
+
+main() {
+    [[ $(id -u) == 0 ]] || die "run as root"
+    TMP=$(mktemp -d /tmp/condo-tls.XXXXXX)
+    chmod 0755 "$TMP"
+    trap cleanup EXIT INT TERM
+    CONDO_BIN=${CONDO_BIN:-$REPO_DIR/target/release/condo}
+    mkdir -p "$RESULTS_DIR"
+    RAW=$RESULTS_DIR/tls-$(date +%Y%m%d-%H%M%S).raw.log
+    install_deps
+    command -v bc >/dev/null || apt_install bc
+    build_condo || die "no condo binary"
+    make_tree
+    make_pki
+    start_condo_tls
+    measure condo "$CONDO_TLS_PORT"
+    stop_server condo
+    start_nginx_tls
+    measure nginx "$NGINX_TLS_PORT"
+    stop_server nginx
+    report
+}
+
+main "$@"
