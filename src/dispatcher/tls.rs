@@ -196,12 +196,14 @@ impl Dispatcher {
     {
         let limits = self.limits;
         let names = Arc::new(tls_names);
+        let relays = Arc::new(crate::http::h2::Relays::default());
         let dispatcher = self.clone();
         crate::http::h2::serve(io, &limits, move |req| {
             let d = dispatcher.clone();
             let names = names.clone();
+            let relays = relays.clone();
             async move {
-                d.h2_request(req, peer, local, names.as_ref().as_deref())
+                d.h2_request(req, peer, local, names.as_ref().as_deref(), &relays)
                     .await
             }
         })
@@ -214,6 +216,7 @@ impl Dispatcher {
         peer: SocketAddr,
         local: SocketAddr,
         tls_names: Option<&[String]>,
+        relays: &crate::http::h2::Relays,
     ) -> http::Response<crate::http::h2::Body> {
         use crate::http::h2;
         let Some(host) = h2::host_of(&req) else {
@@ -231,11 +234,13 @@ impl Dispatcher {
             return h2::error(status);
         };
         let secure = tls_names.is_some();
-        match super::proxy::open_relay(&self.workers, route, peer, local, secure).await {
-            Ok(stream) => h2::forward_http1(stream, req, &host).await,
-            Err(status) => h2::error(
-                http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::BAD_GATEWAY),
-            ),
-        }
+        let open = || async {
+            super::proxy::open_relay(&self.workers, route, peer, local, secure)
+                .await
+                .map_err(|status| {
+                    http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::BAD_GATEWAY)
+                })
+        };
+        relays.send(&route.site, req, &host, open).await
     }
 }

@@ -59,41 +59,90 @@ where
     }
 }
 
-/// Send `req` as HTTP/1.1 over `stream` (to a worker) and return its response.
-pub async fn forward_http1(
-    stream: UnixStream,
-    mut req: Request<Incoming>,
-    host: &str,
-) -> Response<Body> {
-    let (mut sender, conn) = match hyper::client::conn::http1::handshake(TokioIo::new(stream)).await
+type Sender = hyper::client::conn::http1::SendRequest<Incoming>;
+
+/// HTTP/1.1 connections to the backend, kept per site for the life of one h2
+/// connection: an h2 stream reuses an idle one instead of opening a new stream to the
+/// worker (and a new task there) for every request.
+#[derive(Default)]
+pub struct Relays {
+    idle: std::sync::Mutex<std::collections::HashMap<String, Vec<Sender>>>,
+}
+
+/// Idle backend connections kept per site and h2 connection.
+const MAX_IDLE_RELAYS: usize = 32;
+
+impl Relays {
+    /// Send `req` as HTTP/1.1 to `site`'s backend, over a kept connection or one that
+    /// `open` makes, and return its response.
+    pub async fn send<F, Fut>(
+        &self,
+        site: &str,
+        mut req: Request<Incoming>,
+        host: &str,
+        open: F,
+    ) -> Response<Body>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<UnixStream, StatusCode>>,
     {
-        Ok(pair) => pair,
-        Err(e) => {
-            debug!("h2 → http/1.1: {e}");
-            return error(StatusCode::BAD_GATEWAY);
+        let kept = {
+            let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+            let list = idle.entry(site.to_string()).or_default();
+            list.retain(|s| !s.is_closed());
+            list.iter()
+                .position(|s| s.is_ready())
+                .map(|i| list.swap_remove(i))
+        };
+        let mut sender = match kept {
+            Some(s) => s,
+            None => {
+                let stream = match open().await {
+                    Ok(s) => s,
+                    Err(status) => return error(status),
+                };
+                match hyper::client::conn::http1::handshake(TokioIo::new(stream)).await {
+                    Ok((sender, conn)) => {
+                        tokio::spawn(async move {
+                            if let Err(e) = conn.await {
+                                debug!("h2 → http/1.1 connection: {e}");
+                            }
+                        });
+                        sender
+                    }
+                    Err(e) => {
+                        debug!("h2 → http/1.1: {e}");
+                        return error(StatusCode::BAD_GATEWAY);
+                    }
+                }
+            }
+        };
+        // HTTP/1.1 wants origin-form and a Host header; h2 carries :authority instead.
+        let path = req
+            .uri()
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_string();
+        *req.uri_mut() = path.parse().unwrap_or_else(|_| http::Uri::from_static("/"));
+        *req.version_mut() = http::Version::HTTP_11;
+        if let Ok(value) = HeaderValue::from_str(host) {
+            req.headers_mut().insert(header::HOST, value);
         }
-    };
-    tokio::spawn(async move {
-        if let Err(e) = conn.await {
-            debug!("h2 → http/1.1 connection: {e}");
+        let response = sender.send_request(req).await;
+        // Back to the pool: it is ready again once this response's body has been read.
+        {
+            let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
+            let list = idle.entry(site.to_string()).or_default();
+            if list.len() < MAX_IDLE_RELAYS && !sender.is_closed() {
+                list.push(sender);
+            }
         }
-    });
-    // HTTP/1.1 wants origin-form and a Host header; h2 carries :authority instead.
-    let path = req
-        .uri()
-        .path_and_query()
-        .map_or("/", |p| p.as_str())
-        .to_string();
-    *req.uri_mut() = path.parse().unwrap_or_else(|_| http::Uri::from_static("/"));
-    *req.version_mut() = http::Version::HTTP_11;
-    if let Ok(value) = HeaderValue::from_str(host) {
-        req.headers_mut().insert(header::HOST, value);
-    }
-    match sender.send_request(req).await {
-        Ok(response) => response.map(|b| b.boxed()),
-        Err(e) => {
-            debug!("h2 → http/1.1 request: {e}");
-            error(StatusCode::BAD_GATEWAY)
+        match response {
+            Ok(response) => response.map(|b| b.boxed()),
+            Err(e) => {
+                debug!("h2 → http/1.1 request: {e}");
+                error(StatusCode::BAD_GATEWAY)
+            }
         }
     }
 }

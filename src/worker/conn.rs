@@ -134,10 +134,12 @@ pub async fn serve(tenant: Arc<Tenant>, peer: Arc<PeerChannel>, handoff: Handoff
 /// this same handler as an HTTP/1.1 connection over a socketpair (see `http::h2`).
 async fn serve_h2(tenant: Arc<Tenant>, peer: Arc<PeerChannel>, handoff: Handoff, stream: Stream) {
     let limits = tenant.limits;
+    let relays = Arc::new(crate::http::h2::Relays::default());
     let backend = move |req: ::http::Request<hyper::body::Incoming>| {
         let tenant = tenant.clone();
         let peer = peer.clone();
         let handoff = handoff.clone();
+        let relays = relays.clone();
         async move {
             use crate::http::h2;
             let Some(host) = h2::host_of(&req) else {
@@ -150,28 +152,26 @@ async fn serve_h2(tenant: Arc<Tenant>, peer: Arc<PeerChannel>, handoff: Handoff,
             {
                 return h2::error(::http::StatusCode::MISDIRECTED_REQUEST);
             }
-            let Ok((mine, theirs)) = std::os::unix::net::UnixStream::pair() else {
-                return h2::error(::http::StatusCode::SERVICE_UNAVAILABLE);
+            let site = handoff.site.clone();
+            let open = || async move {
+                let unavailable = |_| ::http::StatusCode::SERVICE_UNAVAILABLE;
+                let (mine, theirs) = std::os::unix::net::UnixStream::pair().map_err(unavailable)?;
+                let local_handoff = Handoff {
+                    handover: Handover::Proxy,
+                    tls_handshake: false,
+                    buffered: Vec::new(),
+                    ..handoff
+                };
+                tokio::spawn(serve_boxed(
+                    tenant,
+                    peer,
+                    local_handoff,
+                    OwnedFd::from(theirs),
+                ));
+                mine.set_nonblocking(true).map_err(unavailable)?;
+                tokio::net::UnixStream::from_std(mine).map_err(unavailable)
             };
-            let local_handoff = Handoff {
-                handover: Handover::Proxy,
-                tls_handshake: false,
-                buffered: Vec::new(),
-                ..handoff
-            };
-            tokio::spawn(serve_boxed(
-                tenant,
-                peer,
-                local_handoff,
-                OwnedFd::from(theirs),
-            ));
-            let stream = mine
-                .set_nonblocking(true)
-                .and_then(|()| tokio::net::UnixStream::from_std(mine));
-            match stream {
-                Ok(stream) => h2::forward_http1(stream, req, &host).await,
-                Err(_) => h2::error(::http::StatusCode::SERVICE_UNAVAILABLE),
-            }
+            relays.send(&site, req, &host, open).await
         }
     };
     crate::http::h2::serve(stream, &limits, backend).await;
