@@ -169,6 +169,7 @@ pub struct Master {
 
 /// Load the config and run the master in the foreground until TERM or INT.
 pub fn serve(config_path: &Path) -> anyhow::Result<()> {
+    crate::sandbox::close_inherited_on_exec().context("marking inherited fds close-on-exec")?;
     let loaded = config::load(config_path);
     for d in &loaded.diagnostics {
         eprintln!("condo: {d}");

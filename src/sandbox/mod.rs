@@ -67,8 +67,41 @@ pub fn command(exe: &Path, args: &[&OsStr], plan: SandboxPlan) -> tokio::process
     cmd
 }
 
+/// Mark every fd above stderr close-on-exec: whatever this process inherited from its
+/// own parent (a shell's, cargo's jobserver pipe, ...) never reaches a child. Only the
+/// fds a [`SandboxPlan`] names are opened up again for one child.
+pub fn close_inherited_on_exec() -> io::Result<()> {
+    // SAFETY: close_range with CLOSE_RANGE_CLOEXEC only sets a flag on fds; it closes
+    // nothing and touches no memory.
+    let r = unsafe {
+        libc::close_range(
+            3,
+            libc::c_uint::MAX,
+            libc::CLOSE_RANGE_CLOEXEC as libc::c_int,
+        )
+    };
+    if r == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// Precondition: only one thread runs (we are between fork and exec).
 fn apply(plan: &SandboxPlan, groups: &[Gid], parent: Pid) -> io::Result<()> {
+    // Only the plan's fds cross the exec, even ones another thread of the parent
+    // opened without O_CLOEXEC a moment before the fork.
+    // SAFETY: as in close_inherited_on_exec; async-signal-safe.
+    if unsafe {
+        libc::close_range(
+            3,
+            libc::c_uint::MAX,
+            libc::CLOSE_RANGE_CLOEXEC as libc::c_int,
+        )
+    } != 0
+    {
+        return Err(io::Error::last_os_error());
+    }
     for &fd in &plan.cgroup_procs {
         // "0" is the writing process: the child itself, before the tenant runs a thing.
         // SAFETY: the parent keeps these files open until spawn returns.
