@@ -332,3 +332,117 @@ fn a_cpu_spinner_is_throttled_and_b_stays_fast() {
         "b's median {busy:?} > {bound:?} (idle {idle:?})"
     );
 }
+
+#[test]
+fn rlimit_fsize_binds_scripts_but_never_kills_the_worker_on_its_logs() {
+    if !require_root() || !require_cgroup_v1() {
+        return;
+    }
+    let (t, _parent, config) = setup("rlimit_fsize = \"1M\"");
+    // The site's access log is already past the tenant's file size limit (logs are
+    // condo's files, written by the worker): the limit is for the tenant's own files.
+    let log = t.dir.path().join("log/a.test.access.log");
+    std::fs::create_dir_all(log.parent().unwrap()).unwrap();
+    std::fs::File::create(&log)
+        .unwrap()
+        .set_len(2 << 20)
+        .unwrap();
+    t.script(
+        "a",
+        "cgi-bin/big.sh",
+        "#!/bin/sh\nprintf 'Content-Type: text/plain\\n\\n'\nf=$(mktemp)\nif head -c 2097152 /dev/zero > \"$f\" 2>/dev/null; then echo wrote=yes; else echo wrote=no; fi\necho size=$(stat -c %s \"$f\")\nrm -f \"$f\"\n",
+    );
+    let condo = Condo::start(&config);
+    let get = || curl(&["-H", "Host: a.test", &format!("http://{}/", condo.pass)]);
+    let (body, ok) = get();
+    assert!(ok && body == "site A\n", "{body}");
+    let worker = condo.wait_child("worker", Some("a"));
+    for _ in 0..3 {
+        let (body, ok) = get();
+        assert!(ok && body == "site A\n", "{body}");
+    }
+    // The tenant's script is bound by it.
+    let (out, ok) = curl(&[
+        "-H",
+        "Host: a.test",
+        &format!("http://{}/cgi-bin/big.sh", condo.pass),
+    ]);
+    assert!(ok, "{out}");
+    assert_eq!(field(&out, "wrote"), "no", "{out}");
+    assert_eq!(field(&out, "size"), (1u64 << 20).to_string(), "{out}");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(
+        condo.children("worker", Some("a")),
+        vec![worker],
+        "a's worker died writing its access log; log:\n{}",
+        condo.log_text()
+    );
+    // And the lines reached the log.
+    let len = std::fs::metadata(&log).unwrap().len();
+    assert!(len > 2 << 20, "access log not written: {len} bytes");
+}
+
+#[test]
+fn changed_limits_reach_the_tenants_group_on_reload() {
+    if !require_root() || !require_cgroup_v1() {
+        return;
+    }
+    let (t, parent, config) = setup("memory_max = \"96M\"\npids_max = 40");
+    let condo = Condo::start(&config);
+    let get = || curl(&["-H", "Host: a.test", &format!("http://{}/", condo.pass)]);
+    let (body, ok) = get();
+    assert!(ok && body == "site A\n", "{body}");
+    let old = condo.wait_child("worker", Some("a"));
+    assert_eq!(
+        parent.tenant_file("memory", "a", "memory.limit_in_bytes"),
+        (96u64 << 20).to_string()
+    );
+    let text = std::fs::read_to_string(&config).unwrap();
+    std::fs::write(
+        &config,
+        text.replace(
+            "memory_max = \"96M\"\npids_max = 40",
+            "memory_max = \"256M\"\npids_max = 100",
+        ),
+    )
+    .unwrap();
+    let out = std::process::Command::new(CONDO)
+        .args(["reload", "-c"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The tenant's new worker runs under the new limits (raising memory_max on v1
+    // means raising memsw first where swap accounting is on).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (body, ok) = get();
+        assert!(
+            ok && body == "site A\n",
+            "{body}\nlog:\n{}",
+            condo.log_text()
+        );
+        if condo
+            .children("worker", Some("a"))
+            .iter()
+            .any(|&p| p != old)
+        {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no new worker for a:\n{}",
+            condo.log_text()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        parent.tenant_file("memory", "a", "memory.limit_in_bytes"),
+        (256u64 << 20).to_string()
+    );
+    assert_eq!(parent.tenant_file("pids", "a", "pids.max"), "100");
+}

@@ -55,6 +55,15 @@ impl Rlimit {
     fn is_size(self) -> bool {
         matches!(self, Rlimit::As | Rlimit::Core | Rlimit::Fsize)
     }
+
+    /// Limits the long-lived worker must not carry itself: RLIMIT_CPU counts its CPU
+    /// since it started (it would be killed after that many seconds of serving) and
+    /// RLIMIT_FSIZE applies to every file it writes, condo's access logs included (the
+    /// first line past the size would kill it with SIGXFSZ). They bind the processes
+    /// the worker starts (CGI scripts, php-cgi, apps), set in their pre_exec.
+    pub fn only_for_started_processes(self) -> bool {
+        matches!(self, Rlimit::Cpu | Rlimit::Fsize)
+    }
 }
 
 /// The limit keys as written, in `[defaults]` or `[tenant.NAME]`.
@@ -87,6 +96,24 @@ impl LimitKeys {
 }
 
 impl Limits {
+    /// The rlimits of the tenant's worker (and, inherited, of everything it starts).
+    pub fn worker_rlimits(&self) -> Vec<(Rlimit, u64)> {
+        self.rlimits
+            .iter()
+            .copied()
+            .filter(|(w, _)| !w.only_for_started_processes())
+            .collect()
+    }
+
+    /// The rlimits the worker sets on each process it starts, on top of its own.
+    pub fn started_process_rlimits(&self) -> Vec<(Rlimit, u64)> {
+        self.rlimits
+            .iter()
+            .copied()
+            .filter(|(w, _)| w.only_for_started_processes())
+            .collect()
+    }
+
     /// `base` with the keys of `keys` (found under `table` in `source`) applied.
     pub(super) fn apply(
         base: &Limits,
@@ -206,6 +233,16 @@ mod tests {
                 (Rlimit::As, 2 << 30),
                 (Rlimit::Core, 0)
             ]
+        );
+    }
+
+    #[test]
+    fn cpu_and_fsize_bind_started_processes_only() {
+        let (l, _) = apply("rlimit_nofile = 100\nrlimit_cpu = 60\nrlimit_fsize = \"1M\"\n");
+        assert_eq!(l.worker_rlimits(), vec![(Rlimit::Nofile, 100)]);
+        assert_eq!(
+            l.started_process_rlimits(),
+            vec![(Rlimit::Cpu, 60), (Rlimit::Fsize, 1 << 20)]
         );
     }
 

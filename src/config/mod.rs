@@ -146,6 +146,9 @@ pub struct Site {
     /// Niceness of the site's scripts and app processes (mpm-itk's NiceValue); at
     /// least the tenant's.
     pub nice: Option<i32>,
+    /// The tenant's rlimits that bind the site's scripts and app processes but not the
+    /// worker (see [`Rlimit::only_for_started_processes`]).
+    pub process_rlimits: Vec<(Rlimit, u64)>,
     /// The site's own certificate (TLS ends in the tenant's worker).
     pub tls: Option<SiteTls>,
     /// Plain-HTTP requests get a 301 to `https://` on this port.
@@ -1085,6 +1088,10 @@ fn validate_site(
     for host in std::iter::once(&name).chain(aliases.iter()) {
         claimed.insert(host.clone(), here.clone());
     }
+    let process_rlimits = tenants
+        .get(&s.tenant)
+        .map(|t| t.limits.started_process_rlimits())
+        .unwrap_or_default();
     Some(Site {
         name,
         aliases,
@@ -1096,6 +1103,7 @@ fn validate_site(
         routes,
         max_clients: s.max_clients,
         nice: s.nice,
+        process_rlimits,
         tls: s.tls,
         https_redirect,
         hsts: s.hsts,

@@ -243,7 +243,10 @@ impl TenantGroup {
         }
     }
 
-    fn write_limits(&self, limits: &Limits) -> io::Result<()> {
+    /// Write `limits` into the group: at creation, and again when the tenant's next
+    /// worker starts in a group that already exists (a reload changed the limits while
+    /// the draining worker still holds the group).
+    pub fn write_limits(&self, limits: &Limits) -> io::Result<()> {
         let v2 = matches!(self.layout, Layout::V2 { .. });
         let memory = limits
             .memory_max
@@ -268,8 +271,12 @@ impl TenantGroup {
             let v1_memory = limits
                 .memory_max
                 .map_or("-1".to_string(), |b| b.to_string());
+            // memsw (memory + swap) only exists with swap accounting on. The kernel
+            // keeps memsw >= memory (EINVAL otherwise), so a group made with a lower
+            // limit (before a reload, or left by an earlier master) is raised or
+            // unlimited only after memsw is lifted.
+            let _ = self.write("memory", "memory.memsw.limit_in_bytes", "-1");
             self.write("memory", "memory.limit_in_bytes", &v1_memory)?;
-            // memsw (memory + swap) only exists with swap accounting on.
             if limits.memory_max.is_some() {
                 let _ = self.write("memory", "memory.memsw.limit_in_bytes", &v1_memory);
             }

@@ -636,7 +636,14 @@ impl Master {
         // because its cgroup could not be made.
         let group = match &self.cgroups {
             Some(cgroups) => match self.groups.get(tenant) {
-                Some(g) => Some(g.clone()),
+                Some(g) => {
+                    // The old limits stay in force if the new ones cannot be written
+                    // (e.g. memory_max below what the group uses now).
+                    if let Err(e) = g.write_limits(&tenant_config.limits) {
+                        warn!(tenant, "updating the tenant's cgroup limits: {e}");
+                    }
+                    Some(g.clone())
+                }
                 None => {
                     let g = cgroups
                         .tenant(tenant, &tenant_config.limits)

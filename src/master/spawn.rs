@@ -270,7 +270,7 @@ pub async fn start_worker(
     };
     let plan = SandboxPlan {
         cgroup_procs: procs.iter().map(|f| f.as_raw_fd()).collect(),
-        rlimits: limits.rlimits.clone(),
+        rlimits: limits.worker_rlimits(),
         nice: limits.nice,
         ..SandboxPlan::new(credentials, vec![theirs.as_raw_fd()])
     };

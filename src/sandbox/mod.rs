@@ -109,11 +109,7 @@ fn apply(plan: &SandboxPlan, groups: &[Gid], parent: Pid) -> io::Result<()> {
         rustix::io::write(borrowed, b"0")?;
     }
     for &(which, value) in &plan.rlimits {
-        let limit = rustix::process::Rlimit {
-            current: (value != u64::MAX).then_some(value),
-            maximum: (value != u64::MAX).then_some(value),
-        };
-        rustix::process::setrlimit(resource(which), limit)?;
+        rustix::process::setrlimit(resource(which), rlimit(value))?;
     }
     if let Some(nice) = plan.nice {
         rustix::process::setpriority_process(None, nice)?;
@@ -148,6 +144,14 @@ fn apply(plan: &SandboxPlan, groups: &[Gid], parent: Pid) -> io::Result<()> {
     Ok(())
 }
 
+/// soft = hard; `u64::MAX` ("max" in the config) is no limit.
+fn rlimit(value: u64) -> rustix::process::Rlimit {
+    rustix::process::Rlimit {
+        current: (value != u64::MAX).then_some(value),
+        maximum: (value != u64::MAX).then_some(value),
+    }
+}
+
 fn resource(which: Rlimit) -> rustix::process::Resource {
     use rustix::process::Resource;
     match which {
@@ -161,12 +165,24 @@ fn resource(which: Rlimit) -> rustix::process::Resource {
 }
 
 /// Run a process the worker starts for one site at that site's `nice` (the worker is
-/// unprivileged, so this only ever lowers priority further).
-pub fn nice_child(cmd: &mut tokio::process::Command, nice: i32) {
-    // SAFETY: runs in the forked child; one raw syscall, no allocation.
+/// unprivileged, so this only ever lowers priority further) and with the tenant's
+/// rlimits that the worker itself does not carry (CPU seconds, file size).
+pub fn site_child(cmd: &mut tokio::process::Command, site: &crate::config::Site) {
+    let nice = site.nice;
+    let rlimits = site.process_rlimits.clone();
+    if nice.is_none() && rlimits.is_empty() {
+        return;
+    }
+    // SAFETY: runs in the forked child; raw syscalls only, no allocation (`rlimits` was
+    // built before the fork).
     unsafe {
         cmd.pre_exec(move || {
-            rustix::process::setpriority_process(None, nice)?;
+            for &(which, value) in &rlimits {
+                rustix::process::setrlimit(resource(which), rlimit(value))?;
+            }
+            if let Some(nice) = nice {
+                rustix::process::setpriority_process(None, nice)?;
+            }
             Ok(())
         });
     }

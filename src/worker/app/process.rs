@@ -213,9 +213,7 @@ impl App {
             .process_group(0)
             .kill_on_drop(false);
         crate::sandbox::die_with_parent(&mut command);
-        if let Some(nice) = site.config.nice {
-            crate::sandbox::nice_child(&mut command, nice);
-        }
+        crate::sandbox::site_child(&mut command, &site.config);
         crate::sandbox::pass_listen_fd(&mut command, OwnedFd::from(listener));
         let spawned = command.spawn();
         // Closes the parent's copy of the listener: only the app holds it now.

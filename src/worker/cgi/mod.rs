@@ -230,9 +230,7 @@ async fn run(
         // Its own process group, so a timeout kills whatever the script started too.
         .process_group(0)
         .kill_on_drop(true);
-    if let Some(nice) = call.site.config.nice {
-        crate::sandbox::nice_child(&mut command, nice);
-    }
+    crate::sandbox::site_child(&mut command, &call.site.config);
     let mut child = command
         .spawn()
         .map_err(|e| refuse(500, format!("cannot run {}: {e}", script_file.display())))?;

@@ -193,9 +193,7 @@ impl Pool {
             .process_group(0)
             .kill_on_drop(true);
         crate::sandbox::die_with_parent(&mut command);
-        if let Some(nice) = site.config.nice {
-            crate::sandbox::nice_child(&mut command, nice);
-        }
+        crate::sandbox::site_child(&mut command, &site.config);
         let mut child = match command.spawn() {
             Ok(c) => c,
             Err(e) => {
