@@ -387,7 +387,7 @@ fn changed_limits_reach_the_tenants_group_on_reload() {
     if !require_root() || !require_cgroup_v1() {
         return;
     }
-    let (t, parent, config) = setup("memory_max = \"96M\"\npids_max = 40");
+    let (_t, parent, config) = setup("memory_max = \"96M\"\npids_max = 40");
     let condo = Condo::start(&config);
     let get = || curl(&["-H", "Host: a.test", &format!("http://{}/", condo.pass)]);
     let (body, ok) = get();
