@@ -58,6 +58,9 @@ enum Command {
         ipc_fd: RawFd,
         #[arg(long = "listener-fd")]
         listener_fds: Vec<RawFd>,
+        /// Where the master writes the metrics file (the one path it may read).
+        #[arg(long)]
+        run_dir: PathBuf,
     },
     /// Internal: a tenant's worker process, started by the master.
     #[command(hide = true)]
@@ -83,7 +86,8 @@ fn main() -> ExitCode {
         Command::Dispatcher {
             ipc_fd,
             listener_fds,
-        } => condo::dispatcher::run(ipc_fd, &listener_fds),
+            run_dir,
+        } => condo::dispatcher::run(ipc_fd, &listener_fds, &run_dir),
         Command::Worker {
             tenant,
             ipc_fd,

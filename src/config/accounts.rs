@@ -14,6 +14,8 @@ pub struct Credentials {
     pub gid: u32,
     /// Supplementary groups as initgroups(3) would set them (including `gid`).
     pub groups: Vec<u32>,
+    /// The account's home directory (the tenant's own under Landlock and in a cage).
+    pub home: std::path::PathBuf,
 }
 
 /// Look a user up in the system's account database.
@@ -29,6 +31,7 @@ pub fn resolve_user(name: &str) -> Result<Credentials, String> {
         uid: user.uid.as_raw(),
         gid: user.gid.as_raw(),
         groups: groups.into_iter().map(|g| g.as_raw()).collect(),
+        home: user.dir,
     })
 }
 
@@ -78,6 +81,7 @@ mod tests {
             group: None,
             pool: Default::default(),
             limits: Default::default(),
+            isolation: Default::default(),
         };
         let err = resolve_tenant(&t, (0, 60000)).unwrap_err();
         assert!(err.contains("uid 0"), "{err}");
@@ -91,6 +95,7 @@ mod tests {
             group: None,
             pool: Default::default(),
             limits: Default::default(),
+            isolation: Default::default(),
         };
         let creds = resolve_user("nobody").expect("Debian has `nobody`");
         let err = resolve_tenant(&t, (1000, creds.uid - 1)).unwrap_err();

@@ -6,6 +6,7 @@
 
 mod accounts;
 mod diag;
+mod isolation;
 mod limits;
 mod pool;
 
@@ -18,6 +19,7 @@ use serde::{Deserialize, Serialize};
 
 pub use accounts::{Credentials, resolve_tenant, resolve_user};
 pub use diag::{Diagnostic, Source};
+pub use isolation::{Isolation, IsolationMode};
 pub use limits::{Limits, Rlimit};
 pub use pool::{Pool, parse_size};
 
@@ -123,6 +125,7 @@ pub struct Tenant {
     pub group: Option<String>,
     pub pool: Pool,
     pub limits: Limits,
+    pub isolation: Isolation,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -404,9 +407,20 @@ struct TenantSection {
     rlimit_core: Option<toml::Value>,
     rlimit_cpu: Option<toml::Value>,
     rlimit_fsize: Option<toml::Value>,
+    isolation: Option<String>,
+    allow_read: Option<Vec<PathBuf>>,
+    allow_write: Option<Vec<PathBuf>>,
 }
 
 impl TenantSection {
+    fn isolation_keys(&self) -> isolation::IsolationKeys {
+        isolation::IsolationKeys {
+            isolation: self.isolation.clone(),
+            allow_read: self.allow_read.clone(),
+            allow_write: self.allow_write.clone(),
+        }
+    }
+
     fn pool_keys(&self) -> pool::PoolKeys {
         pool::PoolKeys {
             workers_min: self.workers_min,
@@ -528,6 +542,13 @@ pub fn load(path: &Path) -> Loaded {
         "defaults",
         &mut diagnostics,
     );
+    let default_isolation = Isolation::apply(
+        &Isolation::default(),
+        &defaults.isolation_keys(),
+        &source,
+        "defaults",
+        &mut diagnostics,
+    );
     let mut tenants = BTreeMap::new();
     for (name, t) in &main.tenant {
         let key = format!("tenant.{name}");
@@ -556,6 +577,13 @@ pub fn load(path: &Path) -> Loaded {
             limits: Limits::apply(
                 &default_limits,
                 &t.limit_keys(),
+                &source,
+                &key,
+                &mut diagnostics,
+            ),
+            isolation: Isolation::apply(
+                &default_isolation,
+                &t.isolation_keys(),
                 &source,
                 &key,
                 &mut diagnostics,

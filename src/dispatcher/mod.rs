@@ -81,7 +81,7 @@ impl Dispatcher {
     }
 }
 
-pub fn run(ipc_fd: RawFd, listener_fds: &[RawFd]) -> anyhow::Result<()> {
+pub fn run(ipc_fd: RawFd, listener_fds: &[RawFd], run_dir: &std::path::Path) -> anyhow::Result<()> {
     crate::logging::init_tracing(None);
     if rustix::process::geteuid().is_root() {
         bail!("the dispatcher refuses to run as root");
@@ -91,6 +91,13 @@ pub fn run(ipc_fd: RawFd, listener_fds: &[RawFd]) -> anyhow::Result<()> {
         .iter()
         .map(|&fd| sandbox::inherited_fd(fd))
         .collect::<Result<_, _>>()?;
+    // Before the runtime starts its threads, which inherit both: from here on this
+    // process parses clients' bytes, so it can read only the metrics file and make only
+    // the syscalls serving needs.
+    if !sandbox::restrict_dispatcher(run_dir).context("landlock")? {
+        tracing::warn!("the kernel has no Landlock: the dispatcher's file access is not fenced");
+    }
+    sandbox::restrict_dispatcher_syscalls()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .thread_name("condo-dispatcher")

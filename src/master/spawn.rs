@@ -2,11 +2,11 @@
 
 use std::ffi::OsString;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
+use anyhow::{Context, bail};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Child;
 use tracing::{info, warn};
@@ -14,7 +14,7 @@ use tracing::{info, warn};
 use super::cgroup::TenantGroup;
 use super::logs::LogFiles;
 use super::{DispatcherChannel, WorkerChannel};
-use crate::config::{Config, Credentials, Handover, Site, Tenant};
+use crate::config::{Config, Credentials, Handover, IsolationMode, Site, Tenant};
 use crate::ipc::{
     self, Channel, DispatcherInit, ListenerInfo, LogKind, MasterToDispatcher, MasterToWorker,
     ProviderCertPem, Route, Routing, WorkerInit,
@@ -189,7 +189,15 @@ pub async fn start_dispatcher(
     listeners: &[Bound],
 ) -> anyhow::Result<(Child, DispatcherChannel, MasterToDispatcher)> {
     let (ours, theirs) = ipc::raw_pair().context("socketpair")?;
-    let mut args: Vec<OsString> = vec!["dispatcher".into(), "--ipc-fd".into(), fd_arg(&theirs)];
+    let metrics = metrics_file(config);
+    let run_dir = metrics.parent().unwrap_or(Path::new("/"));
+    let mut args: Vec<OsString> = vec![
+        "dispatcher".into(),
+        "--ipc-fd".into(),
+        fd_arg(&theirs),
+        "--run-dir".into(),
+        run_dir.into(),
+    ];
     for l in listeners {
         args.push("--listener-fd".into());
         args.push(fd_arg(&l.fd));
@@ -204,7 +212,7 @@ pub async fn start_dispatcher(
         listeners: listeners.iter().map(|l| l.info.clone()).collect(),
         routing: routing(config),
         limits: config.server.limits,
-        metrics_file: metrics_file(config),
+        metrics_file: metrics.clone(),
         certificates: provider_certificates(config)?,
         proxy_protocol_from: config.server.proxy_protocol_from.clone(),
     };
@@ -268,10 +276,12 @@ pub async fn start_worker(
             .context("opening the tenant's cgroup.procs")?,
         None => Vec::new(),
     };
+    let fence = tenant_fence(exe, tenant_config, credentials.as_ref(), &sites)?;
     let plan = SandboxPlan {
         cgroup_procs: procs.iter().map(|f| f.as_raw_fd()).collect(),
         rlimits: limits.worker_rlimits(),
         nice: limits.nice,
+        fence: fence.map(std::sync::Arc::new),
         ..SandboxPlan::new(credentials, vec![theirs.as_raw_fd()])
     };
     let child = spawn_child(exe, &args, plan, &format!("worker {tenant}"))?;
@@ -296,6 +306,47 @@ pub async fn start_worker(
             .context("sending the worker its logs")?;
     }
     Ok((child, channel))
+}
+
+/// The filters (and the cage) around a tenant's worker, from its `isolation`.
+fn tenant_fence(
+    exe: &Path,
+    tenant: &Tenant,
+    credentials: Option<&Credentials>,
+    sites: &[Site],
+) -> anyhow::Result<Option<sandbox::TenantFence>> {
+    let isolation = &tenant.isolation;
+    if isolation.mode == IsolationMode::Cage && credentials.is_none() {
+        bail!(
+            "tenant {} has isolation = \"cage\", which needs condo to run as root",
+            tenant.name
+        );
+    }
+    let mut own: Vec<PathBuf> = credentials.iter().map(|c| c.home.clone()).collect();
+    own.extend(sites.iter().map(|s| s.root.clone()));
+    let read_files = sites
+        .iter()
+        .filter_map(|s| s.tls.as_ref())
+        .flat_map(|t| [t.cert.clone(), t.key.clone()])
+        .collect();
+    let paths = sandbox::TenantPaths {
+        own,
+        read_files,
+        allow_read: &isolation.allow_read,
+        allow_write: &isolation.allow_write,
+        exe,
+    };
+    let fence = sandbox::TenantFence::new(isolation.mode, &paths)
+        .with_context(|| format!("preparing the isolation of tenant {}", tenant.name))?;
+    if let Some(f) = &fence
+        && f.landlock.is_none()
+    {
+        warn!(
+            tenant = %tenant.name,
+            "the kernel has no Landlock: the tenant's file access is fenced by file modes only"
+        );
+    }
+    Ok(fence)
 }
 
 fn spawn_child(

@@ -4,10 +4,17 @@
 //! This is the only module with `unsafe` code: the `pre_exec` hook, and taking
 //! ownership of fds a process inherited by number.
 
+mod cage;
+mod fence;
+
+pub use cage::CagePlan;
+pub use fence::{TenantPaths, restrict_dispatcher, restrict_dispatcher_syscalls};
+
 use std::ffi::OsStr;
 use std::io;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::path::Path;
+use std::sync::Arc;
 
 use rustix::process::{Gid, Pid, Signal, Uid};
 
@@ -28,6 +35,59 @@ pub struct SandboxPlan {
     /// setrlimit (soft = hard) for each, before the uid change.
     pub rlimits: Vec<(Rlimit, u64)>,
     pub nice: Option<i32>,
+    /// Kernel filters and namespaces for a tenant's worker (none for the dispatcher,
+    /// which installs its own after exec).
+    pub fence: Option<Arc<TenantFence>>,
+}
+
+/// What fences a tenant in beyond its uid: applied last before exec, so the worker and
+/// everything it starts carry it.
+pub struct TenantFence {
+    /// Seccomp programs, installed in order.
+    pub seccomp: Vec<seccompiler::BpfProgram>,
+    /// A Landlock ruleset made before the fork; `None` where the kernel has none.
+    pub landlock: Option<OwnedFd>,
+    /// The filesystem rights `landlock` handles (for rules added in the cage).
+    pub landlock_access: u64,
+    pub cage: Option<CagePlan>,
+}
+
+impl std::fmt::Debug for TenantFence {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TenantFence")
+            .field("seccomp_programs", &self.seccomp.len())
+            .field("landlock", &fence::describe(&self.landlock))
+            .field("cage", &self.cage)
+            .finish()
+    }
+}
+
+impl TenantFence {
+    /// The fence for `mode`; `None` for [`IsolationMode::Uid`].
+    pub fn new(
+        mode: crate::config::IsolationMode,
+        paths: &TenantPaths,
+    ) -> anyhow::Result<Option<Self>> {
+        use crate::config::IsolationMode;
+        if mode == IsolationMode::Uid {
+            return Ok(None);
+        }
+        let cage = if mode == IsolationMode::Cage {
+            let mut keep = paths.own.clone();
+            keep.extend(paths.read_files.iter().cloned());
+            keep.extend(paths.allow_read.iter().cloned());
+            keep.extend(paths.allow_write.iter().cloned());
+            Some(CagePlan::new(&keep)?)
+        } else {
+            None
+        };
+        Ok(Some(Self {
+            seccomp: fence::tenant_filters()?,
+            landlock: fence::tenant_ruleset(paths)?,
+            landlock_access: fence::handled_fs_access(),
+            cage,
+        }))
+    }
 }
 
 impl SandboxPlan {
@@ -40,6 +100,7 @@ impl SandboxPlan {
             cgroup_procs: Vec::new(),
             rlimits: Vec::new(),
             nice: None,
+            fence: None,
         }
     }
 }
@@ -47,7 +108,17 @@ impl SandboxPlan {
 /// Build a command for this same binary (a fresh image, invariant 3) that applies
 /// `plan` in the child before exec. The environment is cleared except for `RUST_LOG`.
 pub fn command(exe: &Path, args: &[&OsStr], plan: SandboxPlan) -> tokio::process::Command {
-    let mut cmd = tokio::process::Command::new(exe);
+    let caged = plan.fence.as_ref().is_some_and(|f| f.cage.is_some());
+    let mut cmd = if caged {
+        // In a cage the binary's own path may be hidden (under /tmp or /home): the
+        // child execs itself through its /proc/self/exe link, which the cage's /proc
+        // still has, and keeps its name for ps.
+        let mut cmd = tokio::process::Command::new("/proc/self/exe");
+        cmd.arg0(exe);
+        cmd
+    } else {
+        tokio::process::Command::new(exe)
+    };
     cmd.args(args).env_clear().kill_on_drop(false);
     if let Ok(level) = std::env::var("RUST_LOG") {
         cmd.env("RUST_LOG", level);
@@ -120,6 +191,16 @@ fn apply(plan: &SandboxPlan, groups: &[Gid], parent: Pid) -> io::Result<()> {
         let borrowed = unsafe { std::os::fd::BorrowedFd::borrow_raw(fd) };
         rustix::io::fcntl_setfd(borrowed, rustix::io::FdFlags::empty())?;
     }
+    if let Some(fence) = &plan.fence
+        && let Some(cage) = &fence.cage
+    {
+        // Mounts need root: before the uid change.
+        let landlock = fence
+            .landlock
+            .as_ref()
+            .map(|fd| (fd.as_raw_fd(), fence.landlock_access));
+        cage::enter(cage, landlock)?;
+    }
     if let Some(c) = &plan.credentials {
         // Order matters: groups and gid while we still may change them, uid last.
         rustix::thread::set_thread_groups(groups)?;
@@ -141,6 +222,13 @@ fn apply(plan: &SandboxPlan, groups: &[Gid], parent: Pid) -> io::Result<()> {
         }
     }
     rustix::thread::set_no_new_privs(true)?;
+    if let Some(fence) = &plan.fence {
+        if let Some(ruleset) = &fence.landlock {
+            fence::restrict(ruleset.as_raw_fd())?;
+        }
+        // Last: the filters must still let this process exec.
+        fence::install(&fence.seccomp)?;
+    }
     Ok(())
 }
 
