@@ -723,3 +723,56 @@ fn attack_matrix_path_traversal() {
     }
     m.b_still_served();
 }
+
+/// The files condo itself creates have the modes SECURITY.md documents: tenants can
+/// read their own logs (group) but not write them or list the log directory; the
+/// ledger is root's alone; a php-cgi socket directory is its tenant's alone.
+#[test]
+fn file_modes_condo_creates() {
+    if !require_root() {
+        return;
+    }
+    use std::os::unix::fs::MetadataExt;
+    let m = Matrix::with("", "", PHP_ROUTE);
+    write_owned(&m.t.root_b.join("who.php"), WHO_PHP, &m.t.b, 0o644);
+    assert_eq!(m.get("b.test", "/who.php").1, "200");
+    // Usage is saved every few seconds; wait for the first save.
+    let state = m.t.dir.path().join("state");
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while !state.join("usage.json").exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let log = m.t.dir.path().join("log");
+    let run = m.t.dir.path().join("run");
+    let fcgi = glob::glob(&format!("/tmp/condo-fcgi-{}-*", m.t.b.uid))
+        .unwrap()
+        .flatten()
+        .next()
+        .expect("B's php-cgi socket directory");
+    let expected: Vec<(PathBuf, u32, u32, Option<u32>)> = vec![
+        (log.clone(), 0o711, 0, Some(0)),
+        (log.join("error.log"), 0o640, 0, Some(0)),
+        (log.join("b.test.access.log"), 0o640, 0, Some(m.t.b.gid)),
+        (log.join("b.test.error.log"), 0o640, 0, Some(m.t.b.gid)),
+        (state.clone(), 0o700, 0, Some(0)),
+        (state.join("usage.json"), 0o600, 0, Some(0)),
+        (run.join("condo.pid"), 0o644, 0, Some(0)),
+        (fcgi.clone(), 0o700, m.t.b.uid, None),
+    ];
+    let mut wrong = Vec::new();
+    for (path, mode, uid, gid) in expected {
+        let meta = std::fs::metadata(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+        let got = (meta.mode() & 0o7777, meta.uid(), meta.gid());
+        eprintln!("{:<60} {:o} {}:{}", path.display(), got.0, got.1, got.2);
+        if got.0 != mode || got.1 != uid || gid.is_some_and(|g| g != got.2) {
+            wrong.push(format!(
+                "{}: {:o} {}:{}",
+                path.display(),
+                got.0,
+                got.1,
+                got.2
+            ));
+        }
+    }
+    assert!(wrong.is_empty(), "unexpected modes:\n{}", wrong.join("\n"));
+}
