@@ -15,17 +15,40 @@ impl Write for Tee {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         let _ = std::io::stderr().write_all(buf);
         if let Some(file) = ERROR_LOG.get() {
-            // A full disk must not stop the server: the line still reached stderr.
-            let _ = file
+            // A full disk must not stop the server: the line still reached stderr,
+            // and so does a note that the file is missing lines (once a minute).
+            let written = file
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .write_all(buf);
+            if let Err(e) = written {
+                report_error_log_failure(&e);
+            }
         }
         Ok(buf.len())
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
         Ok(())
+    }
+}
+
+fn report_error_log_failure(e: &std::io::Error) {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static REPORTED: AtomicU64 = AtomicU64::new(0);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    let last = REPORTED.load(Ordering::Relaxed);
+    if now >= last + 60
+        && REPORTED
+            .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+            .is_ok()
+    {
+        let _ = writeln!(
+            std::io::stderr(),
+            "condo: writing the error log failed: {e}; its lines go to stderr only (reported once a minute)"
+        );
     }
 }
 

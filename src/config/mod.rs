@@ -70,7 +70,10 @@ pub struct ClientLimits {
     pub max_request_line: usize,
     pub max_head_bytes: usize,
     pub max_headers: usize,
+    /// From a request's first byte to the end of its head.
     pub header_timeout: Duration,
+    /// Longest wait for the next byte of a request body (nginx's client_body_timeout).
+    pub body_timeout: Duration,
     pub keepalive_timeout: Duration,
     pub send_timeout: Duration,
     /// Connections the dispatcher holds at once; beyond it new ones are closed.
@@ -142,6 +145,9 @@ pub struct Site {
     pub routes: Vec<RouteConfig>,
     /// Requests of this site served at once (mpm-itk's MaxClientsVHost); `None`: no cap.
     pub max_clients: Option<usize>,
+    /// Client connections open to this site at once (a slowloris on one site cannot
+    /// hold more); beyond it a new connection gets 503 and is closed. `None`: no cap.
+    pub max_connections: Option<usize>,
     /// Requests waiting for a slot at the cap; beyond it they get 503 at once.
     pub queue_max: usize,
     /// How long a request waits for a slot before it gets 503.
@@ -354,6 +360,7 @@ struct ServerSection {
     max_headers: Option<usize>,
     max_connections: Option<usize>,
     header_timeout: Option<String>,
+    body_timeout: Option<String>,
     keepalive_timeout: Option<String>,
     send_timeout: Option<String>,
 }
@@ -470,6 +477,7 @@ struct SiteSection {
     #[serde(default)]
     route: Vec<RouteSection>,
     max_clients: Option<usize>,
+    max_connections: Option<usize>,
     nice: Option<i32>,
     tls: Option<SiteTls>,
     https_redirect: Option<RedirectSetting>,
@@ -850,6 +858,7 @@ fn validate_server(
         max_headers: 100,
         max_connections: 16384,
         header_timeout: Duration::from_secs(10),
+        body_timeout: Duration::from_secs(60),
         keepalive_timeout: Duration::from_secs(75),
         send_timeout: Duration::from_secs(60),
     };
@@ -863,6 +872,13 @@ fn validate_server(
             "server.header_timeout",
             s.header_timeout.as_deref(),
             defaults.header_timeout,
+            diags,
+        ),
+        body_timeout: parse_duration(
+            source,
+            "server.body_timeout",
+            s.body_timeout.as_deref(),
+            defaults.body_timeout,
             diags,
         ),
         keepalive_timeout: parse_duration(
@@ -1057,6 +1073,14 @@ fn validate_site(
             "must be between 1 and 100000",
         ));
     }
+    if let Some(n) = s.max_connections
+        && !(1..=1_000_000).contains(&n)
+    {
+        diags.push(source.error(
+            &format!("{key}.max_connections"),
+            "must be between 1 and 1000000",
+        ));
+    }
     let queue_max = s.queue_max.unwrap_or(s.max_clients.unwrap_or(0));
     if queue_max > 1_000_000 {
         diags.push(source.error(&format!("{key}.queue_max"), "must be at most 1000000"));
@@ -1130,6 +1154,7 @@ fn validate_site(
         env: s.env.into_iter().collect(),
         routes,
         max_clients: s.max_clients,
+        max_connections: s.max_connections,
         nice: s.nice,
         process_rlimits,
         tls: s.tls,

@@ -151,7 +151,7 @@ async fn relay(
         client_buf,
         Some(&mut up.stream),
         &head.body,
-        req.limits.header_timeout,
+        req.limits.body_timeout,
     )
     .await
     .map_err(|e| {

@@ -194,9 +194,47 @@ impl Cgroups {
         }
     }
 
-    /// Remove condo's parent group(s) when condo stops (only if empty).
-    pub fn remove_parent(&self) {
-        let parents: Vec<PathBuf> = match &self.layout {
+    /// Remove tenant groups a previous condo left behind (it was killed before it could
+    /// remove them): at start, before any worker runs. A group that still has processes
+    /// is left alone and named in the log.
+    pub fn remove_stale(&self) {
+        for parent in self.parents() {
+            let Ok(entries) = std::fs::read_dir(&parent) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let dir = entry.path();
+                if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+                    continue;
+                }
+                // Processes of a master that was just killed may still be exiting
+                // (their parent reaps them a moment later): give them up to 2 s.
+                let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+                let mut procs;
+                loop {
+                    procs = std::fs::read_to_string(dir.join("cgroup.procs")).unwrap_or_default();
+                    if procs.trim().is_empty() || std::time::Instant::now() > deadline {
+                        break;
+                    }
+                    std::thread::sleep(std::time::Duration::from_millis(20));
+                }
+                if !procs.trim().is_empty() {
+                    warn!(
+                        "cgroup {} from an earlier run still has processes; left alone",
+                        dir.display()
+                    );
+                    continue;
+                }
+                match std::fs::remove_dir(&dir) {
+                    Ok(()) => info!("removed the stale cgroup {}", dir.display()),
+                    Err(e) => warn!("removing the stale cgroup {}: {e}", dir.display()),
+                }
+            }
+        }
+    }
+
+    fn parents(&self) -> Vec<PathBuf> {
+        match &self.layout {
             Layout::V2 { parent } => vec![parent.clone()],
             Layout::V1 {
                 memory,
@@ -209,7 +247,12 @@ impl Cgroups {
                 .flatten()
                 .cloned()
                 .collect(),
-        };
+        }
+    }
+
+    /// Remove condo's parent group(s) when condo stops (only if empty).
+    pub fn remove_parent(&self) {
+        let parents = self.parents();
         for dir in parents {
             let _ = std::fs::remove_dir(dir);
         }

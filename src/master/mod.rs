@@ -326,11 +326,15 @@ impl Master {
         let metrics_gid = dispatcher_credentials.as_ref().map(|c| c.gid);
         let (events_tx, events) = mpsc::unbounded_channel();
         let cgroups = if privileged {
-            cgroup::Cgroups::detect(
+            let cgroups = cgroup::Cgroups::detect(
                 config.server.cgroup,
                 &config.server.cgroup_root,
                 &config.server.cgroup_parent,
-            )
+            );
+            if let Some(c) = &cgroups {
+                c.remove_stale();
+            }
+            cgroups
         } else {
             info!(
                 "not root: no cgroups; memory_max, cpu_max, pids_max and io_weight are not enforced"

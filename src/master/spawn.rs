@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Child;
-use tracing::{info, warn};
+use tracing::{error, info, warn};
 
 use super::cgroup::TenantGroup;
 use super::logs::LogFiles;
@@ -251,11 +251,24 @@ pub async fn start_worker(
     let mut site_logs = Vec::new();
     for site in &sites {
         for kind in [LogKind::Access, LogKind::Error] {
-            site_logs.push((
-                site.name.clone(),
-                kind,
-                logs.open_site_log(&site.name, kind, gid)?,
-            ));
+            // A log that cannot be opened (disk full, directory gone or read-only)
+            // must not keep the tenant from being served: its lines are dropped and
+            // the reason is in the error log.
+            let file = match logs.open_site_log(&site.name, kind, gid) {
+                Ok(f) => f,
+                Err(e) => {
+                    error!(
+                        tenant,
+                        site = site.name,
+                        "{e:#}; the site is served without this log"
+                    );
+                    std::fs::File::options()
+                        .append(true)
+                        .open("/dev/null")
+                        .context("opening /dev/null")?
+                }
+            };
+            site_logs.push((site.name.clone(), kind, file));
         }
     }
     let (ours, theirs) = ipc::raw_pair().context("socketpair")?;

@@ -8,8 +8,6 @@
 
 use std::cell::RefCell;
 use std::fmt::Write as _;
-use std::fs::File;
-use std::io::Write as _;
 use std::net::IpAddr;
 use std::time::Duration;
 
@@ -47,10 +45,6 @@ pub fn format(e: &Entry<'_>) -> String {
 
 /// Append one line with a single write, so lines from concurrent requests never mix
 /// (O_APPEND writes are atomic for this size). A full disk loses the line, not service.
-pub fn write(file: &File, line: &str) {
-    let _ = (&*file).write_all(line.as_bytes());
-}
-
 fn escape_into(out: &mut String, bytes: &[u8]) {
     for &b in bytes {
         match b {

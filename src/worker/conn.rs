@@ -3,6 +3,7 @@
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Instant;
 
 use bytes::{Buf, BytesMut};
@@ -52,6 +53,7 @@ pub async fn serve(tenant: Arc<Tenant>, peer: Arc<PeerChannel>, handoff: Handoff
     };
     let mut site_hint = Some(handoff.site.as_str());
     let mut idle = limits.header_timeout;
+    let mut slot: Option<ConnectionSlot> = None;
     loop {
         let read = read_head(&mut stream, &mut buf, &limits, idle);
         let read = if handoff.handover == Handover::Pass && !handoff.tls_handshake {
@@ -112,6 +114,19 @@ pub async fn serve(tenant: Arc<Tenant>, peer: Arc<PeerChannel>, handoff: Handoff
         // Past this point the head is ours: the bytes after it are the body or the
         // next request. (A hand-back above keeps the head in `buf` for the dispatcher.)
         buf.advance(head.head_len);
+        // Client connections only: a proxy relay is the dispatcher's, reused across
+        // clients, and idles in its pool between requests.
+        if handoff.handover != Handover::Proxy
+            && slot.as_ref().is_none_or(|s| !Arc::ptr_eq(&s.0, &site))
+        {
+            // Let go of the previous site's slot before taking this one's.
+            drop(slot.take());
+            slot = ConnectionSlot::take(&site);
+            if slot.is_none() {
+                refuse_connection(&tenant, &site, &mut stream, &head, &handoff).await;
+                return;
+            }
+        }
         match respond(&tenant, &site, &mut stream, &mut buf, &head, &handoff).await {
             Ok(true) => continue,
             Ok(false) => {
@@ -362,6 +377,46 @@ async fn respond(
 
 /// 503 with Retry-After for a request over the site's `max_clients` and queue. The
 /// connection closes: its body, if any, was not read.
+/// One of a site's `max_connections`, held while a connection serves that site.
+struct ConnectionSlot(Arc<SiteState>);
+
+impl ConnectionSlot {
+    fn take(site: &Arc<SiteState>) -> Option<Self> {
+        let open = site.open_connections.fetch_add(1, Ordering::AcqRel);
+        if site.config.max_connections.is_some_and(|max| open >= max) {
+            site.open_connections.fetch_sub(1, Ordering::AcqRel);
+            return None;
+        }
+        Some(Self(site.clone()))
+    }
+}
+
+impl Drop for ConnectionSlot {
+    fn drop(&mut self) {
+        self.0.open_connections.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A new connection for a site at its `max_connections`: 503, logged, closed.
+async fn refuse_connection(
+    tenant: &Tenant,
+    site: &SiteState,
+    stream: &mut Stream,
+    head: &RequestHead,
+    handoff: &Handoff,
+) {
+    let started = Instant::now();
+    warn!(
+        tenant = tenant.name,
+        site = site.config.name,
+        "503: max_connections reached"
+    );
+    site.counters.capped();
+    let page = http::error_response_with(503, false, head.is_head(), "Retry-After: 5\r\n");
+    respond_and_close(stream, &page).await;
+    log_access(tenant, site, head, handoff, 503, 0, started);
+}
+
 async fn refuse_busy(
     tenant: &Tenant,
     site: &SiteState,
@@ -442,7 +497,7 @@ fn log_access(
     };
     site.counters
         .request(status, head.head_len as u64 + declared, sent);
-    if let Some(log) = site.access_log.get() {
+    if site.access_log.get().is_some() {
         let line = access_log::format(&access_log::Entry {
             peer: handoff.peer.ip(),
             method: head.method.as_str(),
@@ -455,7 +510,7 @@ fn log_access(
             tenant: &tenant.name,
             elapsed: started.elapsed(),
         });
-        access_log::write(&log, &line);
+        site.access_log.write(line.as_bytes());
     }
 }
 
@@ -477,7 +532,7 @@ async fn serve_static(
                 buf,
                 None::<&mut Stream>,
                 &head.body,
-                tenant.limits.header_timeout,
+                tenant.limits.body_timeout,
             )
             .await?;
         }

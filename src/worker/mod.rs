@@ -46,6 +46,8 @@ pub struct SiteState {
     pub gate: Option<gate::Gate>,
     /// Requests and bytes, reported to the master for accounting.
     pub counters: crate::accounting::SiteCounters,
+    /// Connections now serving this site (for `max_connections`).
+    pub open_connections: std::sync::atomic::AtomicUsize,
     /// The site's own certificate, read as the tenant; `Err` says why it could not be
     /// (its HTTPS connections are then closed and the reason is in the error log).
     pub tls: Option<Result<Arc<rustls::ServerConfig>, String>>,
@@ -54,22 +56,47 @@ pub struct SiteState {
 /// A site log file the master opened. Replaced when the master reopens the logs
 /// (SIGUSR1, after logrotate moved them); long-lived writers hold the slot, not a file.
 #[derive(Default)]
-pub struct LogSlot(arc_swap::ArcSwapOption<File>);
+pub struct LogSlot {
+    file: arc_swap::ArcSwapOption<File>,
+    /// When a write last failed and was reported (seconds since the epoch).
+    reported_failure: std::sync::atomic::AtomicU64,
+}
 
 impl LogSlot {
     pub fn get(&self) -> Option<Arc<File>> {
-        self.0.load_full()
+        self.file.load_full()
     }
 
     fn set(&self, file: File) {
-        self.0.store(Some(Arc::new(file)));
+        self.file.store(Some(Arc::new(file)));
     }
 
-    /// Best effort: a full disk must not fail a request.
+    /// Best effort: a full disk must not fail a request. A failure is reported in the
+    /// error log (which also goes to stderr, i.e. the journal) at most once a minute.
     pub fn write(&self, bytes: &[u8]) {
         use std::io::Write as _;
-        if let Some(file) = self.0.load().as_deref() {
-            let _ = (&*file).write_all(bytes);
+        use std::sync::atomic::Ordering;
+        let Some(file) = self.file.load_full() else {
+            return;
+        };
+        if let Err(e) = (&*file).write_all(bytes) {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_secs());
+            let last = self.reported_failure.load(Ordering::Relaxed);
+            if now >= last + 60
+                && self
+                    .reported_failure
+                    .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_ok()
+            {
+                use std::os::fd::AsRawFd as _;
+                let path = std::fs::read_link(format!("/proc/self/fd/{}", file.as_raw_fd()))
+                    .map_or_else(|_| "a site log".to_string(), |p| p.display().to_string());
+                warn!(
+                    "writing {path} failed: {e}; serving goes on, lines are lost until it can be written (reported once a minute)"
+                );
+            }
         }
     }
 }
@@ -304,6 +331,7 @@ fn open_site(config: Site) -> SiteState {
     SiteState {
         tls,
         counters: Default::default(),
+        open_connections: Default::default(),
         gate: config
             .max_clients
             .map(|max| gate::Gate::new(max, config.queue_max, config.queue_timeout)),

@@ -101,13 +101,31 @@ impl Stream {
             }
         };
         let after = self.stall.after();
-        tokio::time::timeout(after, ready)
-            .await
-            .map_err(|_| send_timed_out(after))?
+        match tokio::time::timeout(after, ready).await {
+            Ok(ready) => ready,
+            Err(_) => {
+                self.inner.reset_on_close();
+                Err(send_timed_out(after))
+            }
+        }
     }
 }
 
 impl Inner {
+    /// After a send timeout: make the close a reset. A plain close would leave what
+    /// the kernel still buffers (megabytes for a large file) to trickle out to the
+    /// slow reader for as long as it keeps reading a few bytes now and then — the
+    /// slow-read attack outliving the connection.
+    fn reset_on_close(&self) {
+        let fd = match self {
+            Inner::Tcp(s) => s.as_fd(),
+            Inner::Tls(s) => s.get_ref().0.inner.as_fd(),
+            Inner::Unregistered { fd, unix: false } => fd.as_fd(),
+            _ => return,
+        };
+        let _ = rustix::net::sockopt::set_socket_linger(fd, Some(std::time::Duration::ZERO));
+    }
+
     fn register(&mut self) -> io::Result<()> {
         if let Inner::Unregistered { .. } = self {
             let Inner::Unregistered { fd, unix } = std::mem::replace(self, Inner::Gone) else {
@@ -270,7 +288,13 @@ impl AsyncWrite for Stream {
             Inner::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
             _ => Poll::Ready(Err(gone())),
         };
-        this.stall.check(cx, polled)
+        let checked = this.stall.check(cx, polled);
+        if let Poll::Ready(Err(e)) = &checked
+            && e.kind() == io::ErrorKind::TimedOut
+        {
+            this.inner.reset_on_close();
+        }
+        checked
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {

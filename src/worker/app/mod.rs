@@ -119,7 +119,7 @@ async fn run(call: &CgiCall<'_>, stream: &mut Stream, buf: &mut BytesMut) -> Out
     let request = request_head(call, upgrade);
     let (mut app_r, mut app_w) = conn.split();
     let mut abuf = BytesMut::with_capacity(16 * 1024);
-    let idle = call.tenant.limits.header_timeout;
+    let idle = call.tenant.limits.body_timeout;
     let exchange = async {
         let feed = async {
             app_w.write_all(&request).await?;

@@ -250,15 +250,11 @@ async fn run(
         };
         let fed = match (&whole_body, &call.head.body) {
             (Some(body), _) => stdin.write_all(body).await,
-            (None, framing) => relay_body(
-                stream,
-                buf,
-                Some(&mut stdin),
-                framing,
-                limits.header_timeout,
-            )
-            .await
-            .map(drop),
+            (None, framing) => {
+                relay_body(stream, buf, Some(&mut stdin), framing, limits.body_timeout)
+                    .await
+                    .map(drop)
+            }
         };
         match fed {
             // A script may answer without reading its input; that is its right.
@@ -310,7 +306,7 @@ pub(super) async fn read_body(
         BodyFraming::None => (None, None),
         BodyFraming::Length(n) => (Some(*n), None),
         BodyFraming::Chunked => {
-            let idle = call.tenant.limits.header_timeout;
+            let idle = call.tenant.limits.body_timeout;
             match read_chunked_payload(stream, buf, MAX_CHUNKED_BODY, idle).await {
                 Ok(body) => (Some(body.len() as u64), Some(body)),
                 Err(e) if e.kind() == io::ErrorKind::FileTooLarge => {

@@ -264,7 +264,7 @@ async fn feed_stdin(
         record::stream(&mut out, record::STDIN, REQUEST_ID, &body);
     } else if content_length.unwrap_or(0) > 0 {
         let (mut from_client, mut to_app) = tokio::io::duplex(64 * 1024);
-        let idle = call.tenant.limits.header_timeout;
+        let idle = call.tenant.limits.body_timeout;
         let relay = async {
             let relayed = relay_body(stream, buf, Some(&mut to_app), &call.head.body, idle).await;
             drop(to_app);

@@ -290,8 +290,19 @@ fn remove_stale_dirs(base: &Path, uid: u32, kind: &str) {
         let owned_by_us = entry
             .metadata()
             .is_ok_and(|m| std::os::unix::fs::MetadataExt::uid(&m) == uid && m.is_dir());
-        if owned_by_us && !Path::new(&format!("/proc/{owner}")).exists() {
+        if owned_by_us && !process_runs(owner) {
             let _ = std::fs::remove_dir_all(entry.path());
         }
     }
+}
+
+/// Whether `pid` is a running process: a zombie (exited, its parent has not reaped it
+/// yet, as right after the master was killed) is not.
+fn process_runs(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        // The state follows the command name, which is in parentheses and may hold
+        // spaces or parentheses itself.
+        stat.rsplit_once(')')
+            .is_some_and(|(_, rest)| !rest.trim_start().starts_with(['Z', 'X']))
+    })
 }
