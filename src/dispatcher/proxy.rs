@@ -72,12 +72,28 @@ impl Upstreams {
         {
             self.by_site.remove(&site);
         }
-        if !self.by_site.contains_key(&site) {
+        let reused = self.by_site.contains_key(&site);
+        if !reused {
             let upstream = open(workers, &req).await?;
             self.by_site.insert(site.clone(), upstream);
         }
+        // A kept relay can close (its worker retiring or dying) just as the next
+        // request goes out on it. A request without a body whose method is safe to
+        // repeat is then sent once more, on a fresh relay; nothing reached the client
+        // yet (the relay answers 502 only before the response head).
+        let retry_head =
+            (reused && req.head.is_retriable()).then(|| client_buf[..req.head.head_len].to_vec());
         let upstream = self.by_site.get_mut(&site).expect("inserted above");
-        let result = relay(upstream, client, client_buf, &req).await;
+        let mut result = relay(upstream, client, client_buf, &req).await;
+        if let (Err(502), Some(head)) = (result, retry_head) {
+            self.by_site.remove(&site);
+            let mut fresh = open(workers, &req).await?;
+            let rest = client_buf.split();
+            client_buf.extend_from_slice(&head);
+            client_buf.unsplit(rest);
+            result = relay(&mut fresh, client, client_buf, &req).await;
+            self.by_site.insert(site.clone(), fresh);
+        }
         if !matches!(result, Ok(true)) {
             self.by_site.remove(&site);
         }

@@ -247,6 +247,14 @@ impl RequestHead {
     pub fn is_head(&self) -> bool {
         self.method == Method::Head
     }
+
+    /// May be sent again after a connection closed under it (RFC 9110 §9.2.2: a safe
+    /// method, and no body that would have to be kept).
+    pub fn is_retriable(&self) -> bool {
+        matches!(self.method, Method::Get | Method::Head | Method::Options)
+            && matches!(self.body, BodyFraming::None)
+            && !self.expect_continue
+    }
 }
 
 /// Parse the request head at the start of `buf`.

@@ -55,6 +55,7 @@ pub async fn serve(tenant: Arc<Tenant>, peer: Arc<PeerChannel>, handoff: Handoff
     let mut idle = limits.header_timeout;
     let mut slot: Option<ConnectionSlot> = None;
     loop {
+        let between_requests = buf.is_empty();
         let read = read_head(&mut stream, &mut buf, &limits, idle);
         let read = if handoff.handover == Handover::Pass && !handoff.tls_handshake {
             // A retiring worker gives connections that wait for their next request back
@@ -67,6 +68,17 @@ pub async fn serve(tenant: Arc<Tenant>, peer: Arc<PeerChannel>, handoff: Handoff
                     hand_back(stream, buf, &handoff, &peer).await;
                     return;
                 }
+            }
+        } else if handoff.handover == Handover::Proxy {
+            // A relay idle between requests is closed when the worker retires: the
+            // dispatcher sees that before its next request and opens a new relay, to
+            // the tenant's new worker (and re-sends a bodyless request that crossed
+            // the close). Otherwise a kept relay would hold the old worker for as long
+            // as the client keeps its connection.
+            tokio::select! {
+                biased;
+                read = read => read,
+                _ = tenant.lifecycle.retired(), if between_requests => return,
             }
         } else {
             read.await
