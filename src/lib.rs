@@ -12,11 +12,13 @@
 //! - [`sys`]: safe wrappers for OS facilities only offered as `unsafe` API.
 //! - [`ipc`]: typed messages and the fd-carrying channel between the processes.
 //! - [`config`]: the admin's config files, validation with file:line diagnostics.
+//! - [`control`]: the root-only control socket's protocol (`condo status`, `top`, ...).
 //! - [`http`]: the request-head parser, chunked bodies, paths, routing, shared I/O.
 //! - [`demo`]: `condo demo`, the embedded default setup.
 
 pub mod accounting;
 pub mod config;
+pub mod control;
 pub mod demo;
 pub mod dispatcher;
 #[doc(hidden)]

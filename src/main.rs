@@ -25,10 +25,40 @@ struct Cli {
 enum Command {
     /// Run in the foreground (as root, for tenant isolation) until SIGTERM or SIGINT.
     Serve,
-    /// Validate the config and every site file; print each mistake with file:line.
-    Check,
+    /// Validate the config and every site file; print every mistake with
+    /// file:line:column.
+    Check {
+        /// One JSON object (`ok`, `tenants`, `sites`, `errors` with file, line, column,
+        /// key and message each), for control panels.
+        #[arg(long)]
+        json: bool,
+    },
     /// Check the config, then tell the running master to reload it (SIGHUP).
-    Reload,
+    Reload {
+        /// Apply only this tenant's section and sites (through the control socket;
+        /// prints what was applied or why nothing was).
+        #[arg(long)]
+        tenant: Option<String>,
+    },
+    /// Tenants, workers, connections, queues, requests, memory (root; control socket).
+    Status {
+        /// The whole status as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// A live view of the tenants, like top (q or Ctrl-C quits).
+    Top {
+        #[arg(long, value_enum, default_value = "cpu")]
+        sort: condo::control::SortBy,
+        /// Seconds between refreshes.
+        #[arg(long, default_value_t = 2.0)]
+        interval: f64,
+        /// Stop after this many refreshes (default: until interrupted).
+        #[arg(long)]
+        iterations: Option<u64>,
+    },
+    /// Drain a tenant's workers and start fresh ones, losing no request.
+    RestartTenant { tenant: String },
     /// Print each tenant's usage for billing, from the ledger in state_dir.
     Usage {
         /// Only usage from this time on: RFC 3339 ("2026-11-01T00:00:00Z") or a span
@@ -78,8 +108,24 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Serve => condo::master::serve(&cli.config),
-        Command::Check => return check(&cli.config),
-        Command::Reload => condo::master::signal_reload(&cli.config),
+        Command::Check { json } => return check(&cli.config, json),
+        Command::Reload { tenant: None } => condo::master::signal_reload(&cli.config),
+        Command::Reload {
+            tenant: Some(tenant),
+        } => control(
+            &cli.config,
+            condo::control::Request::ReloadTenant { tenant },
+        ),
+        Command::RestartTenant { tenant } => control(
+            &cli.config,
+            condo::control::Request::RestartTenant { tenant },
+        ),
+        Command::Status { json } => status(&cli.config, json),
+        Command::Top {
+            sort,
+            interval,
+            iterations,
+        } => top(&cli.config, sort, interval, iterations),
         Command::Usage { since, json, csv } => usage(&cli.config, since.as_deref(), json, csv),
         Command::Demo { clean: true, .. } => condo::demo::clean(),
         Command::Demo { clean: false, port } => condo::demo::run(port),
@@ -103,8 +149,90 @@ fn main() -> ExitCode {
     }
 }
 
-fn check(path: &std::path::Path) -> ExitCode {
+/// The control socket of the master running `config`.
+fn run_dir(config: &std::path::Path) -> anyhow::Result<PathBuf> {
+    let loaded = condo::config::load(config);
+    match loaded.config {
+        Some(c) => Ok(c.server.run_dir),
+        None => anyhow::bail!(
+            "{}: the main config has errors (see `condo check`); cannot find the control socket",
+            config.display()
+        ),
+    }
+}
+
+fn control(config: &std::path::Path, request: condo::control::Request) -> anyhow::Result<()> {
+    let response = condo::control::request(&run_dir(config)?, &request)?;
+    let message = response.message.unwrap_or_default();
+    if response.ok {
+        println!("condo: {message}");
+        Ok(())
+    } else {
+        anyhow::bail!("{message}")
+    }
+}
+
+fn fetch_status(run_dir: &std::path::Path) -> anyhow::Result<condo::control::Status> {
+    let response = condo::control::request(run_dir, &condo::control::Request::Status)?;
+    match response.status {
+        Some(s) if response.ok => Ok(s),
+        _ => anyhow::bail!("{}", response.message.unwrap_or_default()),
+    }
+}
+
+fn status(config: &std::path::Path, json: bool) -> anyhow::Result<()> {
+    let status = fetch_status(&run_dir(config)?)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&status)?);
+    } else {
+        print!("{}", condo::control::render_status(&status));
+    }
+    Ok(())
+}
+
+fn top(
+    config: &std::path::Path,
+    sort: condo::control::SortBy,
+    interval: f64,
+    iterations: Option<u64>,
+) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let dir = run_dir(config)?;
+    let interval = std::time::Duration::from_secs_f64(interval.clamp(0.2, 3600.0));
+    let mut before = fetch_status(&dir)?;
+    let mut shown = 0;
+    while iterations.is_none_or(|n| shown < n) {
+        std::thread::sleep(interval);
+        let now = fetch_status(&dir)?;
+        // Clear the screen and go home, as top does.
+        print!(
+            "\x1b[H\x1b[2J{}",
+            condo::control::render_top(&before, &now, interval, sort)
+        );
+        std::io::stdout().flush()?;
+        before = now;
+        shown += 1;
+    }
+    Ok(())
+}
+
+fn check(path: &std::path::Path, json: bool) -> ExitCode {
     let loaded = condo::config::load(path);
+    if json {
+        let report = serde_json::json!({
+            "ok": loaded.config.is_some() && loaded.diagnostics.is_empty(),
+            "config": path,
+            "tenants": loaded.config.as_ref().map_or(0, |c| c.tenants.len()),
+            "sites": loaded.config.as_ref().map_or(0, |c| c.sites.len()),
+            "errors": loaded.diagnostics,
+        });
+        println!("{report:#}");
+        return if report["ok"] == true {
+            ExitCode::SUCCESS
+        } else {
+            ExitCode::FAILURE
+        };
+    }
     for d in &loaded.diagnostics {
         println!("{d}");
     }

@@ -35,6 +35,16 @@ impl SiteDelta {
     }
 }
 
+/// What a site holds in a worker at one moment (gauges, not counts).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SiteLoad {
+    pub site: String,
+    /// Client connections serving the site.
+    pub connections: u64,
+    /// Requests waiting at the site's `max_clients`.
+    pub queued: u64,
+}
+
 /// A site's counters in the worker, updated on every request without a lock.
 #[derive(Debug, Default)]
 pub struct SiteCounters {

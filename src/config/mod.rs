@@ -263,6 +263,39 @@ impl Config {
     pub fn tenant_sites(&self, tenant: &str) -> impl Iterator<Item = &Site> {
         self.sites.iter().filter(move |s| s.tenant == tenant)
     }
+
+    /// This config with `tenant`'s section and sites taken from `newer` (added,
+    /// changed or removed), everything else as it is: `condo reload --tenant`. `Err`
+    /// when one of the tenant's new host names is another tenant's here.
+    pub fn with_tenant_from(&self, newer: &Config, tenant: &str) -> Result<Config, String> {
+        let mut merged = self.clone();
+        match newer.tenants.get(tenant) {
+            Some(t) => {
+                merged.tenants.insert(tenant.to_string(), t.clone());
+            }
+            None => {
+                merged.tenants.remove(tenant);
+            }
+        }
+        merged.sites.retain(|s| s.tenant != tenant);
+        for site in newer.tenant_sites(tenant) {
+            let names = std::iter::once(&site.name).chain(&site.aliases);
+            for name in names {
+                if let Some(other) = merged
+                    .sites
+                    .iter()
+                    .find(|s| s.name == *name || s.aliases.contains(name))
+                {
+                    return Err(format!(
+                        "host `{name}` of tenant {tenant} is served by tenant {}'s site {}; nothing applied",
+                        other.tenant, other.name
+                    ));
+                }
+            }
+            merged.sites.push(site.clone());
+        }
+        Ok(merged)
+    }
 }
 
 /// What loading produced: the config (absent when the main file is unusable) and every

@@ -94,29 +94,6 @@ impl Relays {
                 .position(|s| s.is_ready())
                 .map(|i| list.swap_remove(i))
         };
-        let mut sender = match kept {
-            Some(s) => s,
-            None => {
-                let stream = match open().await {
-                    Ok(s) => s,
-                    Err(status) => return error(status),
-                };
-                match hyper::client::conn::http1::handshake(TokioIo::new(stream)).await {
-                    Ok((sender, conn)) => {
-                        tokio::spawn(async move {
-                            if let Err(e) = conn.await {
-                                debug!("h2 → http/1.1 connection: {e}");
-                            }
-                        });
-                        sender
-                    }
-                    Err(e) => {
-                        debug!("h2 → http/1.1: {e}");
-                        return error(StatusCode::BAD_GATEWAY);
-                    }
-                }
-            }
-        };
         // HTTP/1.1 wants origin-form and a Host header; h2 carries :authority instead.
         let path = req
             .uri()
@@ -128,7 +105,29 @@ impl Relays {
         if let Ok(value) = HeaderValue::from_str(host) {
             req.headers_mut().insert(header::HOST, value);
         }
-        let response = sender.send_request(req).await;
+        let mut open = Some(open);
+        let reused = kept.is_some();
+        let mut sender = match kept {
+            Some(s) => s,
+            None => match new_sender(open.take()).await {
+                Ok(s) => s,
+                Err(status) => return error(status),
+            },
+        };
+        let mut response = sender.try_send_request(req).await;
+        // A kept relay can close (its worker retiring or dying) just before the
+        // request goes out: hyper hands back a request it did not send, and it goes
+        // out once more on a fresh relay, to the tenant's current worker.
+        if reused
+            && let Err(failed) = &mut response
+            && let Some(unsent) = failed.take_message()
+        {
+            sender = match new_sender(open.take()).await {
+                Ok(s) => s,
+                Err(status) => return error(status),
+            };
+            response = sender.try_send_request(unsent).await;
+        }
         // Back to the pool: it is ready again once this response's body has been read.
         {
             let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
@@ -140,9 +139,33 @@ impl Relays {
         match response {
             Ok(response) => response.map(|b| b.boxed()),
             Err(e) => {
-                debug!("h2 → http/1.1 request: {e}");
+                debug!("h2 → http/1.1 request: {}", e.error());
                 error(StatusCode::BAD_GATEWAY)
             }
+        }
+    }
+}
+
+/// A new HTTP/1.1 connection to a worker over the stream `open` makes.
+async fn new_sender<F, Fut>(open: Option<F>) -> Result<Sender, StatusCode>
+where
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = Result<UnixStream, StatusCode>>,
+{
+    let open = open.ok_or(StatusCode::BAD_GATEWAY)?;
+    let stream = open().await?;
+    match hyper::client::conn::http1::handshake(TokioIo::new(stream)).await {
+        Ok((sender, conn)) => {
+            tokio::spawn(async move {
+                if let Err(e) = conn.await {
+                    debug!("h2 → http/1.1 connection: {e}");
+                }
+            });
+            Ok(sender)
+        }
+        Err(e) => {
+            debug!("h2 → http/1.1: {e}");
+            Err(StatusCode::BAD_GATEWAY)
         }
     }
 }

@@ -150,6 +150,8 @@ pub enum WorkerToMaster {
     /// What the worker counted per site since its last report (every few seconds,
     /// and once more when it leaves).
     Usage(Vec<crate::accounting::SiteDelta>),
+    /// What each site holds right now (for `condo status`), with each usage report.
+    Load(Vec<crate::accounting::SiteLoad>),
 }
 
 /// A client connection changing hands, with one fd: the client socket (pass) or a

@@ -3,6 +3,7 @@
 //! supervises them. It never reads a byte from a client.
 
 mod cgroup;
+mod control;
 mod logs;
 mod spawn;
 
@@ -96,6 +97,8 @@ struct WorkerHandle {
     started: Instant,
     /// Agreed to leave: finishes its connections, gets no new dispatcher link.
     draining: bool,
+    /// Its latest report of open connections and queued requests per site.
+    load: Vec<crate::accounting::SiteLoad>,
 }
 
 /// One dispatcher process and the listening sockets it serves.
@@ -165,6 +168,9 @@ pub struct Master {
     metrics_gid: Option<u32>,
     events_tx: mpsc::UnboundedSender<Event>,
     events: mpsc::UnboundedReceiver<Event>,
+    started: Instant,
+    /// Requests from the control socket (`condo status`, `restart-tenant`, ...).
+    control: mpsc::UnboundedReceiver<control::Call>,
 }
 
 /// Load the config and run the master in the foreground until TERM or INT.
@@ -341,7 +347,12 @@ impl Master {
             );
             None
         };
+        let (control_tx, control_rx) = mpsc::unbounded_channel();
+        let control_socket = control::bind(&config.server.run_dir)?;
+        tokio::spawn(control::serve(control_socket, control_tx));
         Ok(Self {
+            started: Instant::now(),
+            control: control_rx,
             exe: std::env::current_exe().context("finding condo's own binary")?,
             config,
             dispatcher_credentials,
@@ -392,7 +403,14 @@ impl Master {
                 Some(event) = self.events.recv() => self.handle(event).await,
                 _ = term.recv() => { info!("SIGTERM: stopping"); break; }
                 _ = int.recv() => { info!("SIGINT: stopping"); break; }
-                _ = hup.recv() => self.reload().await,
+                _ = hup.recv() => {
+                    // The outcome is in the log; a signal has no one to answer.
+                    let _ = self.reload(None).await;
+                }
+                Some(call) = self.control.recv() => {
+                    let response = self.control(call.request).await;
+                    let _ = call.reply.send(response);
+                }
                 _ = usr1.recv() => self.reopen_logs().await,
             }
         }
@@ -472,6 +490,15 @@ impl Master {
                     .map(|s| s.name.as_str())
                     .collect();
                 self.ledger.apply_report(&tenant, &own, &deltas, unix_now());
+            }
+            Event::FromWorker(tenant, pid, WorkerToMaster::Load(load)) => {
+                if let Some(w) = self
+                    .workers
+                    .get_mut(&tenant)
+                    .and_then(|ws| ws.iter_mut().find(|w| w.pid == pid))
+                {
+                    w.load = load;
+                }
             }
             Event::WorkerExited(tenant, pid, status) => {
                 let Some(workers) = self.workers.get_mut(&tenant) else {
@@ -683,6 +710,7 @@ impl Master {
                 channel: channel.clone(),
                 started: Instant::now(),
                 draining: false,
+                load: Vec::new(),
             });
         let tx = self.events_tx.clone();
         let tenant = tenant.to_string();
@@ -769,16 +797,38 @@ impl Master {
     /// config. Otherwise switch to the new one: dispatchers get the new routes, the
     /// workers of tenants whose settings or sites changed are replaced the way
     /// `max_requests` replaces them (no connection lost), the others stay untouched.
-    async fn reload(&mut self) {
-        info!("SIGHUP: reloading {}", self.config.file.display());
+    /// Read the config again and apply it; `only`: apply just that tenant's part (its
+    /// section and its sites), keeping everything else as it runs. `Err`: why nothing
+    /// was applied.
+    async fn reload(&mut self, only: Option<&str>) -> Result<String, String> {
+        info!(
+            "{}: reloading {}",
+            only.map_or("SIGHUP".to_string(), |t| format!("reload of tenant {t}")),
+            self.config.file.display()
+        );
         let loaded = config::load(&self.config.file);
         for d in &loaded.diagnostics {
             warn!("reload: {d}");
         }
         let Some(mut new) = loaded.config else {
             error!("reload: the main config has errors; still running the previous config");
-            return;
+            return Err("the main config has errors; still running the previous config".into());
         };
+        if let Some(tenant) = only {
+            // A site file with an error is left out of what loaded: applied, that
+            // would take the site down. A full reload does that (and logs it); one
+            // tenant's reload is asked for on purpose, so it refuses instead.
+            if let Some(first) = loaded.diagnostics.first() {
+                return Err(format!(
+                    "the config has {} error(s), the first: {first}; nothing applied (see `condo check`)",
+                    loaded.diagnostics.len()
+                ));
+            }
+            if !new.tenants.contains_key(tenant) && !self.config.tenants.contains_key(tenant) {
+                return Err(format!("no tenant `{tenant}` in the config"));
+            }
+            new = self.config.with_tenant_from(&new, tenant)?;
+        }
         // What the running processes were started with stays until a restart.
         let old = &self.config.server;
         for (key, changed) in [
@@ -858,18 +908,10 @@ impl Master {
             }
         }
         for tenant in &changed {
-            for worker in self.workers.get_mut(tenant).into_iter().flatten() {
-                if worker.draining {
-                    continue;
-                }
-                worker.draining = true;
-                if let Err(e) = worker.channel.send(&MasterToWorker::Retire, &[]).await {
-                    warn!(tenant, pid = worker.pid, "telling the worker to leave: {e}");
-                }
-            }
+            self.retire_tenant(tenant).await;
         }
         self.keep_warm().await;
-        info!(
+        let summary = format!(
             "reloaded: {} sites; tenants changed: {}",
             self.config.sites.len(),
             if changed.is_empty() {
@@ -878,6 +920,118 @@ impl Master {
                 changed.join(", ")
             }
         );
+        info!("{summary}");
+        Ok(summary)
+    }
+
+    /// Drain a tenant's workers (each finishes its requests and hands back its idle
+    /// connections) so the next request starts a fresh one.
+    async fn retire_tenant(&mut self, tenant: &str) -> usize {
+        let mut told = 0;
+        for worker in self.workers.get_mut(tenant).into_iter().flatten() {
+            if worker.draining {
+                continue;
+            }
+            worker.draining = true;
+            match worker.channel.send(&MasterToWorker::Retire, &[]).await {
+                Ok(()) => told += 1,
+                Err(e) => warn!(tenant, pid = worker.pid, "telling the worker to leave: {e}"),
+            }
+        }
+        told
+    }
+
+    async fn control(&mut self, request: crate::control::Request) -> crate::control::Response {
+        use crate::control::{Request, Response};
+        match request {
+            Request::Status => Response {
+                ok: true,
+                message: None,
+                status: Some(self.status()),
+            },
+            Request::RestartTenant { tenant } => {
+                if !self.config.tenants.contains_key(&tenant) {
+                    return Response::error(format!("no tenant `{tenant}` in the config"));
+                }
+                let told = self.retire_tenant(&tenant).await;
+                self.keep_warm().await;
+                info!(tenant, "restart-tenant: {told} worker(s) draining");
+                Response::ok(format!(
+                    "tenant {tenant}: {told} worker(s) draining; the next request starts a new one"
+                ))
+            }
+            Request::ReloadTenant { tenant } => match self.reload(Some(&tenant)).await {
+                Ok(summary) => Response::ok(summary),
+                Err(e) => Response::error(e),
+            },
+        }
+    }
+
+    fn status(&self) -> crate::control::Status {
+        use crate::control::{Process, Status, TenantStatus};
+        let process = |pid: u32, started: Instant, draining: bool| Process {
+            pid,
+            state: if draining { "draining" } else { "running" }.to_string(),
+            uptime_secs: started.elapsed().as_secs(),
+        };
+        let sites = self.ledger.sites();
+        let tenants = self
+            .config
+            .tenants
+            .values()
+            .map(|t| {
+                let workers = self.workers.get(&t.name).map(Vec::as_slice).unwrap_or(&[]);
+                let stats = self
+                    .groups
+                    .get(&t.name)
+                    .map(|g| g.stats())
+                    .unwrap_or_default();
+                let totals = sites.get(&t.name);
+                let requests = totals.map_or(0, |s| {
+                    s.values().map(|v| v.requests.iter().sum::<u64>()).sum()
+                });
+                let requests_5xx = totals.map_or(0, |s| s.values().map(|v| v.requests[4]).sum());
+                TenantStatus {
+                    name: t.name.clone(),
+                    user: t.user.clone(),
+                    isolation: format!("{:?}", t.isolation.mode).to_lowercase(),
+                    sites: self.config.tenant_sites(&t.name).count(),
+                    workers: workers
+                        .iter()
+                        .map(|w| process(w.pid, w.started, w.draining))
+                        .collect(),
+                    connections: workers
+                        .iter()
+                        .flat_map(|w| &w.load)
+                        .map(|l| l.connections)
+                        .sum(),
+                    queued: workers.iter().flat_map(|w| &w.load).map(|l| l.queued).sum(),
+                    requests,
+                    requests_5xx,
+                    memory_bytes: stats.memory_bytes,
+                    memory_max: t.limits.memory_max,
+                    cpu_seconds: stats.cpu_usec as f64 / 1e6,
+                    oom_kills: stats.oom_kills,
+                    crashes: self
+                        .worker_crashes
+                        .get(&t.name)
+                        .map_or(0, |c| c.quick_exits),
+                }
+            })
+            .collect();
+        Status {
+            pid: std::process::id(),
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            config: self.config.file.clone(),
+            uptime_secs: self.started.elapsed().as_secs(),
+            dispatchers: self
+                .dispatchers
+                .iter()
+                .filter_map(|d| d.running.as_ref())
+                .map(|(pid, _, started)| process(*pid, *started, false))
+                .collect(),
+            tenants,
+        }
     }
 
     /// SIGUSR1: open the error log and every running worker's site logs again by

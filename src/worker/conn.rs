@@ -54,8 +54,11 @@ pub async fn serve(tenant: Arc<Tenant>, peer: Arc<PeerChannel>, handoff: Handoff
     let mut site_hint = Some(handoff.site.as_str());
     let mut idle = limits.header_timeout;
     let mut slot: Option<ConnectionSlot> = None;
+    let mut answered_one = false;
     loop {
-        let between_requests = buf.is_empty();
+        // A fresh relay always brings a request (the dispatcher opened it for one):
+        // only a relay idle after a response may be closed on retirement.
+        let between_requests = buf.is_empty() && answered_one;
         let read = read_head(&mut stream, &mut buf, &limits, idle);
         let read = if handoff.handover == Handover::Pass && !handoff.tls_handshake {
             // A retiring worker gives connections that wait for their next request back
@@ -98,6 +101,7 @@ pub async fn serve(tenant: Arc<Tenant>, peer: Arc<PeerChannel>, handoff: Handoff
             }
         };
         idle = limits.keepalive_timeout;
+        answered_one = true;
         let site = match handoff.handover {
             // An HTTPS connection with the site's own certificate serves that site's
             // names only (RFC 9110 §15.5.20: anything else is 421, below).

@@ -32,6 +32,11 @@ impl Gate {
         }
     }
 
+    /// Requests waiting for a slot now.
+    pub fn queued(&self) -> usize {
+        self.waiting.load(Ordering::Relaxed)
+    }
+
     /// A slot for one request, held until the permit is dropped.
     pub async fn enter(&self) -> Result<OwnedSemaphorePermit, Refused> {
         if let Ok(permit) = self.slots.clone().try_acquire_owned() {

@@ -270,6 +270,23 @@ async fn report_usage(tenant: Arc<Tenant>, master: Arc<Channel<WorkerToMaster, M
 /// Send the master every site's counts since the last report, in messages that stay
 /// well under the channel's size limit.
 async fn flush_usage(tenant: &Tenant, master: &Channel<WorkerToMaster, MasterToWorker>) {
+    use std::sync::atomic::Ordering;
+    let load: Vec<_> = tenant
+        .by_name
+        .values()
+        .map(|s| crate::accounting::SiteLoad {
+            site: s.config.name.clone(),
+            connections: s.open_connections.load(Ordering::Relaxed) as u64,
+            queued: s.gate.as_ref().map_or(0, |g| g.queued() as u64),
+        })
+        .filter(|l| l.connections > 0 || l.queued > 0)
+        // Busy sites only, and few enough to stay well under the message size limit.
+        .take(1000)
+        .collect();
+    if let Err(e) = master.send(&WorkerToMaster::Load(load), &[]).await {
+        warn!("reporting load to the master: {e}");
+        return;
+    }
     let deltas: Vec<_> = tenant
         .by_name
         .values()
