@@ -82,6 +82,8 @@ mod tests {
             pool: Default::default(),
             limits: Default::default(),
             isolation: Default::default(),
+            user_config: None,
+            user_config_locked: Vec::new(),
         };
         let err = resolve_tenant(&t, (0, 60000)).unwrap_err();
         assert!(err.contains("uid 0"), "{err}");
@@ -96,6 +98,8 @@ mod tests {
             pool: Default::default(),
             limits: Default::default(),
             isolation: Default::default(),
+            user_config: None,
+            user_config_locked: Vec::new(),
         };
         let creds = resolve_user("nobody").expect("Debian has `nobody`");
         let err = resolve_tenant(&t, (1000, creds.uid - 1)).unwrap_err();

@@ -9,6 +9,7 @@ mod diag;
 mod isolation;
 mod limits;
 mod pool;
+pub mod user;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -129,6 +130,11 @@ pub struct Tenant {
     pub pool: Pool,
     pub limits: Limits,
     pub isolation: Isolation,
+    /// The tenant's own config layer, read by its worker (see [`user`]); `~/` is the
+    /// tenant's home.
+    pub user_config: Option<String>,
+    /// Keys of that layer the admin keeps ([`user::TENANT_KEYS`]).
+    pub user_config_locked: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -450,6 +456,8 @@ struct TenantSection {
     isolation: Option<String>,
     allow_read: Option<Vec<PathBuf>>,
     allow_write: Option<Vec<PathBuf>>,
+    user_config: Option<String>,
+    user_config_locked: Option<Vec<String>>,
 }
 
 impl TenantSection {
@@ -520,7 +528,7 @@ struct SiteSection {
 }
 
 #[derive(Deserialize)]
-struct RouteSection {
+pub(crate) struct RouteSection {
     path: Option<String>,
     suffix: Option<String>,
     handler: String,
@@ -629,7 +637,35 @@ pub fn load(path: &Path) -> Loaded {
                 &key,
                 &mut diagnostics,
             ),
+            user_config: t
+                .user_config
+                .clone()
+                .or_else(|| defaults.user_config.clone()),
+            user_config_locked: t
+                .user_config_locked
+                .clone()
+                .or_else(|| defaults.user_config_locked.clone())
+                .unwrap_or_default(),
         };
+        if let Some(path) = &tenant.user_config
+            && !(path.starts_with('/') || path.starts_with("~/"))
+        {
+            diagnostics.push(source.error(
+                &format!("{key}.user_config"),
+                "must be an absolute path or start with ~/ (the tenant's home)",
+            ));
+        }
+        for locked in &tenant.user_config_locked {
+            if !user::TENANT_KEYS.contains(&locked.as_str()) {
+                diagnostics.push(source.error(
+                    &format!("{key}.user_config_locked"),
+                    format!(
+                        "`{locked}` is not a key a tenant may set; those are {}",
+                        user::TENANT_KEYS.join(", ")
+                    ),
+                ));
+            }
+        }
         if let Some(server) = &server
             && let Err(message) = resolve_tenant(&tenant, server.uid_range)
         {

@@ -108,6 +108,11 @@ pub struct WorkerInit {
     pub sites: Vec<Site>,
     pub limits: ClientLimits,
     pub pool: Pool,
+    /// The tenant's own config layer, to be read by the worker (as the tenant).
+    pub user_config: Option<PathBuf>,
+    pub user_config_locked: Vec<String>,
+    /// The layer the last worker found good: kept when the file now has errors.
+    pub user_layer_last_good: Option<Vec<crate::config::user::SiteLayer>>,
 }
 
 /// The two logs every site has.
@@ -132,7 +137,7 @@ impl LogKind {
 #[derive(Debug, Serialize, Deserialize)]
 pub enum MasterToWorker {
     /// First message; followed by the `SiteLog`s of every site before any `NewPeer`.
-    Init(WorkerInit),
+    Init(Box<WorkerInit>),
     /// One fd: a log file of the site, opened by the master for appending.
     SiteLog { site: String, kind: LogKind },
     /// One fd: a channel end to a dispatcher, which will send [`DispatcherToWorker`].
@@ -152,6 +157,8 @@ pub enum WorkerToMaster {
     Usage(Vec<crate::accounting::SiteDelta>),
     /// What each site holds right now (for `condo status`), with each usage report.
     Load(Vec<crate::accounting::SiteLoad>),
+    /// The tenant's own config layer the worker read and found good.
+    UserLayer(Vec<crate::config::user::SiteLayer>),
 }
 
 /// A client connection changing hands, with one fd: the client socket (pass) or a

@@ -171,6 +171,8 @@ pub struct Master {
     started: Instant,
     /// Requests from the control socket (`condo status`, `restart-tenant`, ...).
     control: mpsc::UnboundedReceiver<control::Call>,
+    /// Each tenant's own config layer as its worker last found it good.
+    user_layers: HashMap<String, Vec<config::user::SiteLayer>>,
 }
 
 /// Load the config and run the master in the foreground until TERM or INT.
@@ -353,6 +355,7 @@ impl Master {
         Ok(Self {
             started: Instant::now(),
             control: control_rx,
+            user_layers: HashMap::new(),
             exe: std::env::current_exe().context("finding condo's own binary")?,
             config,
             dispatcher_credentials,
@@ -490,6 +493,23 @@ impl Master {
                     .map(|s| s.name.as_str())
                     .collect();
                 self.ledger.apply_report(&tenant, &own, &deltas, unix_now());
+            }
+            Event::FromWorker(tenant, _pid, WorkerToMaster::UserLayer(layer)) => {
+                // Only the tenant's own sites: the worker checked, the master (root,
+                // trusting no tenant) checks again.
+                let own: Vec<&str> = self
+                    .config
+                    .tenant_sites(&tenant)
+                    .map(|s| s.name.as_str())
+                    .collect();
+                if layer.iter().all(|l| own.contains(&l.site.as_str())) {
+                    self.user_layers.insert(tenant, layer);
+                } else {
+                    warn!(
+                        tenant,
+                        "a worker sent a config layer for sites not its own; ignored"
+                    );
+                }
             }
             Event::FromWorker(tenant, pid, WorkerToMaster::Load(load)) => {
                 if let Some(w) = self
@@ -694,6 +714,7 @@ impl Master {
             credentials,
             sites,
             cgroup: group.as_ref(),
+            user_layer: self.user_layers.get(tenant).cloned(),
         };
         let (child, channel) = spawn::start_worker(&self.exe, start, &self.config, &self.logs)
             .await
@@ -875,6 +896,17 @@ impl Master {
             if before != after {
                 changed.push(name.clone());
             }
+        }
+        if let Some(tenant) = only
+            && !changed.iter().any(|c| c == tenant)
+            && self
+                .config
+                .tenants
+                .get(tenant)
+                .is_some_and(|t| t.user_config.is_some())
+        {
+            // Its own file may have changed: a new worker reads it.
+            changed.push(tenant.to_string());
         }
         self.config = new;
         let routing = spawn::routing(&self.config);

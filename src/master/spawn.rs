@@ -228,6 +228,8 @@ pub struct WorkerStart<'a> {
     pub credentials: Option<Credentials>,
     pub sites: Vec<Site>,
     pub cgroup: Option<&'a TenantGroup>,
+    /// The tenant's own config layer its last worker found good.
+    pub user_layer: Option<Vec<crate::config::user::SiteLayer>>,
 }
 
 pub async fn start_worker(
@@ -241,7 +243,17 @@ pub async fn start_worker(
         credentials,
         sites,
         cgroup,
+        user_layer,
     } = start;
+    // `~/` is the tenant's home; the path is only named here, the worker opens it.
+    let user_config =
+        tenant_config
+            .user_config
+            .as_ref()
+            .map(|p| match (p.strip_prefix("~/"), &credentials) {
+                (Some(rest), Some(c)) => c.home.join(rest),
+                _ => PathBuf::from(p),
+            });
     let tenant = tenant_config.name.as_str();
     let limits = &tenant_config.limits;
     let pool = tenant_config.pool.clone();
@@ -306,9 +318,12 @@ pub async fn start_worker(
         sites,
         limits: config.server.limits,
         pool,
+        user_config,
+        user_config_locked: tenant_config.user_config_locked.clone(),
+        user_layer_last_good: user_layer,
     };
     channel
-        .send(&MasterToWorker::Init(init), &[])
+        .send(&MasterToWorker::Init(Box::new(init)), &[])
         .await
         .context("sending the worker its config")?;
     for (site, kind, log) in site_logs {

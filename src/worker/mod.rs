@@ -163,8 +163,45 @@ async fn serve(name: String, master_fd: OwnedFd) -> anyhow::Result<()> {
             init.tenant
         );
     }
-    let sites: Vec<Arc<SiteState>> = init
-        .sites
+    let mut site_configs = init.sites;
+    // The tenant's own layer: read here, as the tenant. Its mistakes go to the
+    // server's log now and into each site's error log once the master hands it over.
+    let mut layer_errors: Option<String> = None;
+    if let Some(path) = &init.user_config {
+        let layer = user_layer(path, &site_configs, &init.user_config_locked, &init.pool);
+        let layer = match layer {
+            Ok(layer) => {
+                info!(tenant = name, path = %path.display(), sites = layer.len(), "tenant config layer applied");
+                if let Err(e) = master
+                    .send(&WorkerToMaster::UserLayer(layer.clone()), &[])
+                    .await
+                {
+                    warn!("reporting the tenant's config layer: {e}");
+                }
+                layer
+            }
+            Err(text) => {
+                let kept = if init.user_layer_last_good.is_some() {
+                    "the last good version of it keeps applying"
+                } else {
+                    "the admin's settings apply alone"
+                };
+                let text = format!(
+                    "{text}\ncondo: {} was not applied; {kept}\n",
+                    path.display()
+                );
+                warn!(tenant = name, "{text}");
+                layer_errors = Some(text);
+                init.user_layer_last_good.clone().unwrap_or_default()
+            }
+        };
+        for l in &layer {
+            if let Some(site) = site_configs.iter_mut().find(|s| s.name == l.site) {
+                crate::config::user::apply(site, l);
+            }
+        }
+    }
+    let sites: Vec<Arc<SiteState>> = site_configs
         .into_iter()
         .map(|s| Arc::new(open_site(s)))
         .collect();
@@ -244,6 +281,9 @@ async fn serve(name: String, master_fd: OwnedFd) -> anyhow::Result<()> {
                         LogKind::Error => &s.error_log,
                     };
                     slot.set(File::from(fd));
+                    if let (LogKind::Error, Some(text)) = (kind, &layer_errors) {
+                        slot.write(text.as_bytes());
+                    }
                 }
                 None => warn!(site, "access log for a site this worker does not serve"),
             },
@@ -255,6 +295,28 @@ async fn serve(name: String, master_fd: OwnedFd) -> anyhow::Result<()> {
             MasterToWorker::Retire => {} // handled above, before the fd check
         }
     }
+}
+
+/// Read and check the tenant's own config file. No file: no layer. `Err`: every
+/// mistake, one per line, as `file:line:column: key: message`.
+fn user_layer(
+    path: &std::path::Path,
+    sites: &[Site],
+    locked: &[String],
+    pool: &crate::config::Pool,
+) -> Result<Vec<crate::config::user::SiteLayer>, String> {
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(format!("{}: cannot read: {e}", path.display())),
+    };
+    crate::config::user::parse(path, text, sites, locked, pool).map_err(|diags| {
+        diags
+            .iter()
+            .map(|d| d.to_string())
+            .collect::<Vec<_>>()
+            .join("\n")
+    })
 }
 
 /// How often a worker tells the master what it counted.

@@ -1,0 +1,263 @@
+//! A tenant's own config layer (`user_config` in the admin's `[tenant.NAME]`): the
+//! classic ISP recipe, made safe.
+//!
+//! Layers, lowest first: the admin's site settings (defaults) → the tenant's file →
+//! the keys the admin locks (`user_config_locked`), which always keep the admin's
+//! value. The tenant's file may set, for its own sites only, `index`, `autoindex`,
+//! `env` and `route` (handlers, app commands, timeouts); anything else — names, root,
+//! limits, uid, TLS, another tenant's site — is refused with file, line and key.
+//!
+//! The file is read and parsed by the tenant's worker, which runs as the tenant:
+//! root never opens a file the tenant can write. A file with errors changes nothing:
+//! the last version that was good keeps serving (the master keeps it, as the
+//! structure the worker sent, not as text).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use super::{Diagnostic, Pool, RouteConfig, RouteSection, Site, Source, validate_route};
+
+/// The keys a tenant's file may set in a `[[site]]`.
+pub const TENANT_KEYS: [&str; 4] = ["index", "autoindex", "env", "route"];
+
+/// What a tenant's file says about one of its sites.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SiteLayer {
+    pub site: String,
+    pub index: Option<Vec<String>>,
+    pub autoindex: Option<bool>,
+    pub env: Option<Vec<(String, String)>>,
+    pub routes: Option<Vec<RouteConfig>>,
+}
+
+#[derive(Deserialize)]
+struct UserFile {
+    #[serde(default)]
+    site: Vec<toml::Table>,
+}
+
+#[derive(Deserialize)]
+struct UserSite {
+    name: String,
+    index: Option<Vec<String>>,
+    autoindex: Option<bool>,
+    env: Option<BTreeMap<String, String>>,
+    route: Option<Vec<RouteSection>>,
+}
+
+/// Parse and check a tenant's file. `sites`: the tenant's sites as the admin
+/// configured them; `locked`: keys the admin keeps. `Err`: every mistake, and nothing
+/// of the file applies.
+pub fn parse(
+    path: &Path,
+    text: String,
+    sites: &[Site],
+    locked: &[String],
+    pool: &Pool,
+) -> Result<Vec<SiteLayer>, Vec<Diagnostic>> {
+    let source = Source::from_text(path, text);
+    let mut diags = Vec::new();
+    let (file, syntax) = source.deserialize::<UserFile>();
+    for d in syntax {
+        // The only top-level table a tenant may write is [[site]].
+        let message = if d.key.is_empty() {
+            d.message.clone()
+        } else {
+            format!(
+                "`{}` may only be set by the admin; a tenant's file sets only [[site]] tables",
+                d.key
+            )
+        };
+        diags.push(Diagnostic { message, ..d });
+    }
+    let Some(file) = file else {
+        return Err(diags);
+    };
+    let mut layers = Vec::new();
+    for (i, table) in file.site.into_iter().enumerate() {
+        let key = format!("site.{i}");
+        let mut refused = false;
+        for name in table.keys() {
+            if name == "name" {
+                continue;
+            }
+            if !TENANT_KEYS.contains(&name.as_str()) {
+                diags.push(source.error(
+                    &format!("{key}.{name}"),
+                    format!(
+                        "`{name}` may only be set by the admin; a tenant's file may set {} of its own sites",
+                        TENANT_KEYS.join(", ")
+                    ),
+                ));
+                refused = true;
+            } else if locked.iter().any(|l| l == name) {
+                diags.push(source.error(
+                    &format!("{key}.{name}"),
+                    format!("`{name}` is locked by the admin (user_config_locked)"),
+                ));
+                refused = true;
+            }
+        }
+        let entry: UserSite = match toml::Value::Table(table).try_into() {
+            Ok(s) => s,
+            Err(e) => {
+                diags.push(source.error(&key, e.to_string()));
+                continue;
+            }
+        };
+        if refused {
+            continue;
+        }
+        if !sites.iter().any(|s| s.name == entry.name) {
+            diags.push(source.error(
+                &format!("{key}.name"),
+                format!(
+                    "`{}` is not one of this tenant's sites ({})",
+                    entry.name,
+                    sites.iter().map(|s| s.name.as_str()).collect::<Vec<_>>().join(", ")
+                ),
+            ));
+            continue;
+        }
+        let routes = entry.route.map(|routes| {
+            routes
+                .iter()
+                .enumerate()
+                .filter_map(|(j, r)| {
+                    validate_route(&source, &format!("{key}.route.{j}"), r, pool, &mut diags)
+                })
+                .collect()
+        });
+        if let Some(env) = &entry.env {
+            for name in env.keys() {
+                let valid = !name.is_empty()
+                    && !name.starts_with(|c: char| c.is_ascii_digit())
+                    && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+                if !valid {
+                    diags.push(source.error(
+                        &format!("{key}.env.{name}"),
+                        "environment names use A-Z, a-z, 0-9 and _ and do not start with a digit",
+                    ));
+                }
+            }
+        }
+        layers.push(SiteLayer {
+            site: entry.name,
+            index: entry.index,
+            autoindex: entry.autoindex,
+            env: entry.env.map(|e| e.into_iter().collect()),
+            routes,
+        });
+    }
+    if diags.is_empty() {
+        Ok(layers)
+    } else {
+        Err(diags)
+    }
+}
+
+/// The admin's site with a tenant layer on top.
+pub fn apply(site: &mut Site, layer: &SiteLayer) {
+    if let Some(index) = &layer.index {
+        site.index = index.clone();
+    }
+    if let Some(autoindex) = layer.autoindex {
+        site.autoindex = autoindex;
+    }
+    if let Some(env) = &layer.env {
+        // The tenant's variables on top of the admin's; the admin's names win.
+        for (name, value) in env {
+            if !site.env.iter().any(|(n, _)| n == name) {
+                site.env.push((name.clone(), value.clone()));
+            }
+        }
+    }
+    if let Some(routes) = &layer.routes {
+        site.routes = routes.clone();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn site(name: &str) -> Site {
+        Site {
+            name: name.into(),
+            aliases: vec![],
+            tenant: "a".into(),
+            root: "/srv/a".into(),
+            index: vec!["index.html".into()],
+            autoindex: false,
+            env: vec![("APP_ENV".into(), "prod".into())],
+            routes: vec![],
+            max_clients: None,
+            max_connections: None,
+            queue_max: 0,
+            queue_timeout: std::time::Duration::from_secs(10),
+            nice: None,
+            process_rlimits: vec![],
+            tls: None,
+            https_redirect: None,
+            hsts: None,
+        }
+    }
+
+    fn run(text: &str, locked: &[&str]) -> Result<Vec<SiteLayer>, Vec<String>> {
+        let locked: Vec<String> = locked.iter().map(|s| s.to_string()).collect();
+        parse(
+            Path::new("/home/a/condo.toml"),
+            text.to_string(),
+            &[site("a.example")],
+            &locked,
+            &Pool::default(),
+        )
+        .map_err(|d| d.iter().map(|d| d.to_string()).collect())
+    }
+
+    #[test]
+    fn own_site_routes_index_and_env_apply() {
+        let layers = run(
+            "[[site]]\nname = \"a.example\"\nindex = [\"index.php\"]\nautoindex = true\n[site.env]\nMODE = \"dev\"\nAPP_ENV = \"mine\"\n[[site.route]]\nsuffix = \".php\"\nhandler = \"fastcgi\"\ncommand = [\"php-cgi\"]\n",
+            &[],
+        )
+        .unwrap();
+        let mut s = site("a.example");
+        apply(&mut s, &layers[0]);
+        assert_eq!(s.index, vec!["index.php"]);
+        assert!(s.autoindex);
+        assert_eq!(s.routes.len(), 1);
+        assert!(s.env.contains(&("MODE".into(), "dev".into())));
+        // The admin's variable stays the admin's.
+        assert!(s.env.contains(&("APP_ENV".into(), "prod".into())));
+        assert!(!s.env.contains(&("APP_ENV".into(), "mine".into())));
+    }
+
+    #[test]
+    fn admin_keys_other_sites_and_locked_keys_are_refused_with_their_place() {
+        let errors = run(
+            "[server]\nuser = \"root\"\n\n[[site]]\nname = \"a.example\"\nroot = \"/\"\nmax_clients = 1000\n\n[[site]]\nname = \"b.example\"\n\n[[site]]\nname = \"a.example\"\nenv = { \"1BAD\" = \"x\" }\n",
+            &[],
+        )
+        .unwrap_err();
+        let all = errors.join("\n");
+        for (needle, line) in [
+            ("`server", ":1:"),
+            ("site.0.root", ":6:"),
+            ("site.0.max_clients", ":7:"),
+            ("not one of this tenant's sites", ":10:"),
+            ("environment names", ":14:"),
+        ] {
+            assert!(
+                errors
+                    .iter()
+                    .any(|e| e.contains(needle) && e.contains(line)),
+                "{needle} at {line}:\n{all}"
+            );
+        }
+        let locked = run("[[site]]\nname = \"a.example\"\nroute = []\n", &["route"]).unwrap_err();
+        assert!(locked[0].contains("locked by the admin"), "{locked:?}");
+    }
+}
