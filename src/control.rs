@@ -30,6 +30,9 @@ pub enum Request {
     ReloadTenant {
         tenant: String,
     },
+    /// Binary upgrade: start condo's binary (as it is on disk now) as a new master
+    /// that takes over the listening sockets; this one drains and leaves.
+    Upgrade,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -111,7 +114,8 @@ pub fn request(run_dir: &Path, request: &Request) -> anyhow::Result<Response> {
             path.display()
         )
     })?;
-    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    // An upgrade answers once the new master serves (at most a minute).
+    stream.set_read_timeout(Some(Duration::from_secs(90)))?;
     let mut line = serde_json::to_vec(request)?;
     line.push(b'\n');
     stream.write_all(&line)?;
@@ -286,6 +290,7 @@ mod tests {
             Request::Status,
             Request::RestartTenant { tenant: "a".into() },
             Request::ReloadTenant { tenant: "b".into() },
+            Request::Upgrade,
         ] {
             let text = serde_json::to_string(&r).unwrap();
             assert_eq!(serde_json::from_str::<Request>(&text).unwrap(), r);

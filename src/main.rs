@@ -59,6 +59,9 @@ enum Command {
     },
     /// Drain a tenant's workers and start fresh ones, losing no request.
     RestartTenant { tenant: String },
+    /// Binary upgrade: start condo's binary as it is on disk now as a new master that
+    /// takes over the listening sockets; the old processes drain and leave.
+    Upgrade,
     /// Print each tenant's usage for billing, from the ledger in state_dir.
     Usage {
         /// Only usage from this time on: RFC 3339 ("2026-11-01T00:00:00Z") or a span
@@ -121,6 +124,7 @@ fn main() -> ExitCode {
             condo::control::Request::RestartTenant { tenant },
         ),
         Command::Status { json } => status(&cli.config, json),
+        Command::Upgrade => control(&cli.config, condo::control::Request::Upgrade),
         Command::Top {
             sort,
             interval,

@@ -162,10 +162,35 @@ async fn serve(
                 .map(Arc::new),
         ),
     });
+    let mut accepting = Vec::new();
     for (fd, info) in listeners.into_iter().zip(init.listeners) {
         rustix::io::ioctl_fionbio(&fd, true)?;
-        tokio::spawn(accept_loop(dispatcher.clone(), fd, info));
+        accepting.push(tokio::spawn(accept_loop(dispatcher.clone(), fd, info)).abort_handle());
     }
+    let drain_target = dispatcher.clone();
+    let on_drain: workers::DrainFn = Arc::new(move |grace| {
+        // Dropping the accept loops closes this process's copies of the listening
+        // sockets; the new master's dispatchers accept from them from now on.
+        for a in &accepting {
+            a.abort();
+        }
+        let d = drain_target.clone();
+        info!(
+            "draining: no new connections; leaving when the {} held end or in {grace:?}",
+            d.open.load(Ordering::Relaxed)
+        );
+        tokio::spawn(async move {
+            let deadline = tokio::time::Instant::now() + grace;
+            while d.open.load(Ordering::Relaxed) > 0 && tokio::time::Instant::now() < deadline {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+            info!(
+                "drained ({} connections left); exiting",
+                d.open.load(Ordering::Relaxed)
+            );
+            std::process::exit(0);
+        });
+    });
     let hand_back_target = dispatcher.clone();
     let on_hand_back: workers::HandBackFn = Arc::new(move |handoff: Handoff, fd: OwnedFd| {
         let d = hand_back_target.clone();
@@ -190,7 +215,7 @@ async fn serve(
     dispatcher
         .workers
         .clone()
-        .run_master_link(on_hand_back, on_reload)
+        .run_master_link(on_hand_back, on_reload, on_drain)
         .await;
     warn!("master link closed; dispatcher exiting");
     Ok(())

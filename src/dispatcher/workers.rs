@@ -68,6 +68,8 @@ pub struct Workers {
 pub type HandBackFn = Arc<dyn Fn(Handoff, OwnedFd) + Send + Sync>;
 /// Called when the master sends a reloaded routing table.
 pub type ReloadFn = Arc<dyn Fn(Routing, Option<Vec<ProviderCertPem>>) + Send + Sync>;
+/// Called when the master says a new master took over (binary upgrade).
+pub type DrainFn = Arc<dyn Fn(std::time::Duration) + Send + Sync>;
 
 impl Workers {
     pub fn new(master: Arc<MasterChannel>) -> Arc<Self> {
@@ -185,7 +187,12 @@ impl Workers {
     }
 
     /// Read the master's answers until it goes away, then return.
-    pub async fn run_master_link(self: Arc<Self>, on_hand_back: HandBackFn, on_reload: ReloadFn) {
+    pub async fn run_master_link(
+        self: Arc<Self>,
+        on_hand_back: HandBackFn,
+        on_reload: ReloadFn,
+        on_drain: DrainFn,
+    ) {
         loop {
             let (message, fds) = match self.master.recv().await {
                 Ok(Some(m)) => m,
@@ -229,6 +236,7 @@ impl Workers {
                     routing,
                     certificates,
                 } => on_reload(routing, certificates),
+                MasterToDispatcher::Drain { grace } => on_drain(grace),
                 MasterToDispatcher::Init(_) => warn!("unexpected second Init from the master"),
             }
         }

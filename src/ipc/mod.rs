@@ -93,6 +93,11 @@ pub enum MasterToDispatcher {
         tenant: String,
         result: Result<(), String>,
     },
+    /// A new master took over the listening sockets (binary upgrade): stop
+    /// accepting, serve the connections held, exit when none is left or after `grace`.
+    Drain {
+        grace: std::time::Duration,
+    },
 }
 
 #[derive(Debug, Serialize, Deserialize)]

@@ -390,6 +390,12 @@ impl TenantGroup {
 
     /// Remove the group once its last process is gone (the tenant scaled to zero).
     /// Processes may take a moment to be reaped after their worker died: retry briefly.
+    /// Whether the group's directories are still there (someone may have removed
+    /// them, e.g. an old master after a binary upgrade).
+    pub fn exists(&self) -> bool {
+        self.dirs.iter().all(|d| d.is_dir())
+    }
+
     pub async fn remove(&self) -> bool {
         for _ in 0..50 {
             let mut left = false;

@@ -89,6 +89,8 @@ enum Event {
     FromWorker(String, u32, WorkerToMaster),
     WorkerExited(String, u32, String),
     RestartDispatcher(usize),
+    /// The new master of a binary upgrade serves (`Ok(pid)`) or gave up.
+    UpgradeStarted(Result<u32, String>),
 }
 
 struct WorkerHandle {
@@ -173,6 +175,18 @@ pub struct Master {
     control: mpsc::UnboundedReceiver<control::Call>,
     /// Each tenant's own config layer as its worker last found it good.
     user_layers: HashMap<String, Vec<config::user::SiteLayer>>,
+    /// Started by an old master (binary upgrade): told `ready` here once serving.
+    ready_fd: Option<OwnedFd>,
+    /// A binary upgrade under way or done (this master is the old one).
+    upgrade: Option<Upgrade>,
+}
+
+/// This master's part in a binary upgrade.
+enum Upgrade {
+    /// The new master was started; the caller of `condo upgrade` waits for this.
+    Starting(tokio::sync::oneshot::Sender<crate::control::Response>),
+    /// The new master serves: the dispatchers drain, then the workers; then exit.
+    Draining { workers_told: bool },
 }
 
 /// Load the config and run the master in the foreground until TERM or INT.
@@ -321,8 +335,24 @@ impl Master {
             );
             None
         };
-        let dispatchers = spawn::bind_listeners(&config)
-            .await?
+        // A binary upgrade: the old master handed over its listening sockets.
+        let mut inherited = spawn::Inherited::from_env()?;
+        let taking_over = !inherited.is_empty();
+        let ready_fd = match std::env::var(spawn::READY_ENV) {
+            Ok(fd) => Some(crate::sandbox::inherited_fd(
+                fd.parse().context("the readiness fd is not a number")?,
+            )?),
+            Err(_) => None,
+        };
+        let bound = spawn::bind_listeners(&config, &mut inherited).await?;
+        if inherited.leftover() > 0 {
+            info!(
+                "upgrade: {} listening socket(s) the config no longer has are closed",
+                inherited.leftover()
+            );
+        }
+        drop(inherited);
+        let dispatchers = bound
             .into_iter()
             .map(|listeners| DispatcherSlot {
                 listeners,
@@ -339,7 +369,10 @@ impl Master {
                 &config.server.cgroup_root,
                 &config.server.cgroup_parent,
             );
-            if let Some(c) = &cgroups {
+            // Taking over from a running master, its tenants' groups are alive.
+            if let Some(c) = &cgroups
+                && !taking_over
+            {
                 c.remove_stale();
             }
             cgroups
@@ -356,6 +389,8 @@ impl Master {
             started: Instant::now(),
             control: control_rx,
             user_layers: HashMap::new(),
+            ready_fd,
+            upgrade: None,
             exe: std::env::current_exe().context("finding condo's own binary")?,
             config,
             dispatcher_credentials,
@@ -390,6 +425,12 @@ impl Master {
             }
         }
         self.keep_warm().await;
+        if let Some(fd) = self.ready_fd.take() {
+            // The old master (binary upgrade) starts draining once it reads this.
+            if let Err(e) = rustix::io::write(&fd, b"ready\n") {
+                warn!("telling the old master we serve: {e}");
+            }
+        }
         let mut ticks: u64 = 0;
         self.publish();
         let mut sampling = tokio::time::interval(SAMPLE_EVERY);
@@ -411,10 +452,19 @@ impl Master {
                     let _ = self.reload(None).await;
                 }
                 Some(call) = self.control.recv() => {
-                    let response = self.control(call.request).await;
-                    let _ = call.reply.send(response);
+                    if call.request == crate::control::Request::Upgrade {
+                        // Answered once the new master serves (or gave up).
+                        self.start_upgrade(call.reply);
+                    } else {
+                        let response = self.control(call.request).await;
+                        let _ = call.reply.send(response);
+                    }
                 }
                 _ = usr1.recv() => self.reopen_logs().await,
+            }
+            if self.upgrade_finished() {
+                info!("upgrade: every old process has drained; the old master exits");
+                break;
             }
         }
         self.stop().await;
@@ -454,12 +504,24 @@ impl Master {
                     .running
                     .take()
                     .map_or(Duration::ZERO, |d| d.2.elapsed());
+                if let Some(Upgrade::Draining { workers_told }) = &mut self.upgrade {
+                    info!(pid, "upgrade: old dispatcher done ({status})");
+                    if self.dispatchers.iter().all(|d| d.running.is_none()) && !*workers_told {
+                        *workers_told = true;
+                        let tenants: Vec<String> = self.workers.keys().cloned().collect();
+                        for tenant in tenants {
+                            self.retire_tenant(&tenant).await;
+                        }
+                    }
+                    return;
+                }
                 self.restart_dispatcher_later(
                     slot,
                     lived,
                     &format!("dispatcher {pid} exited ({status})"),
                 );
             }
+            Event::UpgradeStarted(result) => self.upgrade_started(result).await,
             Event::RestartDispatcher(slot) => {
                 if let Err(e) = self.start_dispatcher(slot).await {
                     self.restart_dispatcher_later(
@@ -595,7 +657,11 @@ impl Master {
     /// children die with it, so the group empties within moments).
     async fn tenant_gone(&mut self, tenant: &str) {
         self.sample_cgroups();
-        if let Some(group) = self.groups.remove(tenant) {
+        if let Some(group) = self.groups.remove(tenant)
+            && self.upgrade.is_none()
+        {
+            // (After an upgrade the group is the new master's, which may be between
+            // two workers of the tenant right now.)
             group.remove().await;
         }
         // A new group counts from zero.
@@ -614,6 +680,10 @@ impl Master {
 
     /// Start the workers of tenants with `workers_min` above zero that have none.
     async fn keep_warm(&mut self) {
+        if self.upgrade.is_some() {
+            // The new master keeps them warm now.
+            return;
+        }
         let warm: Vec<String> = self
             .config
             .tenants
@@ -686,7 +756,7 @@ impl Master {
         // Limits that cannot be applied mean no worker: a tenant never runs unbounded
         // because its cgroup could not be made.
         let group = match &self.cgroups {
-            Some(cgroups) => match self.groups.get(tenant) {
+            Some(cgroups) => match self.groups.get(tenant).filter(|g| g.exists()) {
                 Some(g) => {
                     // The old limits stay in force if the new ones cannot be written
                     // (e.g. memory_max below what the group uses now).
@@ -973,6 +1043,129 @@ impl Master {
         told
     }
 
+    /// `condo upgrade`: start the binary at condo's path as a new master that takes
+    /// over the listening sockets; once it serves, this one drains and leaves.
+    fn start_upgrade(&mut self, reply: tokio::sync::oneshot::Sender<crate::control::Response>) {
+        use crate::control::Response;
+        if self.upgrade.is_some() {
+            let _ = reply.send(Response::error("an upgrade is already under way"));
+            return;
+        }
+        // /proc/self/exe says "(deleted)" once a package replaced the file: the new
+        // binary is at the same path.
+        let exe = PathBuf::from(
+            self.exe
+                .to_string_lossy()
+                .trim_end_matches(" (deleted)")
+                .to_string(),
+        );
+        let sets: Vec<&[spawn::Bound]> =
+            self.dispatchers.iter().map(|d| &d.listeners[..]).collect();
+        let (mut child, ready) = match spawn::start_new_master(&exe, &self.config, &sets) {
+            Ok(started) => started,
+            Err(e) => {
+                let _ = reply.send(Response::error(format!("upgrade: {e:#}")));
+                return;
+            }
+        };
+        let pid = child.id().unwrap_or(0);
+        info!(pid, exe = %exe.display(), "upgrade: new master started; waiting until it serves");
+        self.upgrade = Some(Upgrade::Starting(reply));
+        let tx = self.events_tx.clone();
+        tokio::spawn(async move {
+            use tokio::io::AsyncReadExt;
+            let wait = async {
+                let mut ready = tokio::net::unix::pipe::Receiver::from_owned_fd(ready)?;
+                let mut said = Vec::new();
+                ready.read_to_end(&mut said).await?;
+                Ok::<_, std::io::Error>(said)
+            };
+            let outcome = match tokio::time::timeout(Duration::from_secs(60), wait).await {
+                Ok(Ok(said)) if said.starts_with(b"ready") => Ok(pid),
+                Ok(Ok(_)) => {
+                    let status = child
+                        .wait()
+                        .await
+                        .map(|s| s.to_string())
+                        .unwrap_or_default();
+                    Err(format!(
+                        "the new master exited before it served ({status}); see its log"
+                    ))
+                }
+                Ok(Err(e)) => Err(format!("waiting for the new master: {e}")),
+                Err(_) => {
+                    let _ = child.start_kill();
+                    Err("the new master did not serve within 60 s; stopped it".to_string())
+                }
+            };
+            if outcome.is_ok() {
+                // It runs on its own now; reap it should it exit while we still run.
+                tokio::spawn(async move {
+                    let _ = child.wait().await;
+                });
+            }
+            let _ = tx.send(Event::UpgradeStarted(outcome));
+        });
+    }
+
+    async fn upgrade_started(&mut self, result: Result<u32, String>) {
+        use crate::control::Response;
+        let Some(Upgrade::Starting(reply)) = self.upgrade.take() else {
+            return;
+        };
+        match result {
+            Ok(pid) => {
+                let grace = self
+                    .config
+                    .server
+                    .limits
+                    .keepalive_timeout
+                    .min(Duration::from_secs(60));
+                let _ = reply.send(Response::ok(format!(
+                    "upgraded: the new master (pid {pid}) serves; the old one (pid {}) drains for up to {grace:?} and leaves",
+                    std::process::id()
+                )));
+                info!(pid, "upgrade: the new master serves; draining");
+                // The ledger is the new master's from now on: save ours once more.
+                self.publish();
+                self.ledger_file = None;
+                self.upgrade = Some(Upgrade::Draining {
+                    workers_told: false,
+                });
+                for slot in &self.dispatchers {
+                    if let Some((pid, channel, _)) = &slot.running
+                        && let Err(e) = channel
+                            .send(&MasterToDispatcher::Drain { grace }, &[])
+                            .await
+                    {
+                        warn!(pid, "telling the dispatcher to drain: {e}");
+                    }
+                }
+            }
+            Err(e) => {
+                error!("upgrade failed: {e}; this master keeps serving");
+                // The new master may have taken the pid file and the control socket.
+                let _ = std::fs::write(pid_file(&self.config), format!("{}\n", std::process::id()));
+                match control::bind(&self.config.server.run_dir) {
+                    Ok(listener) => {
+                        let (tx, rx) = mpsc::unbounded_channel();
+                        tokio::spawn(control::serve(listener, tx));
+                        self.control = rx;
+                    }
+                    Err(e) => error!("rebinding the control socket: {e:#}"),
+                }
+                let _ = reply.send(Response::error(format!(
+                    "upgrade failed: {e}; the running master keeps serving"
+                )));
+            }
+        }
+    }
+
+    fn upgrade_finished(&self) -> bool {
+        matches!(self.upgrade, Some(Upgrade::Draining { workers_told: true }))
+            && self.workers.is_empty()
+    }
+
     async fn control(&mut self, request: crate::control::Request) -> crate::control::Response {
         use crate::control::{Request, Response};
         match request {
@@ -996,6 +1189,7 @@ impl Master {
                 Ok(summary) => Response::ok(summary),
                 Err(e) => Response::error(e),
             },
+            Request::Upgrade => Response::error("handled by start_upgrade"),
         }
     }
 
@@ -1127,6 +1321,11 @@ impl Master {
         }
         self.sample_cgroups();
         self.publish();
+        if self.upgrade.is_some() {
+            // The tenants' groups, the pid file and the sockets are the new master's.
+            info!("stopped (upgraded)");
+            return;
+        }
         for (_, group) in self.groups.drain() {
             group.remove().await;
         }

@@ -30,10 +30,17 @@ use std::net::SocketAddr;
 /// (port 0 in the config is resolved by the first set and reused by the others).
 ///
 /// The admin listener, if configured, is one socket served by the first dispatcher.
-pub async fn bind_listeners(config: &Config) -> anyhow::Result<Vec<Vec<Bound>>> {
+///
+/// Sockets an old master handed over (binary upgrade) are taken instead of binding
+/// where the slot and the configured address match, so not one connection attempt is
+/// refused across the upgrade.
+pub async fn bind_listeners(
+    config: &Config,
+    inherited: &mut Inherited,
+) -> anyhow::Result<Vec<Vec<Bound>>> {
     let count = config.server.dispatchers;
     let mut sets: Vec<Vec<Bound>> = Vec::with_capacity(count);
-    for _ in 0..count {
+    for set in 0..count {
         let resolved: Option<Vec<std::net::SocketAddr>> = sets.first().map(|first| {
             first
                 .iter()
@@ -41,41 +48,179 @@ pub async fn bind_listeners(config: &Config) -> anyhow::Result<Vec<Vec<Bound>>> 
                 .filter_map(|a| std::net::SocketAddr::try_from(a).ok())
                 .collect()
         });
-        sets.push(bind_set(config, resolved.as_deref(), count > 1).await?);
+        sets.push(bind_set(config, set, resolved.as_deref(), count > 1, inherited).await?);
     }
     if let (Some(addr), Some(first)) = (config.server.admin_listen, sets.first_mut()) {
-        first.push(bind_one(Handover::Proxy, false, false, addr, false, true, true).await?);
+        let bound = match inherited.take(0, ADMIN_SLOT, addr) {
+            Some(fd) => adopt(fd, Handover::Proxy, false, false, addr, true)?,
+            None => bind_one(Handover::Proxy, false, false, addr, false, true, true).await?,
+        };
+        first.push(bound);
     }
     Ok(sets)
+}
+
+/// The admin listener's index in [`Inherited`].
+const ADMIN_SLOT: usize = usize::MAX;
+/// Names the listening sockets an old master hands a new one: `set:index:addr:fd;...`.
+pub const INHERITED_ENV: &str = "CONDO_INHERITED_LISTENERS";
+/// An fd the new master writes `ready` to once it serves.
+pub const READY_ENV: &str = "CONDO_UPGRADE_READY_FD";
+
+/// Listening sockets inherited from an old master, by (dispatcher set, listener
+/// index, configured address).
+#[derive(Default)]
+pub struct Inherited(Vec<(usize, usize, SocketAddr, OwnedFd)>);
+
+impl Inherited {
+    /// What the old master named in the environment; nothing when started normally.
+    pub fn from_env() -> anyhow::Result<Self> {
+        let Ok(text) = std::env::var(INHERITED_ENV) else {
+            return Ok(Self::default());
+        };
+        let mut found = Vec::new();
+        for entry in text.split(';').filter(|e| !e.is_empty()) {
+            let bad = || anyhow::anyhow!("{INHERITED_ENV}: bad entry `{entry}`");
+            let mut parts = entry.splitn(3, ':');
+            let set: usize = parts.next().and_then(|p| p.parse().ok()).ok_or_else(bad)?;
+            let index: usize = parts.next().and_then(|p| p.parse().ok()).ok_or_else(bad)?;
+            let (addr, fd) = parts
+                .next()
+                .and_then(|r| r.rsplit_once(':'))
+                .ok_or_else(bad)?;
+            let addr: SocketAddr = addr.parse().map_err(|_| bad())?;
+            let fd = sandbox::inherited_fd(fd.parse().map_err(|_| bad())?)?;
+            found.push((set, index, addr, fd));
+        }
+        Ok(Self(found))
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn take(&mut self, set: usize, index: usize, configured: SocketAddr) -> Option<OwnedFd> {
+        let i = self
+            .0
+            .iter()
+            .position(|(s, x, a, _)| *s == set && *x == index && *a == configured)?;
+        Some(self.0.swap_remove(i).3)
+    }
+
+    /// Sockets the new config no longer has: closed now.
+    pub fn leftover(&self) -> usize {
+        self.0.len()
+    }
 }
 
 /// A listening socket and what the dispatcher needs to know of it.
 pub struct Bound {
     pub fd: OwnedFd,
     pub info: ListenerInfo,
+    /// The address as the config names it (port 0 stays 0): what a new master matches
+    /// when it takes this socket over.
+    pub configured: SocketAddr,
+}
+
+/// Start the binary at `exe` as a new master for `config`, handing it every listening
+/// socket. `Ok((child, ready))`: `ready` becomes readable (`ready\n`) once the new
+/// master serves, or hits end-of-file if it gave up.
+pub fn start_new_master(
+    exe: &Path,
+    config: &Config,
+    sets: &[&[Bound]],
+) -> anyhow::Result<(Child, OwnedFd)> {
+    let (ready_read, ready_write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
+        .context("making the readiness pipe")?;
+    let mut named = String::new();
+    let mut fds = vec![ready_write.as_raw_fd()];
+    for (set, bound) in sets.iter().enumerate() {
+        for (index, b) in bound.iter().enumerate() {
+            let index = if b.info.admin { ADMIN_SLOT } else { index };
+            let fd = b.fd.as_raw_fd();
+            named.push_str(&format!("{set}:{index}:{}:{fd};", b.configured));
+            fds.push(fd);
+        }
+    }
+    // Root stays root (no credentials) and does not die with the old master, which
+    // is about to leave.
+    let plan = SandboxPlan {
+        die_with_parent: false,
+        ..SandboxPlan::new(None, fds)
+    };
+    let args: Vec<&std::ffi::OsStr> =
+        vec!["serve".as_ref(), "-c".as_ref(), config.file.as_os_str()];
+    let mut cmd = sandbox::command(exe, &args, plan);
+    cmd.env(INHERITED_ENV, named)
+        .env(READY_ENV, ready_write.as_raw_fd().to_string())
+        .stdin(Stdio::null())
+        .current_dir("/");
+    let child = cmd.spawn().context("starting the new master")?;
+    drop(ready_write);
+    Ok((child, ready_read))
+}
+
+/// A socket handed over by an old master, described as [`bind_one`] describes its own.
+fn adopt(
+    fd: OwnedFd,
+    handover: Handover,
+    tls: bool,
+    proxy_protocol: bool,
+    configured: SocketAddr,
+    admin: bool,
+) -> anyhow::Result<Bound> {
+    let addr = rustix::net::getsockname(&fd)
+        .ok()
+        .and_then(|a| SocketAddr::try_from(a).ok())
+        .context("an inherited listener has no address")?;
+    info!("listening on {addr} (taken over from the old master)");
+    Ok(Bound {
+        fd,
+        info: ListenerInfo {
+            addr,
+            handover,
+            admin,
+            tls,
+            proxy_protocol,
+        },
+        configured,
+    })
 }
 
 async fn bind_set(
     config: &Config,
+    set: usize,
     resolved: Option<&[std::net::SocketAddr]>,
     reuse_port: bool,
+    inherited: &mut Inherited,
 ) -> anyhow::Result<Vec<Bound>> {
     let mut bound = Vec::new();
     for (i, l) in config.server.listeners.iter().enumerate() {
-        let addr = resolved.and_then(|r| r.get(i).copied()).unwrap_or(l.addr);
-        let announce = resolved.is_none();
-        bound.push(
-            bind_one(
+        if let Some(fd) = inherited.take(set, i, l.addr) {
+            bound.push(adopt(
+                fd,
                 l.handover,
                 l.tls,
                 l.proxy_protocol,
-                addr,
-                reuse_port,
-                announce,
+                l.addr,
                 false,
-            )
-            .await?,
-        );
+            )?);
+            continue;
+        }
+        let addr = resolved.and_then(|r| r.get(i).copied()).unwrap_or(l.addr);
+        let announce = resolved.is_none();
+        let mut b = bind_one(
+            l.handover,
+            l.tls,
+            l.proxy_protocol,
+            addr,
+            reuse_port,
+            announce,
+            false,
+        )
+        .await?;
+        b.configured = l.addr;
+        bound.push(b);
     }
     Ok(bound)
 }
@@ -133,6 +278,7 @@ async fn bind_one(
             tls,
             proxy_protocol,
         },
+        configured: addr,
     })
 }
 
