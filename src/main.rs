@@ -84,6 +84,9 @@ enum Command {
         #[arg(long, default_value_t = 8080)]
         port: u16,
     },
+    /// Print the man page (roff) to stdout: `condo man > condo.8`.
+    #[command(hide = true)]
+    Man,
     /// Internal: the dispatcher process, started by the master.
     #[command(hide = true)]
     Dispatcher {
@@ -123,6 +126,7 @@ fn main() -> ExitCode {
             &cli.config,
             condo::control::Request::RestartTenant { tenant },
         ),
+        Command::Man => man(),
         Command::Status { json } => status(&cli.config, json),
         Command::Upgrade => control(&cli.config, condo::control::Request::Upgrade),
         Command::Top {
@@ -151,6 +155,47 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The man page: clap's description of every command (so it never drifts from the
+/// binary), plus the files and signals it cannot know.
+fn man() -> anyhow::Result<()> {
+    use clap::CommandFactory;
+    use std::io::Write as _;
+    let mut out = Vec::new();
+    clap_mangen::Man::new(Cli::command())
+        .section("8")
+        .render(&mut out)?;
+    out.extend_from_slice(
+        br#".SH SIGNALS
+.TP
+BTERMR, BINTR
+stop: children get TERM, then KILL after 5 s.
+.TP
+BHUPR
+reload the configuration; changed tenants' workers are replaced without dropping a connection.
+.TP
+BUSR1R
+reopen the error log and every site log (logrotate).
+.SH FILES
+.TP
+I/etc/condo/condo.tomlR
+the admin's configuration; site files are included from it.
+.TP
+Irun_dir/condo.pidR, Irun_dir/control.sockR
+the master's pid and its root-only control socket (status, top, restart-tenant, reload --tenant, upgrade).
+.TP
+Ilog_dir/error.logR, Ilog_dir/SITE.access.logR, Ilog_dir/SITE.error.logR
+the server's and each site's logs.
+.TP
+Istate_dir/usage.jsonR
+the usage ledger (condo usage).
+.SH SEE ALSO
+README.md and SECURITY.md in /usr/share/doc/condo.
+"#,
+    );
+    std::io::stdout().write_all(&out)?;
+    Ok(())
 }
 
 /// The control socket of the master running `config`.

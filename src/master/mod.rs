@@ -5,6 +5,7 @@
 mod cgroup;
 mod control;
 mod logs;
+mod notify;
 mod spawn;
 
 use std::collections::HashMap;
@@ -431,6 +432,7 @@ impl Master {
                 warn!("telling the old master we serve: {e}");
             }
         }
+        notify::ready(&self.status_line());
         let mut ticks: u64 = 0;
         self.publish();
         let mut sampling = tokio::time::interval(SAMPLE_EVERY);
@@ -467,8 +469,17 @@ impl Master {
                 break;
             }
         }
+        notify::stopping();
         self.stop().await;
         Ok(())
+    }
+
+    fn status_line(&self) -> String {
+        format!(
+            "serving {} tenants, {} sites",
+            self.config.tenants.len(),
+            self.config.sites.len()
+        )
     }
 
     async fn handle(&mut self, event: Event) {
@@ -892,6 +903,13 @@ impl Master {
     /// section and its sites), keeping everything else as it runs. `Err`: why nothing
     /// was applied.
     async fn reload(&mut self, only: Option<&str>) -> Result<String, String> {
+        notify::reloading();
+        let result = self.reload_config(only).await;
+        notify::ready(&self.status_line());
+        result
+    }
+
+    async fn reload_config(&mut self, only: Option<&str>) -> Result<String, String> {
         info!(
             "{}: reloading {}",
             only.map_or("SIGHUP".to_string(), |t| format!("reload of tenant {t}")),
@@ -1126,6 +1144,7 @@ impl Master {
                     std::process::id()
                 )));
                 info!(pid, "upgrade: the new master serves; draining");
+                notify::main_pid(pid);
                 // The ledger is the new master's from now on: save ours once more.
                 self.publish();
                 self.ledger_file = None;

@@ -151,6 +151,10 @@ pub fn start_new_master(
     let args: Vec<&std::ffi::OsStr> =
         vec!["serve".as_ref(), "-c".as_ref(), config.file.as_os_str()];
     let mut cmd = sandbox::command(exe, &args, plan);
+    // Under systemd the new master reports to the same socket (NotifyAccess=all).
+    if let Some(socket) = std::env::var_os("NOTIFY_SOCKET") {
+        cmd.env("NOTIFY_SOCKET", socket);
+    }
     cmd.env(INHERITED_ENV, named)
         .env(READY_ENV, ready_write.as_raw_fd().to_string())
         .stdin(Stdio::null())
