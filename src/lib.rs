@@ -24,6 +24,7 @@ pub mod dispatcher;
 #[doc(hidden)]
 pub mod fuzzing;
 pub mod http;
+pub mod import;
 pub mod ipc;
 pub mod logging;
 pub mod master;

@@ -21,6 +21,12 @@ struct Cli {
     command: Command,
 }
 
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ImportFrom {
+    Apache,
+    PhpFpm,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run in the foreground (as root, for tenant isolation) until SIGTERM or SIGINT.
@@ -84,6 +90,22 @@ enum Command {
         #[arg(long, default_value_t = 8080)]
         port: u16,
     },
+    /// Translate Apache vhosts (mpm-itk, suexec) and PHP-FPM pools into condo config;
+    /// what cannot be translated is listed on stderr with file:line.
+    Import {
+        #[arg(value_enum)]
+        from: ImportFrom,
+        /// Apache vhost files (`apache`) or pool files (`php-fpm`).
+        #[arg(required = true)]
+        files: Vec<PathBuf>,
+        /// With `apache`: the PHP-FPM pool files the vhosts' sockets belong to.
+        #[arg(long)]
+        fpm: Vec<PathBuf>,
+        /// Write DIR/tenants.toml (sections for the main file) and DIR/sites/*.toml
+        /// instead of printing.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// Print the man page (roff) to stdout: `condo man > condo.8`.
     #[command(hide = true)]
     Man,
@@ -127,6 +149,12 @@ fn main() -> ExitCode {
             condo::control::Request::RestartTenant { tenant },
         ),
         Command::Man => man(),
+        Command::Import {
+            from,
+            files,
+            fpm,
+            out,
+        } => import(from, &files, &fpm, out.as_deref()),
         Command::Status { json } => status(&cli.config, json),
         Command::Upgrade => control(&cli.config, condo::control::Request::Upgrade),
         Command::Top {
@@ -155,6 +183,48 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+fn import(
+    from: ImportFrom,
+    files: &[PathBuf],
+    fpm: &[PathBuf],
+    out: Option<&std::path::Path>,
+) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let imported = match from {
+        ImportFrom::Apache => condo::import::import(files, fpm),
+        ImportFrom::PhpFpm => condo::import::import(&[], files),
+    };
+    match out {
+        Some(dir) => {
+            std::fs::create_dir_all(dir.join("sites"))
+                .with_context(|| format!("creating {}", dir.join("sites").display()))?;
+            std::fs::write(dir.join("tenants.toml"), &imported.tenants)?;
+            for (tenant, text) in &imported.sites {
+                std::fs::write(dir.join(format!("sites/{tenant}.toml")), text)?;
+            }
+            println!(
+                "condo import: {} tenants, {} site files in {}",
+                imported.tenants.matches("[tenant.").count(),
+                imported.sites.len(),
+                dir.display()
+            );
+        }
+        None => {
+            print!("{}", imported.tenants);
+            for (tenant, text) in &imported.sites {
+                println!("\n# ---- sites/{tenant}.toml ----\n{text}");
+            }
+        }
+    }
+    if !imported.notes.is_empty() {
+        eprintln!("condo import: not translated ({}):", imported.notes.len());
+        for note in &imported.notes {
+            eprintln!("  {note}");
+        }
+    }
+    Ok(())
 }
 
 /// The man page: clap's description of every command (so it never drifts from the
