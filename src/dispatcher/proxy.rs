@@ -44,6 +44,7 @@ pub struct Request<'a> {
 struct Upstream {
     stream: UnixStream,
     buf: BytesMut,
+    alive: crate::http::h2::Liveness,
 }
 
 /// The streams this client connection has opened to workers, one per site.
@@ -68,7 +69,7 @@ impl Upstreams {
         if self
             .by_site
             .get(&site)
-            .is_some_and(|up| !up.buf.is_empty() || upstream_closed(&up.stream))
+            .is_some_and(|up| !up.buf.is_empty() || !(up.alive)() || upstream_closed(&up.stream))
         {
             self.by_site.remove(&site);
         }
@@ -108,10 +109,11 @@ fn upstream_closed(stream: &UnixStream) -> bool {
 }
 
 async fn open(workers: &Workers, req: &Request<'_>) -> Result<Upstream, u16> {
-    let stream = open_relay(workers, req.route, req.peer, req.local, req.secure).await?;
+    let relay = open_relay(workers, req.route, req.peer, req.local, req.secure).await?;
     Ok(Upstream {
-        stream,
+        stream: relay.stream,
         buf: BytesMut::with_capacity(16 * 1024),
+        alive: relay.alive,
     })
 }
 
@@ -123,7 +125,7 @@ pub async fn open_relay(
     peer: SocketAddr,
     local: SocketAddr,
     secure: bool,
-) -> Result<UnixStream, u16> {
+) -> Result<crate::http::h2::Relay, u16> {
     let (mine, theirs) = std::os::unix::net::UnixStream::pair().map_err(|_| 503u16)?;
     let handoff = Handoff {
         handover: Handover::Proxy,
@@ -134,15 +136,19 @@ pub async fn open_relay(
         tls_handshake: false,
         secure,
     };
-    if let Err(reason) = workers
+    let alive = match workers
         .hand_over(&route.tenant, &handoff, &OwnedFd::from(theirs))
         .await
     {
-        tracing::warn!(tenant = route.tenant, site = route.site, "{reason}");
-        return Err(503);
-    }
+        Ok(alive) => alive,
+        Err(reason) => {
+            tracing::warn!(tenant = route.tenant, site = route.site, "{reason}");
+            return Err(503);
+        }
+    };
     mine.set_nonblocking(true).map_err(|_| 503u16)?;
-    UnixStream::from_std(mine).map_err(|_| 503u16)
+    let stream = UnixStream::from_std(mine).map_err(|_| 503u16)?;
+    Ok(crate::http::h2::Relay { stream, alive })
 }
 
 async fn relay(

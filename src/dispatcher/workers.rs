@@ -82,12 +82,13 @@ impl Workers {
 
     /// Give a connection to `tenant`'s worker. If the link turns out dead (the worker
     /// was killed), ask the master for a new worker once.
+    /// `Ok`: whether that worker still takes requests, for a relay kept to it.
     pub async fn hand_over(
         &self,
         tenant: &str,
         handoff: &Handoff,
         fd: &OwnedFd,
-    ) -> Result<(), String> {
+    ) -> Result<crate::http::h2::Liveness, String> {
         let mut last_error = String::new();
         // A retiring worker costs an attempt without an error; bounded all the same.
         for _attempt in 0..4 {
@@ -98,7 +99,10 @@ impl Workers {
             };
             let message = DispatcherToWorker::Connection(handoff.clone());
             match link.channel.send(&message, &[fd.as_fd()]).await {
-                Ok(()) => return Ok(()),
+                Ok(()) => {
+                    let link = link.clone();
+                    return Ok(Arc::new(move || !link.retired.load(Ordering::SeqCst)));
+                }
                 Err(e) => {
                     debug!(tenant, "worker link failed: {e}");
                     last_error = e.to_string();

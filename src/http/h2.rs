@@ -61,12 +61,23 @@ where
 
 type Sender = hyper::client::conn::http1::SendRequest<Incoming>;
 
+/// Whether a relay's worker still takes requests (false once it is retiring): a kept
+/// relay to a retiring worker is dropped instead of reused, so the worker sees it end
+/// and can leave, and no request races its goodbye.
+pub type Liveness = std::sync::Arc<dyn Fn() -> bool + Send + Sync>;
+
+/// A stream to a worker and whether that worker still takes requests.
+pub struct Relay {
+    pub stream: UnixStream,
+    pub alive: Liveness,
+}
+
 /// HTTP/1.1 connections to the backend, kept per site for the life of one h2
 /// connection: an h2 stream reuses an idle one instead of opening a new stream to the
 /// worker (and a new task there) for every request.
 #[derive(Default)]
 pub struct Relays {
-    idle: std::sync::Mutex<std::collections::HashMap<String, Vec<Sender>>>,
+    idle: std::sync::Mutex<std::collections::HashMap<String, Vec<(Sender, Liveness)>>>,
 }
 
 /// Idle backend connections kept per site and h2 connection.
@@ -84,14 +95,14 @@ impl Relays {
     ) -> Response<Body>
     where
         F: FnOnce() -> Fut,
-        Fut: Future<Output = Result<UnixStream, StatusCode>>,
+        Fut: Future<Output = Result<Relay, StatusCode>>,
     {
         let kept = {
             let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
             let list = idle.entry(site.to_string()).or_default();
-            list.retain(|s| !s.is_closed());
+            list.retain(|(s, alive)| !s.is_closed() && alive());
             list.iter()
-                .position(|s| s.is_ready())
+                .position(|(s, _)| s.is_ready())
                 .map(|i| list.swap_remove(i))
         };
         // HTTP/1.1 wants origin-form and a Host header; h2 carries :authority instead.
@@ -107,7 +118,7 @@ impl Relays {
         }
         let mut open = Some(open);
         let reused = kept.is_some();
-        let mut sender = match kept {
+        let (mut sender, mut alive) = match kept {
             Some(s) => s,
             None => match new_sender(open.take()).await {
                 Ok(s) => s,
@@ -122,7 +133,7 @@ impl Relays {
             && let Err(failed) = &mut response
             && let Some(unsent) = failed.take_message()
         {
-            sender = match new_sender(open.take()).await {
+            (sender, alive) = match new_sender(open.take()).await {
                 Ok(s) => s,
                 Err(status) => return error(status),
             };
@@ -132,8 +143,8 @@ impl Relays {
         {
             let mut idle = self.idle.lock().unwrap_or_else(|e| e.into_inner());
             let list = idle.entry(site.to_string()).or_default();
-            if list.len() < MAX_IDLE_RELAYS && !sender.is_closed() {
-                list.push(sender);
+            if list.len() < MAX_IDLE_RELAYS && !sender.is_closed() && alive() {
+                list.push((sender, alive));
             }
         }
         match response {
@@ -147,21 +158,21 @@ impl Relays {
 }
 
 /// A new HTTP/1.1 connection to a worker over the stream `open` makes.
-async fn new_sender<F, Fut>(open: Option<F>) -> Result<Sender, StatusCode>
+async fn new_sender<F, Fut>(open: Option<F>) -> Result<(Sender, Liveness), StatusCode>
 where
     F: FnOnce() -> Fut,
-    Fut: Future<Output = Result<UnixStream, StatusCode>>,
+    Fut: Future<Output = Result<Relay, StatusCode>>,
 {
     let open = open.ok_or(StatusCode::BAD_GATEWAY)?;
-    let stream = open().await?;
-    match hyper::client::conn::http1::handshake(TokioIo::new(stream)).await {
+    let relay = open().await?;
+    match hyper::client::conn::http1::handshake(TokioIo::new(relay.stream)).await {
         Ok((sender, conn)) => {
             tokio::spawn(async move {
                 if let Err(e) = conn.await {
                     debug!("h2 → http/1.1 connection: {e}");
                 }
             });
-            Ok(sender)
+            Ok((sender, relay.alive))
         }
         Err(e) => {
             debug!("h2 → http/1.1: {e}");

@@ -54,11 +54,7 @@ pub async fn serve(tenant: Arc<Tenant>, peer: Arc<PeerChannel>, handoff: Handoff
     let mut site_hint = Some(handoff.site.as_str());
     let mut idle = limits.header_timeout;
     let mut slot: Option<ConnectionSlot> = None;
-    let mut answered_one = false;
     loop {
-        // A fresh relay always brings a request (the dispatcher opened it for one):
-        // only a relay idle after a response may be closed on retirement.
-        let between_requests = buf.is_empty() && answered_one;
         let read = read_head(&mut stream, &mut buf, &limits, idle);
         let read = if handoff.handover == Handover::Pass && !handoff.tls_handshake {
             // A retiring worker gives connections that wait for their next request back
@@ -71,17 +67,6 @@ pub async fn serve(tenant: Arc<Tenant>, peer: Arc<PeerChannel>, handoff: Handoff
                     hand_back(stream, buf, &handoff, &peer).await;
                     return;
                 }
-            }
-        } else if handoff.handover == Handover::Proxy {
-            // A relay idle between requests is closed when the worker retires: the
-            // dispatcher sees that before its next request and opens a new relay, to
-            // the tenant's new worker (and re-sends a bodyless request that crossed
-            // the close). Otherwise a kept relay would hold the old worker for as long
-            // as the client keeps its connection.
-            tokio::select! {
-                biased;
-                read = read => read,
-                _ = tenant.lifecycle.retired(), if between_requests => return,
             }
         } else {
             read.await
@@ -101,7 +86,6 @@ pub async fn serve(tenant: Arc<Tenant>, peer: Arc<PeerChannel>, handoff: Handoff
             }
         };
         idle = limits.keepalive_timeout;
-        answered_one = true;
         let site = match handoff.handover {
             // An HTTPS connection with the site's own certificate serves that site's
             // names only (RFC 9110 §15.5.20: anything else is 421, below).
@@ -200,7 +184,10 @@ async fn serve_h2(tenant: Arc<Tenant>, peer: Arc<PeerChannel>, handoff: Handoff,
                     OwnedFd::from(theirs),
                 ));
                 mine.set_nonblocking(true).map_err(unavailable)?;
-                tokio::net::UnixStream::from_std(mine).map_err(unavailable)
+                let stream = tokio::net::UnixStream::from_std(mine).map_err(unavailable)?;
+                // In-process: the relay lives exactly as long as this worker.
+                let alive: h2::Liveness = Arc::new(|| true);
+                Ok(h2::Relay { stream, alive })
             };
             relays.send(&site, req, &host, open).await
         }
