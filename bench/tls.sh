@@ -7,6 +7,15 @@
 #   new handshake/request     h2load --h1, 1,000 clients with one request each
 #   HTTP/2                    h2load, 10 connections x 10 streams, BENCH_DURATION
 #
+# A third column, "nginx -> backend", is the shape a host builds for per-user isolation
+# with nginx: TLS ends in a front nginx that proxies every request (upstream keepalive,
+# over a unix socket) to a backend that reads the files. condo's provider-certificate
+# path has that shape (the dispatcher holds the host's key and never reads tenant
+# files), so that column is the fair yardstick for its rows; nginx alone, reading every
+# tenant's files in one process, is the one for the own-certificate rows.
+# (Here the backend is a second server block of the same nginx, as one user: the same
+# hops and copies; a real setup runs one backend per tenant uid.)
+#
 # Run as root on Debian:   sudo bench/tls.sh
 # Quick:                   sudo BENCH_DURATION=3s bench/tls.sh
 set -euo pipefail
@@ -17,7 +26,8 @@ RESULTS_DIR=$SCRIPT_DIR/results
 
 CONDO_TLS_PORT=${CONDO_TLS_PORT:-18443}
 NGINX_TLS_PORT=${NGINX_TLS_PORT:-18444}
-BENCH_SERVERS="condo nginx"
+NGINX_PROXY_PORT=${NGINX_PROXY_PORT:-18445}
+BENCH_SERVERS="condo nginx nginx-proxy"
 PROBE_PATH=/small.txt
 
 # shellcheck source-path=SCRIPTDIR source=lib.sh
@@ -83,6 +93,7 @@ log_dir = "$TMP/condo/log"
 run_dir = "$TMP/condo/run"
 state_dir = "$TMP/condo/state"
 cgroup_parent = "condo-tls-bench"
+worker_threads = ${CONDO_WORKER_THREADS:-1}
 
 [tenant.a]
 user = "$USER_A"
@@ -147,6 +158,47 @@ EOF
     wait_https "$NGINX_TLS_PORT" nginx
 }
 
+# nginx -> backend: one nginx, a TLS front and a plain backend per site on unix sockets.
+start_nginx_proxy() {
+    mkdir -p "$TMP/nginx-proxy/logs"
+    local d=$TMP/nginx-proxy
+    cat >"$d/nginx.conf" <<EOF
+user $USER_W;
+worker_processes auto;
+pid $d/nginx.pid;
+error_log $d/logs/error.log warn;
+events { worker_connections 4096; }
+http {
+    keepalive_requests 100000;
+    ssl_protocols TLSv1.2 TLSv1.3;
+    ssl_session_cache off;
+    client_body_temp_path $d/cb; proxy_temp_path $d/px;
+    fastcgi_temp_path $d/fc; uwsgi_temp_path $d/uw; scgi_temp_path $d/sc;
+    upstream back_a { server unix:$d/a.sock; keepalive 32; }
+    upstream back_b { server unix:$d/b.sock; keepalive 32; }
+    server {
+        listen 127.0.0.1:$NGINX_PROXY_PORT ssl http2;
+        server_name a.test;
+        access_log $d/logs/front.log combined;
+        ssl_certificate $TMP/pki/a.pem; ssl_certificate_key $TMP/pki/a.key;
+        location / { proxy_pass http://back_a; proxy_http_version 1.1; proxy_set_header Connection ""; }
+    }
+    server {
+        listen 127.0.0.1:$NGINX_PROXY_PORT ssl http2;
+        server_name b.hosting.test;
+        access_log $d/logs/front.log combined;
+        ssl_certificate $TMP/pki/wild.pem; ssl_certificate_key $TMP/pki/wild.key;
+        location / { proxy_pass http://back_b; proxy_http_version 1.1; proxy_set_header Connection ""; }
+    }
+    server { listen unix:$d/a.sock; access_log $d/logs/a.log combined; root $TMP/a/www; }
+    server { listen unix:$d/b.sock; access_log $d/logs/b.log combined; root $TMP/b/www; }
+}
+EOF
+    setsid nginx -c "$d/nginx.conf" -g 'daemon off;' >"$d/stderr.log" 2>&1 </dev/null &
+    SERVER_PID[nginx-proxy]=$!
+    wait_https "$NGINX_PROXY_PORT" nginx-proxy
+}
+
 wait_https() {   # PORT NAME
     local i
     for ((i = 0; i < 100; i++)); do
@@ -186,20 +238,21 @@ measure() {
 }
 
 report() {
-    local md sni w c n
+    local md sni w c n p
     md=$RESULTS_DIR/tls-$(date +%Y%m%d-%H%M%S)-$(hostname -s).md
     {
         printf '# HTTPS and HTTP/2: condo vs nginx, same certificates\n\n'
         printf '%s, %s cores, %s; condo %s; %s per cell\n\n' "$(date -u +%Y-%m-%dT%H:%MZ)" "$(nproc)" \
             "$(uname -r)" "$(cd "$REPO_DIR" && git rev-parse --short HEAD 2>/dev/null || echo '?')" "$BENCH_DURATION"
-        printf '| site (certificate) | workload | condo | nginx | condo/nginx |\n|---|---|--:|--:|--:|\n'
+        printf '| site (certificate) | workload | condo | nginx | condo/nginx | nginx -> backend | condo/(nginx -> backend) |\n|---|---|--:|--:|--:|--:|--:|\n'
         for sni in a.test b.hosting.test; do
             for w in h1 new h2; do
-                c=${R[condo,$sni,$w]:-0}; n=${R[nginx,$sni,$w]:-0}
-                printf '| %s | %s | %s | %s | %s |\n' \
+                c=${R[condo,$sni,$w]:-0}; n=${R[nginx,$sni,$w]:-0}; p=${R[nginx-proxy,$sni,$w]:-0}
+                printf '| %s | %s | %s | %s | %s | %s | %s |\n' \
                     "$([[ $sni == a.test ]] && echo 'a.test (own: TLS in the worker)' || echo 'b.hosting.test (host wildcard: TLS in the dispatcher)')" \
                     "$(case $w in h1) echo "HTTPS/1.1 keep-alive, $BENCH_CONNS conns (req/s)";; new) echo 'new handshake per request, 1,000 clients x 1 (req/s)';; h2) echo 'h2, 10 conns x 10 streams (req/s)';; esac)" \
-                    "$c" "$n" "$( ((n > 0)) && printf '%.2f' "$(bc -l <<<"$c/$n")" || echo -)"
+                    "$c" "$n" "$( ((n > 0)) && printf '%.2f' "$(bc -l <<<"$c/$n")" || echo -)" \
+                    "$p" "$( ((p > 0)) && printf '%.2f' "$(bc -l <<<"$c/$p")" || echo -)"
             done
         done
         printf '\nTarget: >= 0.9x nginx. h2load runs on the same 2 cores as the servers.\n'
@@ -227,6 +280,9 @@ main() {
     start_nginx_tls
     measure nginx "$NGINX_TLS_PORT"
     stop_server nginx
+    start_nginx_proxy
+    measure nginx-proxy "$NGINX_PROXY_PORT"
+    stop_server nginx-proxy
     report
 }
 

@@ -470,6 +470,91 @@ fn http2_over_tls_and_h2c() {
     }
 }
 
+/// h2 with the site's own certificate answers static files from the h2 stream itself
+/// (not through the HTTP/1.1 relay): whole files larger than one read, HEAD, ranges,
+/// conditional requests, and the access log line, all as HTTP/1.1 gives them.
+#[test]
+fn own_certificate_h2_static_files() {
+    if !require_root() {
+        return;
+    }
+    let s = Setup::new(&["a.test", "www.a.test"], &["*.hosting.test"]);
+    // 300 KiB of varying bytes: several 64 KiB reads, and a wrong offset would show.
+    let big: Vec<u8> = (0..300 * 1024u32).map(|i| (i * 7 % 251) as u8).collect();
+    write_owned(&s.t.root_a.join("big.bin"), &big, &s.t.a, 0o600);
+    let condo = Condo::start(&s.config);
+    let ca = s.pki.ca_pem.display().to_string();
+    let port = condo.tls.unwrap().port();
+    let resolve = format!("a.test:{port}:127.0.0.1");
+    let url = format!("https://a.test:{port}/big.bin");
+    let h2 = |extra: &[&str]| {
+        let mut args = vec!["--http2", "--cacert", &ca, "--resolve", &resolve];
+        args.extend_from_slice(extra);
+        args.push(&url);
+        Command::new("curl")
+            .args(["-s", "--max-time", "10"])
+            .args(&args)
+            .output()
+            .expect("curl is installed")
+    };
+    let whole = h2(&[]);
+    assert!(whole.status.success(), "{}", condo.log_text());
+    assert!(
+        whole.stdout == big,
+        "the file came back changed ({} bytes)",
+        whole.stdout.len()
+    );
+
+    let head = String::from_utf8_lossy(&h2(&["-I"]).stdout).to_lowercase();
+    assert!(head.starts_with("http/2 200"), "{head}");
+    assert!(
+        head.contains(&format!("content-length: {}", big.len())),
+        "{head}"
+    );
+    let etag = head
+        .lines()
+        .find_map(|l| l.strip_prefix("etag: "))
+        .expect("an ETag")
+        .trim()
+        .to_string();
+
+    let range = h2(&["-r", "100000-100099", "-w", "\n%{http_code}"]);
+    let (body, code) = range.stdout.split_at(range.stdout.len() - 4);
+    assert_eq!(code, b"\n206");
+    assert_eq!(body, &big[100_000..100_100]);
+
+    let multi = String::from_utf8_lossy(&h2(&["-r", "0-1,10-11", "-i"]).stdout).to_string();
+    assert!(
+        multi.starts_with("HTTP/2 206") && multi.contains("multipart/byteranges"),
+        "{multi}"
+    );
+
+    let cached = h2(&[
+        "-H",
+        &format!("If-None-Match: {etag}"),
+        "-w",
+        "%{http_code}",
+    ]);
+    assert_eq!(String::from_utf8_lossy(&cached.stdout), "304");
+
+    let log = s.config.parent().unwrap().join("log/a.test.access.log");
+    let mut text = String::new();
+    for _ in 0..50 {
+        text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.lines().count() >= 5 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(
+        text.contains("\"GET /big.bin HTTP/2.0\" 200 307200")
+            && text.contains("\"HEAD /big.bin HTTP/2.0\" 200 0")
+            && text.contains("\"GET /big.bin HTTP/2.0\" 206 100")
+            && text.contains("\"GET /big.bin HTTP/2.0\" 304 0"),
+        "{text}"
+    );
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()

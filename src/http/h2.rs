@@ -26,7 +26,9 @@ use tracing::debug;
 use crate::config::ClientLimits;
 use crate::http::SERVER_NAME;
 
-pub type Body = BoxBody<Bytes, hyper::Error>;
+/// A response body: hyper's own, or one condo makes (a static file read in chunks).
+pub type Body = BoxBody<Bytes, BodyError>;
+pub type BodyError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The connection preface of h2c with prior knowledge (RFC 9113 §3.4).
 pub const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
@@ -148,7 +150,7 @@ impl Relays {
             }
         }
         match response {
-            Ok(response) => response.map(|b| b.boxed()),
+            Ok(response) => response.map(|b| b.map_err(BodyError::from).boxed()),
             Err(e) => {
                 debug!("h2 → http/1.1 request: {}", e.error());
                 error(StatusCode::BAD_GATEWAY)

@@ -42,7 +42,7 @@ pub async fn serve(tenant: Arc<Tenant>, peer: Arc<PeerChannel>, handoff: Handoff
         }
     };
     if stream.is_h2() {
-        serve_h2(tenant, peer, handoff, stream).await;
+        super::h2::serve(tenant, peer, handoff, stream).await;
         return;
     }
     let limits = tenant.limits;
@@ -145,59 +145,9 @@ pub async fn serve(tenant: Arc<Tenant>, peer: Arc<PeerChannel>, handoff: Handoff
     }
 }
 
-/// HTTP/2 on a connection with the site's own certificate: each stream is served by
-/// this same handler as an HTTP/1.1 connection over a socketpair (see `http::h2`).
-async fn serve_h2(tenant: Arc<Tenant>, peer: Arc<PeerChannel>, handoff: Handoff, stream: Stream) {
-    let limits = tenant.limits;
-    let relays = Arc::new(crate::http::h2::Relays::default());
-    let backend = move |req: ::http::Request<hyper::body::Incoming>| {
-        let tenant = tenant.clone();
-        let peer = peer.clone();
-        let handoff = handoff.clone();
-        let relays = relays.clone();
-        async move {
-            use crate::http::h2;
-            let Some(host) = h2::host_of(&req) else {
-                return h2::error(::http::StatusCode::BAD_REQUEST);
-            };
-            // The h2 connection serves its site's names only, as HTTP/1.1 does (421).
-            if !tenant
-                .site_named(&handoff.site)
-                .is_some_and(|s| serves_host(s, &host))
-            {
-                return h2::error(::http::StatusCode::MISDIRECTED_REQUEST);
-            }
-            let site = handoff.site.clone();
-            let open = || async move {
-                let unavailable = |_| ::http::StatusCode::SERVICE_UNAVAILABLE;
-                let (mine, theirs) = std::os::unix::net::UnixStream::pair().map_err(unavailable)?;
-                let local_handoff = Handoff {
-                    handover: Handover::Proxy,
-                    tls_handshake: false,
-                    buffered: Vec::new(),
-                    ..handoff
-                };
-                tokio::spawn(serve_boxed(
-                    tenant,
-                    peer,
-                    local_handoff,
-                    OwnedFd::from(theirs),
-                ));
-                mine.set_nonblocking(true).map_err(unavailable)?;
-                let stream = tokio::net::UnixStream::from_std(mine).map_err(unavailable)?;
-                // In-process: the relay lives exactly as long as this worker.
-                let alive: h2::Liveness = Arc::new(|| true);
-                Ok(h2::Relay { stream, alive })
-            };
-            relays.send(&site, req, &host, open).await
-        }
-    };
-    crate::http::h2::serve(stream, &limits, backend).await;
-}
-
 /// `serve` behind a named future type: serving an h2 stream calls `serve` from within
 /// `serve`, and the compiler can only see such a cycle through a concrete type.
-fn serve_boxed(
+pub(super) fn serve_boxed(
     tenant: Arc<Tenant>,
     peer: Arc<PeerChannel>,
     handoff: Handoff,
@@ -206,7 +156,7 @@ fn serve_boxed(
     Box::pin(serve(tenant, peer, handoff, fd))
 }
 
-fn serves_host(site: &SiteState, host: &str) -> bool {
+pub(super) fn serves_host(site: &SiteState, host: &str) -> bool {
     site.config.name == host || site.config.aliases.iter().any(|a| a == host)
 }
 
@@ -498,22 +448,26 @@ fn log_access(
         BodyFraming::Length(n) => n,
         _ => 0,
     };
-    site.counters
-        .request(status, head.head_len as u64 + declared, sent);
+    let entry = access_log::Entry {
+        peer: handoff.peer.ip(),
+        method: head.method.as_str(),
+        target: &head.target,
+        version: head.version.as_str(),
+        status,
+        bytes: sent,
+        referer: head.header("referer"),
+        user_agent: head.header("user-agent"),
+        tenant: &tenant.name,
+        elapsed: started.elapsed(),
+    };
+    record_request(site, &entry, head.head_len as u64 + declared);
+}
+
+/// Count a request for accounting and write its access log line.
+pub(super) fn record_request(site: &SiteState, entry: &access_log::Entry<'_>, received: u64) {
+    site.counters.request(entry.status, received, entry.bytes);
     if site.access_log.get().is_some() {
-        let line = access_log::format(&access_log::Entry {
-            peer: handoff.peer.ip(),
-            method: head.method.as_str(),
-            target: &head.target,
-            version: head.version.as_str(),
-            status,
-            bytes: sent,
-            referer: head.header("referer"),
-            user_agent: head.header("user-agent"),
-            tenant: &tenant.name,
-            elapsed: started.elapsed(),
-        });
-        site.access_log.write(line.as_bytes());
+        site.access_log.write(access_log::format(entry).as_bytes());
     }
 }
 

@@ -8,6 +8,7 @@ pub(crate) mod cgi;
 pub(crate) mod conn;
 pub(crate) mod fastcgi;
 mod gate;
+mod h2;
 mod lifecycle;
 pub mod static_files;
 mod stream;
