@@ -15,6 +15,8 @@ BENCH_CONNS=${BENCH_CONNS:-50}          # wrk -c
 BENCH_THREADS=${BENCH_THREADS:-2}       # wrk -t
 BENCH_RUNS=${BENCH_RUNS:-2}             # measured runs per cell; the best one is reported
 BENCH_WARMUP=${BENCH_WARMUP:-2s}        # one unrecorded wrk run before each cell; 0 = none
+BENCH_CSV=${BENCH_CSV:-}                # set (by bench/run): every measured run is appended here
+BENCH_SUITE=${BENCH_SUITE:-}            # the first CSV column (set by each script)
 CONDO_BIN_FROM_ENV=${CONDO_BIN:-}                 # set: use this binary, do not build
 CONDO_START_TIMEOUT=${CONDO_START_TIMEOUT:-20}   # seconds until condo must answer
 
@@ -31,7 +33,7 @@ TMP=""                  # temp dir with docroots, configs, logs
 CREATED_USERS=()        # accounts this run created (deleted at exit)
 POLICY_RC_CREATED=0     # did we write /usr/sbin/policy-rc.d?
 declare -A SERVER_PID=()        # name -> pid of the process we started (a session leader)
-declare -A RPS=() P99=() ERRS=() CELL=()   # key "server|workload"
+declare -A RPS=() P50=() P99=() CPU=() RSS=() ERRS=() CELL=()   # key "server|workload"
 declare -A ALLRUNS=()           # key -> per-run summary lines
 NOTES=()                # printed under the table
 FAILED=0                # exit status 1 at the end if something did not work
@@ -332,22 +334,67 @@ verify() {
     [[ $code == 200 ]] && cmp -s "$TMP/body" "$(expected_file "$file")"
 }
 
+# CPU time of the whole machine (all cores), in clock ticks, from /proc/stat.
+busy_ticks() { awk '/^cpu / {print $2 + $3 + $4 + $7 + $8 + $9; exit}' /proc/stat; }
+
+# Resident memory (MiB) of every process of the servers now running (their sessions).
+servers_rss_mb() {
+    local name p kb=0 r
+    for name in "${!SERVER_PID[@]}"; do
+        for p in $(session_pids "${SERVER_PID[$name]}"); do
+            r=$(awk '/^VmRSS:/ {print $2}' "/proc/$p/status" 2>/dev/null || true)
+            kb=$((kb + ${r:-0}))
+        done
+    done
+    awk -v kb="$kb" 'BEGIN {printf "%.1f", kb / 1024}'
+}
+
+# measure_load CMD...: run the load generator CMD and print its output, then two lines:
+# "bench-cpu: N" (cores the servers used: the machine's busy time during the run minus
+# the load generator's own, over the wall time) and "bench-rss: N" (the servers' MiB at
+# the end of the run). Client and servers share the cores, so the first says who had
+# them.
+measure_load() {
+    local t0 t1 b0 b1 out times hz
+    hz=$(getconf CLK_TCK)
+    b0=$(busy_ticks)
+    t0=$(date +%s.%N)
+    out=$( { TIMEFORMAT='%U %S'; time "$@" 2>&1; } 2>"$TMP/load.times" ) || true
+    t1=$(date +%s.%N)
+    b1=$(busy_ticks)
+    times=$(tail -n 1 "$TMP/load.times")
+    printf '%s\n' "$out"
+    awk -v b="$((b1 - b0))" -v hz="$hz" -v t="$times" -v w0="$t0" -v w1="$t1" 'BEGIN {
+        split(t, c, " "); wall = w1 - w0; if (wall <= 0) wall = 1
+        cores = (b / hz - c[1] - c[2]) / wall; if (cores < 0) cores = 0
+        printf "bench-cpu: %.2f\n", cores }'
+    printf 'bench-rss: %s\n' "$(servers_rss_mb)"
+}
+
 # One wrk run; prints its output. Bounded by wrk's own -d and by timeout.
+# MODE: keep-alive, close (Connection: close: a new connection per request), or
+# alternate (keep-alive, Host switching between a.test and b.test on the connections).
 run_wrk() {
     local url=$1 mode=$2 dur=$3 limit hdr=()
     [[ $mode == close ]] && hdr=(-H 'Connection: close')
+    [[ $mode == alternate ]] && hdr=(-s "$SCRIPT_DIR/alternate.lua")
     limit=$(($(dur_secs "$dur") + 30))
-    timeout --kill-after=5 "$limit" \
+    measure_load timeout --kill-after=5 "$limit" \
         wrk -t"$BENCH_THREADS" -c"$BENCH_CONNS" -d"$dur" --latency \
-        -H 'Host: a.test' "${hdr[@]}" "$url" 2>&1 || echo "wrk exited with status $?"
+        -H 'Host: a.test' "${hdr[@]}" "$url" || echo "wrk exited with status $?"
 }
 
-# Parse one wrk output: sets W_RPS, W_P99 (ms), W_NON2XX, W_SOCK (sum), W_SOCKTXT.
+# Parse one wrk output: sets W_RPS, W_P50 and W_P99 (ms), W_CPU (cores), W_RSS (MiB),
+# W_NON2XX, W_SOCK (sum), W_SOCKTXT.
 parse_wrk() {
     local out=$1 lat
     W_RPS=$(awk '/^Requests\/sec:/ {print $2}' <<<"$out")
+    lat=$(awk '$1 == "50%" {print $2; exit}' <<<"$out")
+    W_P50=$([[ -n $lat ]] && to_ms "$lat" || echo "?")
     lat=$(awk '$1 == "99%" {print $2; exit}' <<<"$out")
     W_P99=$([[ -n $lat ]] && to_ms "$lat" || echo "?")
+    W_CPU=$(awk '/^bench-cpu:/ {print $2}' <<<"$out")
+    W_RSS=$(awk '/^bench-rss:/ {print $2}' <<<"$out")
     W_NON2XX=$(awk -F: '/Non-2xx or 3xx responses/ {gsub(/ /, "", $2); print $2}' <<<"$out")
     W_NON2XX=${W_NON2XX:-0}
     W_SOCKTXT=$(sed -n 's/^ *Socket errors: *//p' <<<"$out")
@@ -355,6 +402,13 @@ parse_wrk() {
     if [[ -n $W_SOCKTXT ]]; then
         W_SOCK=$(grep -oE '[0-9]+' <<<"$W_SOCKTXT" | awk '{s += $1} END {print s + 0}')
     fi
+}
+
+# csv_row SERVER WORKLOAD RUN RPS P50 P99 CPU RSS ERRORS: one measured run, for bench/run.
+csv_row() {
+    [[ -n $BENCH_CSV ]] || return 0
+    local IFS=,
+    printf '%s\n' "${BENCH_SUITE:-?},$*" >>"$BENCH_CSV"
 }
 
 bench_cell() {
@@ -376,7 +430,7 @@ bench_cell() {
         parse_wrk "$out"
         raw "--- warm-up ($BENCH_WARMUP, not counted): ${W_RPS:-?} req/s"
     fi
-    local rps=() p99=() errs=() errtxt=() parsed=()
+    local rps=() p50=() p99=() cpu=() rss=() errs=() errtxt=() parsed=()
     for ((r = 1; r <= BENCH_RUNS; r++)); do
         out=$(run_wrk "$url" "$mode" "$BENCH_DURATION")
         raw "--- run $r" "$out"
@@ -389,10 +443,14 @@ bench_cell() {
         rps+=("${W_RPS:-0}")
         parsed+=("$([[ -n $W_RPS ]] && echo 1 || echo 0)")
         p99+=("$W_P99")
+        p50+=("$W_P50")
+        cpu+=("${W_CPU:-?}")
+        rss+=("${W_RSS:-?}")
         errs+=("$n")
         errtxt+=("$txt")
-        ALLRUNS[$key]+="| $srv | $file $mode | $r | ${W_RPS:-none} | $W_P99 ms | $W_NON2XX | ${W_SOCKTXT:-0} |"$'\n'
-        log "    run $r: ${W_RPS:-?} req/s, p99 $W_P99 ms, errors $n"
+        ALLRUNS[$key]+="| $srv | $file $mode | $r | ${W_RPS:-none} | $W_P50 ms | $W_P99 ms | ${W_CPU:-?} | ${W_RSS:-?} MiB | $W_NON2XX | ${W_SOCKTXT:-0} |"$'\n'
+        csv_row "$srv" "$file $mode" "$r" "${W_RPS:-0}" "$W_P50" "$W_P99" "${W_CPU:-}" "${W_RSS:-}" "$n"
+        log "    run $r: ${W_RPS:-?} req/s, p50 $W_P50 ms, p99 $W_P99 ms, ${W_CPU:-?} cores, ${W_RSS:-?} MiB, errors $n"
     done
     # The best run: highest req/s, preferring runs without errors (an error answer can
     # be faster than a real one).
@@ -405,6 +463,9 @@ bench_cell() {
     pick=$((best_clean >= 0 ? best_clean : best))
     RPS[$key]=${rps[pick]}
     P99[$key]=${p99[pick]}
+    P50[$key]=${p50[pick]}
+    CPU[$key]=${cpu[pick]}
+    RSS[$key]=${rss[pick]}
     ERRS[$key]=${errs[pick]}
     CELL[$key]=ok
     ((parsed[pick])) || CELL[$key]="wrk gave no result"
@@ -506,8 +567,8 @@ report_tail() {
     echo
     echo "<details><summary>All runs</summary>"
     echo
-    echo "| server | workload | run | rps | p99 | non-2xx | socket errors |"
-    echo "|---|---|--:|--:|--:|--:|---|"
+    echo "| server | workload | run | rps | p50 | p99 | CPU (cores) | RSS | non-2xx | socket errors |"
+    echo "|---|---|--:|--:|--:|--:|--:|--:|--:|---|"
     for s in "${SERVERS_ALL[@]}"; do
         for w in "${WORKLOADS[@]}"; do printf '%s' "${ALLRUNS["$s|$w"]:-}"; done
     done

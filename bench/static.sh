@@ -19,7 +19,7 @@ NGINX_PORT=${NGINX_PORT:-18083}
 ITK_PORT=${ITK_PORT:-18084}
 
 SERVERS_ALL=(condo-pass condo-proxy nginx itk)
-WORKLOADS=("small.txt keep-alive" "small.txt close" "big.bin keep-alive" "big.bin close")
+WORKLOADS=("small.txt keep-alive" "small.txt close" "small.txt alternate" "big.bin keep-alive" "big.bin close")
 SMALL_BODY=$'Hello, world\n'   # 13 bytes
 BIG_SIZE=102400                # 100 KiB
 PROBE_PATH=/small.txt          # what "the server answers" means
