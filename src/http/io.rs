@@ -91,7 +91,7 @@ where
             let mut left = *len;
             while left > 0 {
                 if src_buf.is_empty() {
-                    fill(src, src_buf, idle).await?;
+                    fill(src, src_buf, idle, left).await?;
                 }
                 let n = (src_buf.len() as u64).min(left) as usize;
                 if let Some(d) = dst.as_mut() {
@@ -106,7 +106,7 @@ where
             let mut decoder = ChunkedDecoder::new();
             loop {
                 if src_buf.is_empty() {
-                    fill(src, src_buf, idle).await?;
+                    fill(src, src_buf, idle, CHUNKED_READ).await?;
                 }
                 let (consumed, step) = decoder.decode(src_buf).map_err(|e| {
                     io::Error::new(io::ErrorKind::InvalidData, format!("bad chunked body: {e}"))
@@ -124,7 +124,7 @@ where
                     break;
                 }
                 if matches!(step, Step::NeedMore) || take == 0 {
-                    fill(src, src_buf, idle).await?;
+                    fill(src, src_buf, idle, CHUNKED_READ).await?;
                 }
             }
         }
@@ -147,7 +147,7 @@ pub async fn read_chunked_payload<R: AsyncRead + Unpin>(
     let mut payload = Vec::new();
     loop {
         if src_buf.is_empty() {
-            fill(src, src_buf, idle).await?;
+            fill(src, src_buf, idle, CHUNKED_READ).await?;
         }
         let (consumed, step) = decoder.decode(src_buf).map_err(|e| {
             io::Error::new(io::ErrorKind::InvalidData, format!("bad chunked body: {e}"))
@@ -164,18 +164,24 @@ pub async fn read_chunked_payload<R: AsyncRead + Unpin>(
         src_buf.advance(consumed);
         match step {
             Step::Done { .. } => return Ok(payload),
-            Step::NeedMore => fill(src, src_buf, idle).await?,
+            Step::NeedMore => fill(src, src_buf, idle, CHUNKED_READ).await?,
             Step::Data { .. } => {}
         }
     }
 }
 
+/// Bytes read at a time from a chunked body (its length is unknown).
+const CHUNKED_READ: u64 = 64 * 1024;
+
+/// Read more of a body of which `want` bytes are still to come: up to 256 KiB at once, so
+/// a large body (a 100 KiB file through the proxy relay) takes a few reads, not dozens.
 async fn fill<R: AsyncRead + Unpin>(
     src: &mut R,
     buf: &mut BytesMut,
     idle: Duration,
+    want: u64,
 ) -> io::Result<()> {
-    buf.reserve(16 * 1024);
+    buf.reserve(want.clamp(16 * 1024, 256 * 1024) as usize);
     match tokio::time::timeout(idle, src.read_buf(buf)).await {
         Err(_) => Err(io::Error::new(
             io::ErrorKind::TimedOut,

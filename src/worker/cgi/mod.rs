@@ -366,16 +366,22 @@ pub(super) async fn answer<R: AsyncRead + Unpin>(
         }
         _ => {}
     }
-    let keep_alive = request.keep_alive;
     let head_only = request.is_head() || cgi_head.status == 204 || cgi_head.status == 304;
+    // What the script has written already, without waiting: most responses are whole
+    // by now, and then go out in one write with a Content-Length (no chunked framing,
+    // and one send instead of head, chunk and terminator).
+    let complete = !head_only
+        && cgi_head.content_length.is_none()
+        && gather_ready(body, &mut out, GATHER_MAX).await?;
     let framing = match (head_only, cgi_head.content_length, request.version) {
         (true, Some(n), _) => Framing::HeadOnly(Some(n)),
         (true, None, _) => Framing::HeadOnly(None),
         (false, Some(n), _) => Framing::Length(n),
+        (false, None, _) if complete => Framing::Length(out.len() as u64),
         (false, None, Version::Http11) => Framing::Chunked,
         (false, None, Version::Http10) => Framing::UntilClose,
     };
-    let keep_alive = keep_alive && !matches!(framing, Framing::UntilClose);
+    let keep_alive = request.keep_alive && !matches!(framing, Framing::UntilClose);
     let mut headers: Vec<(&str, &str)> = cgi_head
         .headers
         .iter()
@@ -389,7 +395,7 @@ pub(super) async fn answer<R: AsyncRead + Unpin>(
         .reason
         .as_deref()
         .unwrap_or(crate::http::reason(cgi_head.status));
-    let head_bytes = response_head(
+    let mut first = response_head(
         cgi_head.status,
         reason,
         &headers,
@@ -398,12 +404,37 @@ pub(super) async fn answer<R: AsyncRead + Unpin>(
         request.version,
     );
     *head_sent = true;
-    stream.write_all(&head_bytes).await?;
+    // The head and the body bytes already here share the first write.
     let sent = match framing {
-        Framing::HeadOnly(_) => 0,
-        Framing::Length(n) => copy_exact(&mut out, body, stream, n).await?,
-        Framing::Chunked => copy_chunked(&mut out, body, stream).await?,
-        Framing::UntilClose => copy_until_eof(&mut out, body, stream).await?,
+        Framing::HeadOnly(_) => {
+            stream.write_all(&first).await?;
+            0
+        }
+        Framing::Length(n) => {
+            let take = (out.len() as u64).min(n) as usize;
+            first.extend_from_slice(&out[..take]);
+            stream.write_all(&first).await?;
+            out.clear();
+            if take as u64 == n {
+                n
+            } else {
+                take as u64 + copy_exact(&mut out, body, stream, n - take as u64).await?
+            }
+        }
+        Framing::Chunked => {
+            push_chunk(&mut first, &out);
+            let already = out.len() as u64;
+            out.clear();
+            stream.write_all(&first).await?;
+            already + copy_chunked(&mut out, body, stream).await?
+        }
+        Framing::UntilClose => {
+            first.extend_from_slice(&out);
+            let already = out.len() as u64;
+            out.clear();
+            stream.write_all(&first).await?;
+            already + copy_until_eof(&mut out, body, stream).await?
+        }
     };
     // A script that sent less than its Content-Length broke the framing.
     let complete = match framing {
@@ -415,6 +446,49 @@ pub(super) async fn answer<R: AsyncRead + Unpin>(
         sent,
         keep_alive: keep_alive && complete,
     })
+}
+
+/// Body bytes gathered before the head goes out, at most: past this the response is
+/// streamed (chunked) rather than held.
+const GATHER_MAX: usize = 64 * 1024;
+
+/// Read what `body` has ready now, without waiting, up to `max` bytes in `out`.
+/// `Ok(true)`: the body ended (all of it is in `out`).
+async fn gather_ready<R: AsyncRead + Unpin>(
+    body: &mut R,
+    out: &mut BytesMut,
+    max: usize,
+) -> io::Result<bool> {
+    while out.len() < max {
+        out.reserve(16 * 1024);
+        // One poll of a read: data or the end if they are there, else stop gathering
+        // (a script that streams its output must not be held back).
+        let ready = std::future::poll_fn(|cx| {
+            let read = std::pin::pin!(body.read_buf(out));
+            match std::future::Future::poll(read, cx) {
+                std::task::Poll::Ready(r) => std::task::Poll::Ready(Some(r)),
+                std::task::Poll::Pending => std::task::Poll::Ready(None),
+            }
+        })
+        .await;
+        match ready {
+            None => return Ok(false),
+            Some(Ok(0)) => return Ok(true),
+            Some(Ok(_)) => {}
+            Some(Err(e)) => return Err(e),
+        }
+    }
+    Ok(false)
+}
+
+/// One chunk of a chunked body (nothing for no bytes: an empty chunk would end it).
+fn push_chunk(out: &mut Vec<u8>, data: &[u8]) {
+    if data.is_empty() {
+        return;
+    }
+    let _ = write!(out, "{:x}\r\n", data.len());
+    out.extend_from_slice(data);
+    out.extend_from_slice(b"\r\n");
 }
 
 fn version_str(v: Version) -> &'static str {
@@ -598,21 +672,27 @@ pub(super) async fn copy_chunked<R: AsyncRead + Unpin>(
     stream: &mut Stream,
 ) -> io::Result<u64> {
     let mut sent = 0u64;
+    let mut chunk = Vec::with_capacity(16 * 1024 + 16);
     loop {
-        if !out.is_empty() {
-            let mut chunk = Vec::with_capacity(out.len() + 16);
-            write!(chunk, "{:x}\r\n", out.len())?;
-            chunk.extend_from_slice(out);
-            chunk.extend_from_slice(b"\r\n");
+        // Bytes already here go out at once; otherwise wait for some. Then whatever
+        // else is ready joins them: fewer, larger chunks, and the last one and the
+        // terminator in one write.
+        let ended = if out.is_empty() {
+            out.reserve(16 * 1024);
+            stdout.read_buf(out).await? == 0 || gather_ready(stdout, out, GATHER_MAX).await?
+        } else {
+            gather_ready(stdout, out, GATHER_MAX).await?
+        };
+        chunk.clear();
+        push_chunk(&mut chunk, out);
+        sent += out.len() as u64;
+        out.clear();
+        if ended {
+            chunk.extend_from_slice(b"0\r\n\r\n");
             stream.write_all(&chunk).await?;
-            sent += out.len() as u64;
-            out.clear();
-        }
-        out.reserve(16 * 1024);
-        if stdout.read_buf(out).await? == 0 {
-            stream.write_all(b"0\r\n\r\n").await?;
             return Ok(sent);
         }
+        stream.write_all(&chunk).await?;
     }
 }
 

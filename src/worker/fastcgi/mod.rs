@@ -133,6 +133,15 @@ async fn run(
         &record::encode_params(&pairs),
     );
     record::stream(&mut request, record::PARAMS, REQUEST_ID, &[]);
+    // A body already in hand (none, for most requests) goes in the same write as the
+    // params: one send and one wake-up of the app instead of two.
+    let body_in_hand = whole_body.is_some();
+    if let Some(body) = &whole_body {
+        if !body.is_empty() {
+            record::stream(&mut request, record::STDIN, REQUEST_ID, body);
+        }
+        record::stream(&mut request, record::STDIN, REQUEST_ID, &[]);
+    }
     writer
         .write_all(&request)
         .await
@@ -148,7 +157,13 @@ async fn run(
         format!("[{}] {}", call.site.config.name, script.script_name),
     )));
 
-    let feed = feed_stdin(call, stream, buf, &mut writer, whole_body, content_length);
+    let feed = async {
+        if body_in_hand {
+            Ok(())
+        } else {
+            feed_stdin(call, stream, buf, &mut writer, content_length).await
+        }
+    };
     let mut out = BytesMut::with_capacity(8 * 1024);
     let (fed, cgi_head) = tokio::join!(feed, read_cgi_head(&mut body, &mut out));
     fed?;
@@ -256,13 +271,10 @@ async fn feed_stdin(
     stream: &mut Stream,
     buf: &mut BytesMut,
     writer: &mut OwnedWriteHalf,
-    whole_body: Option<Vec<u8>>,
     content_length: Option<u64>,
 ) -> Result<(), Failure> {
     let mut out = Vec::new();
-    if let Some(body) = whole_body {
-        record::stream(&mut out, record::STDIN, REQUEST_ID, &body);
-    } else if content_length.unwrap_or(0) > 0 {
+    if content_length.unwrap_or(0) > 0 {
         let (mut from_client, mut to_app) = tokio::io::duplex(64 * 1024);
         let idle = call.tenant.limits.body_timeout;
         let relay = async {
