@@ -54,6 +54,7 @@ pub async fn serve(tenant: Arc<Tenant>, peer: Arc<PeerChannel>, handoff: Handoff
     let mut site_hint = Some(handoff.site.as_str());
     let mut idle = limits.header_timeout;
     let mut slot: Option<ConnectionSlot> = None;
+    let mut served_one = false;
     loop {
         let read = read_head(&mut stream, &mut buf, &limits, idle);
         let read = if handoff.handover == Handover::Pass && !handoff.tls_handshake {
@@ -67,6 +68,17 @@ pub async fn serve(tenant: Arc<Tenant>, peer: Arc<PeerChannel>, handoff: Handoff
                     hand_back(stream, buf, &handoff, &peer).await;
                     return;
                 }
+            }
+        } else if handoff.handover == Handover::Proxy && served_one {
+            // A relay stream idle between requests is closed once no dispatcher sends
+            // this worker anything more: the dispatcher sees it closed before its next
+            // request and opens one to the tenant's new worker, and this worker is not
+            // kept alive by a relay with nothing to do. (A new relay always has its
+            // first request on the way, so it is served.)
+            tokio::select! {
+                biased;
+                read = read => read,
+                _ = tenant.lifecycle.released() => return,
             }
         } else {
             read.await
@@ -128,7 +140,10 @@ pub async fn serve(tenant: Arc<Tenant>, peer: Arc<PeerChannel>, handoff: Handoff
             }
         }
         match respond(&tenant, &site, &mut stream, &mut buf, &head, &handoff).await {
-            Ok(true) => continue,
+            Ok(true) => {
+                served_one = true;
+                continue;
+            }
             Ok(false) => {
                 if !buf.is_empty() {
                     // Unread pipelined bytes: a plain close would answer them with a

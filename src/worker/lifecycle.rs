@@ -23,6 +23,9 @@ pub struct Lifecycle {
     idle_since: Mutex<Instant>,
     asked: AtomicBool,
     retiring: watch::Sender<bool>,
+    /// Set once retiring and every dispatcher has let go (said `Retired` or closed its
+    /// link): no new request reaches this worker after that.
+    released: watch::Sender<bool>,
     /// Wakes the monitor early (`max_requests` reached).
     check_now: Notify,
     peers: Mutex<Vec<Weak<PeerChannel>>>,
@@ -59,6 +62,7 @@ impl Lifecycle {
             idle_since: Mutex::new(Instant::now()),
             asked: AtomicBool::new(false),
             retiring: watch::channel(false).0,
+            released: watch::channel(false).0,
             check_now: Notify::new(),
             peers: Mutex::new(Vec::new()),
             open_peers: AtomicUsize::new(0),
@@ -87,6 +91,12 @@ impl Lifecycle {
     /// Resolves once the worker is retiring (at once if it already is).
     pub async fn retired(&self) {
         let mut rx = self.retiring.subscribe();
+        let _ = rx.wait_for(|r| *r).await;
+    }
+
+    /// Resolves once the worker is retiring and no dispatcher sends it anything more.
+    pub async fn released(&self) {
+        let mut rx = self.released.subscribe();
         let _ = rx.wait_for(|r| *r).await;
     }
 
@@ -163,6 +173,9 @@ impl Lifecycle {
         while (self.open_peers.load(Ordering::SeqCst) > 0 || self.active.load(Ordering::SeqCst) > 0)
             && Instant::now() < deadline
         {
+            if self.open_peers.load(Ordering::SeqCst) == 0 {
+                self.released.send_replace(true);
+            }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
         let left = self.active.load(Ordering::SeqCst);
