@@ -34,21 +34,6 @@ install_deps() {
     apt_install "${need[@]}"
 }
 
-make_tree() {
-    make_user "$USER_A"
-    make_user "$USER_B"
-    make_user "$USER_D"
-    make_user "$USER_W"
-    usermod -a -G "$USER_A,$USER_B" "$USER_W"
-    local t
-    for t in a b; do
-        mkdir -p "$TMP/$t/www"
-        printf 'Hello, world\n' >"$TMP/$t/www/small.txt"
-        chown -R "condo-bench-$t:condo-bench-$t" "$TMP/$t"
-        chmod 0750 "$TMP/$t" "$TMP/$t/www"
-        chmod 0640 "$TMP/$t/www/small.txt"
-    done
-}
 
 start_condo_idle() {
     mkdir -p "$TMP/condo/sites"
@@ -195,7 +180,8 @@ main() {
     RAW=$RESULTS_DIR/idle-$(date +%Y%m%d-%H%M%S).raw.log
     install_deps
     build_condo || die "no condo binary"
-    make_tree
+    make_bench_accounts
+    make_small_docroots
     start_condo_idle
     measure condo "$CONDO_PASS_PORT"
     stop_server condo

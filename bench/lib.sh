@@ -142,6 +142,30 @@ make_user() {
     CREATED_USERS+=("$name")
 }
 
+# The four accounts every suite uses: tenants a and b, condo's dispatcher, and the
+# shared web server account, in both tenant groups (the shared-uid model: nginx's
+# workers can read every tenant's files).
+make_bench_accounts() {
+    make_user "$USER_A"
+    make_user "$USER_B"
+    make_user "$USER_D"
+    make_user "$USER_W"
+    usermod -a -G "$USER_A,$USER_B" "$USER_W"
+}
+
+# Both tenants' docroots, $TMP/{a,b}/www, each with small.txt ("Hello, world\n"), owned
+# by the tenant: dirs 0750, files 0640.
+make_small_docroots() {
+    local t
+    for t in a b; do
+        mkdir -p "$TMP/$t/www"
+        printf 'Hello, world\n' >"$TMP/$t/www/small.txt"
+        chown -R "condo-bench-$t:condo-bench-$t" "$TMP/$t"
+        chmod 0750 "$TMP/$t" "$TMP/$t/www"
+        chmod 0640 "$TMP/$t/www/small.txt"
+    done
+}
+
 # ---- process handling -------------------------------------------------------------
 # Every server is started with setsid, so the pid we get from $! leads its own session
 # and process group; stopping it reaches its children and nothing else.

@@ -70,13 +70,9 @@ install_deps() {
 
 # ---- 3. users and docroots --------------------------------------------------------
 make_tree() {
-    make_user "$USER_A"
-    make_user "$USER_B"
-    make_user "$USER_D"
-    make_user "$USER_W"
-    # The shared-uid model: nginx's workers can read every tenant's files (its
-    # try_files looks at them); PHP itself runs as the tenant in every setup.
-    usermod -a -G "$USER_A,$USER_B" "$USER_W"
+    # nginx's workers can read every tenant's files (its try_files looks at them);
+    # PHP itself runs as the tenant in every setup.
+    make_bench_accounts
 
     local t u
     for t in a b; do

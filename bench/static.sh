@@ -43,12 +43,7 @@ install_deps() {
 
 # ---- 3. users and docroots --------------------------------------------------------
 make_tree() {
-    make_user "$USER_A"
-    make_user "$USER_B"
-    make_user "$USER_D"
-    make_user "$USER_W"
-    # The shared-uid model: the web server's one account can read every tenant's files.
-    usermod -a -G "$USER_A,$USER_B" "$USER_W"
+    make_bench_accounts
 
     local t u
     for t in a b; do

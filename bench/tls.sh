@@ -66,21 +66,6 @@ make_pki() {
     chmod 0600 "$TMP/a/tls/a.key"
 }
 
-make_tree() {
-    make_user "$USER_A"
-    make_user "$USER_B"
-    make_user "$USER_D"
-    make_user "$USER_W"
-    usermod -a -G "$USER_A,$USER_B" "$USER_W"
-    local t
-    for t in a b; do
-        mkdir -p "$TMP/$t/www"
-        printf 'Hello, world\n' >"$TMP/$t/www/small.txt"
-        chown -R "condo-bench-$t:condo-bench-$t" "$TMP/$t"
-        chmod 0750 "$TMP/$t" "$TMP/$t/www"
-        chmod 0640 "$TMP/$t/www/small.txt"
-    done
-}
 
 start_condo_tls() {
     mkdir -p "$TMP/condo/sites"
@@ -284,7 +269,8 @@ main() {
     install_deps
     command -v bc >/dev/null || apt_install bc
     build_condo || die "no condo binary"
-    make_tree
+    make_bench_accounts
+    make_small_docroots
     make_pki
     start_condo_tls
     measure condo "$CONDO_TLS_PORT"
