@@ -108,12 +108,18 @@ pub fn ipc_message(data: &[u8]) {
         DispatcherToMaster, DispatcherToWorker, MasterToDispatcher, MasterToWorker,
         WorkerToDispatcher, WorkerToMaster,
     };
-    let _ = postcard::from_bytes::<DispatcherToMaster>(data);
-    let _ = postcard::from_bytes::<WorkerToMaster>(data);
-    let _ = postcard::from_bytes::<DispatcherToWorker>(data);
-    let _ = postcard::from_bytes::<WorkerToDispatcher>(data);
-    let _ = postcard::from_bytes::<MasterToDispatcher>(data);
-    let _ = postcard::from_bytes::<MasterToWorker>(data);
+    use crate::ipc::{MAX_SEALED_MESSAGE, parse_frame};
+    // As received: a frame (tag, then the message or a sealed message's length) with
+    // no fds; the ends that take sealed messages and those that do not.
+    for sealed_max in [0, MAX_SEALED_MESSAGE] {
+        let mut fds = Vec::new();
+        let _ = parse_frame::<DispatcherToMaster>(data, &mut fds, sealed_max);
+        let _ = parse_frame::<WorkerToMaster>(data, &mut fds, sealed_max);
+        let _ = parse_frame::<DispatcherToWorker>(data, &mut fds, sealed_max);
+        let _ = parse_frame::<WorkerToDispatcher>(data, &mut fds, sealed_max);
+        let _ = parse_frame::<MasterToDispatcher>(data, &mut fds, sealed_max);
+        let _ = parse_frame::<MasterToWorker>(data, &mut fds, sealed_max);
+    }
 }
 
 /// The head a tenant's CGI script or FastCGI app writes.

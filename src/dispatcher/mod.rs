@@ -26,7 +26,8 @@ use crate::http::io::{HeadRead, SendTimeout, head_limits, read_head, respond_and
 use crate::http::routing::RouteTable;
 use crate::http::{self};
 use crate::ipc::{
-    Channel, DispatcherInit, Handoff, ListenerInfo, MasterToDispatcher, Route, Routing,
+    Channel, DispatcherInit, DispatcherToMaster, Handoff, ListenerInfo, MasterToDispatcher, Route,
+    Routing,
 };
 use crate::sandbox;
 use tls::ClientConn;
@@ -104,7 +105,8 @@ pub fn run(ipc_fd: RawFd, listener_fds: &[RawFd], run_dir: &std::path::Path) -> 
         .build()
         .context("starting the runtime")?;
     runtime.block_on(async move {
-        let master: Arc<MasterChannel> = Arc::new(Channel::new(master_fd)?);
+        // The master may send a routing table of any size (sealed memfd).
+        let master: Arc<MasterChannel> = Arc::new(Channel::new(master_fd)?.accept_sealed());
         let init = match master.recv().await? {
             Some((MasterToDispatcher::Init(init), _)) => init,
             other => bail!("expected Init from the master, got {other:?}"),
@@ -148,6 +150,7 @@ async fn serve(
     listeners: Vec<OwnedFd>,
     master: Arc<MasterChannel>,
 ) -> anyhow::Result<()> {
+    let master_for_ready = master.clone();
     let dispatcher = Arc::new(Dispatcher {
         routing: ArcSwap::from_pointee(Routes::new(init.routing)),
         limits: init.limits,
@@ -167,6 +170,10 @@ async fn serve(
         rustix::io::ioctl_fionbio(&fd, true)?;
         accepting.push(tokio::spawn(accept_loop(dispatcher.clone(), fd, info)).abort_handle());
     }
+    master_for_ready
+        .send(&DispatcherToMaster::Ready, &[])
+        .await
+        .context("telling the master the config was taken")?;
     let drain_target = dispatcher.clone();
     let on_drain: workers::DrainFn = Arc::new(move |grace| {
         // Dropping the accept loops closes this process's copies of the listening

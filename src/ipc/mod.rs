@@ -19,7 +19,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
-pub use channel::{Channel, MAX_FDS, MAX_MESSAGE, raw_pair};
+pub use channel::{Channel, MAX_FDS, MAX_MESSAGE, MAX_SEALED_MESSAGE, parse_frame, raw_pair};
 
 use crate::config::{ClientLimits, Handover, Pool, Site};
 
@@ -102,7 +102,12 @@ pub enum MasterToDispatcher {
 
 #[derive(Debug, Serialize, Deserialize)]
 pub enum DispatcherToMaster {
-    WantWorker { tenant: String },
+    WantWorker {
+        tenant: String,
+    },
+    /// The dispatcher took its [`DispatcherInit`] and accepts connections (the master
+    /// tells systemd READY only after every dispatcher said this).
+    Ready,
 }
 
 /// What a worker needs: its own tenant's sites only (invariant 3: no other tenant's

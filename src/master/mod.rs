@@ -27,6 +27,9 @@ use crate::ipc::{
 
 /// How often the master reads the tenants' cgroup counters.
 const SAMPLE_EVERY: Duration = Duration::from_secs(2);
+/// How long a new dispatcher may take to say it has its config (a few MiB of routes
+/// for 10,000 tenants decode in well under a second).
+const DISPATCHER_READY_WITHIN: Duration = Duration::from_secs(30);
 /// Every this many samples the metrics file and the ledger are written (4 s).
 const PUBLISH_EVERY_TICKS: u64 = 2;
 
@@ -417,13 +420,12 @@ impl Master {
         let mut hup = signal(SignalKind::hangup())?;
         let mut usr1 = signal(SignalKind::user_defined1())?;
         for slot in 0..self.dispatchers.len() {
-            if let Err(e) = self.start_dispatcher(slot).await {
-                self.restart_dispatcher_later(
-                    slot,
-                    Duration::ZERO,
-                    &format!("starting the dispatcher failed: {e:#}"),
-                );
-            }
+            // A start that cannot serve is a failed start: `condo serve` exits non-zero
+            // with the reason, and systemd is never told READY. (Later restarts of a
+            // dispatcher that died retry with backoff instead.)
+            self.start_dispatcher(slot)
+                .await
+                .context("starting the dispatcher")?;
         }
         self.keep_warm().await;
         if let Some(fd) = self.ready_fd.take() {
@@ -484,6 +486,9 @@ impl Master {
 
     async fn handle(&mut self, event: Event) {
         match event {
+            Event::FromDispatcher(_, pid, DispatcherToMaster::Ready) => {
+                warn!(pid, "the dispatcher said Ready twice");
+            }
             Event::FromDispatcher(slot, pid, DispatcherToMaster::WantWorker { tenant }) => {
                 let Some(channel) = self.dispatcher_channel(slot, pid) else {
                     return;
@@ -863,7 +868,31 @@ impl Master {
             &self.dispatchers[slot].listeners,
         )
         .await?;
+        let mut child = child;
         let pid = child.id().unwrap_or(0);
+        // A dispatcher without its routes answers nobody: it is started only once it
+        // said it took them (issue 23: a table too large for one frame was dropped with
+        // a warning, and the host was told READY with nothing served).
+        let took = async {
+            channel
+                .send_large(&init, &[])
+                .await
+                .context("sending the dispatcher its config")?;
+            match tokio::time::timeout(DISPATCHER_READY_WITHIN, channel.recv()).await {
+                Ok(Ok(Some((DispatcherToMaster::Ready, _)))) => Ok(()),
+                Ok(Ok(Some((other, _)))) => bail!("dispatcher sent {other:?} before Ready"),
+                Ok(Ok(None)) => bail!("the dispatcher exited before taking its config"),
+                Ok(Err(e)) => Err(e).context("reading the dispatcher's Ready"),
+                Err(_) => bail!(
+                    "the dispatcher did not take its config within {DISPATCHER_READY_WITHIN:?}"
+                ),
+            }
+        };
+        if let Err(e) = took.await {
+            let _ = child.start_kill();
+            tokio::spawn(spawn::wait(child));
+            return Err(e);
+        }
         info!(pid, user = self.config.server.user, "dispatcher started");
         let channel = Arc::new(channel);
         self.dispatchers[slot].running = Some((pid, channel.clone(), Instant::now()));
@@ -888,10 +917,6 @@ impl Master {
             let status = spawn::wait(child).await;
             let _ = tx.send(Event::DispatcherExited(slot, pid, status));
         });
-        if let Err(e) = channel.send(&init, &[]).await {
-            // It died already; its exit event brings the restart.
-            warn!(pid, "sending the dispatcher its config: {e}");
-        }
         Ok(())
     }
 
@@ -972,15 +997,13 @@ impl Master {
             .keys()
             .chain(new.tenants.keys())
             .collect();
+        let (sites_before, sites_after) = (self.config.sites_by_tenant(), new.sites_by_tenant());
         for name in names {
             let before = (
                 self.config.tenants.get(name),
-                self.config.tenant_sites(name).collect::<Vec<_>>(),
+                sites_before.get(name.as_str()),
             );
-            let after = (
-                new.tenants.get(name),
-                new.tenant_sites(name).collect::<Vec<_>>(),
-            );
+            let after = (new.tenants.get(name), sites_after.get(name.as_str()));
             if before != after {
                 changed.push(name.clone());
             }
@@ -996,8 +1019,16 @@ impl Master {
             // Its own file may have changed: a new worker reads it.
             changed.push(tenant.to_string());
         }
+        let routing = spawn::routing(&new);
+        // What no dispatcher could take is refused before anything changes.
+        let size = postcard::to_stdvec(&routing).map_or(usize::MAX, |b| b.len());
+        if size > crate::ipc::MAX_SEALED_MESSAGE {
+            return Err(format!(
+                "the routing table encodes to {size} bytes, over the {} a dispatcher takes; nothing applied",
+                crate::ipc::MAX_SEALED_MESSAGE
+            ));
+        }
         self.config = new;
-        let routing = spawn::routing(&self.config);
         // Certificate files are read again at every reload: the host's here, a site's
         // own by its tenant's next worker (so those tenants count as changed).
         let certificates = match spawn::provider_certificates(&self.config) {
@@ -1012,10 +1043,11 @@ impl Master {
                 changed.push(site.tenant.clone());
             }
         }
+        let mut undelivered = Vec::new();
         for slot in &self.dispatchers {
             if let Some((pid, channel, _)) = &slot.running
                 && let Err(e) = channel
-                    .send(
+                    .send_large(
                         &MasterToDispatcher::Reload {
                             routing: routing.clone(),
                             certificates: certificates.clone(),
@@ -1024,7 +1056,8 @@ impl Master {
                     )
                     .await
             {
-                warn!(pid, "sending the dispatcher the new routes: {e}");
+                error!(pid, "sending the dispatcher the new routes: {e}");
+                undelivered.push(format!("dispatcher {pid}: {e}"));
             }
         }
         for tenant in &changed {
@@ -1041,6 +1074,14 @@ impl Master {
             }
         );
         info!("{summary}");
+        if !undelivered.is_empty() {
+            // The workers follow the new config; a dispatcher that did not get it is
+            // restarted by its exit (a broken channel means it is gone) with the new one.
+            return Err(format!(
+                "{summary}; but the new routes did not reach {}",
+                undelivered.join(", ")
+            ));
+        }
         Ok(summary)
     }
 
@@ -1220,6 +1261,7 @@ impl Master {
             uptime_secs: started.elapsed().as_secs(),
         };
         let sites = self.ledger.sites();
+        let sites_by_tenant = self.config.sites_by_tenant();
         let tenants = self
             .config
             .tenants
@@ -1240,7 +1282,7 @@ impl Master {
                     name: t.name.clone(),
                     user: t.user.clone(),
                     isolation: format!("{:?}", t.isolation.mode).to_lowercase(),
-                    sites: self.config.tenant_sites(&t.name).count(),
+                    sites: sites_by_tenant.get(t.name.as_str()).map_or(0, Vec::len),
                     workers: workers
                         .iter()
                         .map(|w| process(w.pid, w.started, w.draining))

@@ -473,7 +473,7 @@ pub async fn start_worker(
         user_layer_last_good: user_layer,
     };
     channel
-        .send(&MasterToWorker::Init(Box::new(init)), &[])
+        .send_large(&MasterToWorker::Init(Box::new(init)), &[])
         .await
         .context("sending the worker its config")?;
     for (site, kind, log) in site_logs {

@@ -153,7 +153,9 @@ pub fn run(tenant: &str, ipc_fd: RawFd, threads: usize) -> anyhow::Result<()> {
 }
 
 async fn serve(name: String, master_fd: OwnedFd) -> anyhow::Result<()> {
-    let master: Arc<Channel<WorkerToMaster, MasterToWorker>> = Arc::new(Channel::new(master_fd)?);
+    // A tenant with many sites gets a config past one frame (sealed memfd).
+    let master: Arc<Channel<WorkerToMaster, MasterToWorker>> =
+        Arc::new(Channel::new(master_fd)?.accept_sealed());
     let init = match master.recv().await? {
         Some((MasterToWorker::Init(init), _)) => init,
         other => bail!("expected Init from the master, got {other:?}"),
