@@ -2,6 +2,7 @@
 //! files, starts the dispatcher and the tenant workers, passes fds between them and
 //! supervises them. It never reads a byte from a client.
 
+mod admin_token;
 mod cgroup;
 mod control;
 mod logs;
@@ -320,6 +321,9 @@ impl Master {
             .with_context(|| format!("creating run_dir {}", config.server.run_dir.display()))?;
         std::fs::write(pid_file(&config), format!("{}\n", std::process::id()))
             .with_context(|| format!("writing {}", pid_file(&config).display()))?;
+        // An unusable admin token file stops the start here, with its reason (each
+        // dispatcher start reads it again, and would only be retried).
+        admin_token::load(&config)?;
         let dispatcher_credentials = if privileged {
             let creds = config::resolve_user(&config.server.user).map_err(anyhow::Error::msg)?;
             if creds.uid == 0 {
