@@ -63,7 +63,11 @@ fn admin_addr(condo: &Condo) -> String {
         {
             return addr.to_string();
         }
-        assert!(Instant::now() < deadline, "no admin listener:\n{}", condo.log_text());
+        assert!(
+            Instant::now() < deadline,
+            "no admin listener:\n{}",
+            condo.log_text()
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
 }
@@ -230,4 +234,29 @@ fn a_token_file_others_can_read_or_write_is_refused() {
     ]);
     // 200 once the master wrote the text, 503 before: never 401 with the right token.
     assert!(code == "200" || code == "503", "{code}");
+}
+
+#[test]
+fn a_tenant_in_the_dispatchers_group_is_refused() {
+    if !require_root() {
+        return;
+    }
+    let t = TwoTenants::new();
+    // The dispatcher's group reads metrics.prom: a tenant running in it would too.
+    let config = t.config_tenants(
+        "admin_listen = \"127.0.0.1:0\"",
+        &format!("group = \"{}\"", t.dispatcher.name),
+        "",
+    );
+    let out = Command::new(CONDO)
+        .args(["check", "-c"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{said}");
+    assert!(
+        said.contains("tenant.a.user") && said.contains("dispatcher's user or in its group"),
+        "{said}"
+    );
 }

@@ -703,6 +703,26 @@ pub fn load(path: &Path) -> Loaded {
             diagnostics.push(source.error(&format!("{key}.user"), message));
             continue;
         }
+        // The dispatcher's group reads the metrics file (every tenant's usage), and its
+        // uid holds the host's TLS keys: no tenant may run with either. (Unprivileged,
+        // everything runs as one user anyway and nothing is isolated.)
+        if let Some(server) = &server
+            && rustix::process::geteuid().is_root()
+            && let (Ok(t), Ok(d)) = (
+                resolve_tenant(&tenant, server.uid_range),
+                resolve_user(&server.user),
+            )
+            && (t.uid == d.uid || t.gid == d.gid || t.groups.contains(&d.gid))
+        {
+            diagnostics.push(source.error(
+                &format!("{key}.user"),
+                format!(
+                    "user `{}` would run as the dispatcher's user or in its group ({}), which reads every tenant's metrics",
+                    tenant.user, server.user
+                ),
+            ));
+            continue;
+        }
         tenants.insert(name.clone(), tenant);
     }
     let Some(server) = server else {
