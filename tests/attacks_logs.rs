@@ -98,6 +98,12 @@ fn a_tenants_config_key_cannot_forge_or_flood_the_servers_log() {
         "the key is in the log, escaped: {}",
         &log[..log.len().min(4000)]
     );
+    if let Some(line) = log.lines().find(|l| l.contains(FORGED)) {
+        eprintln!(
+            "the key's line in error.log: {}",
+            &line[..line.len().min(400)]
+        );
+    }
     for pair in sizes.windows(2) {
         let grown = pair[1] - pair[0];
         assert!(
