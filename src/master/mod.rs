@@ -207,6 +207,9 @@ pub fn serve(config_path: &Path) -> anyhow::Result<()> {
     if !loaded.diagnostics.is_empty() {
         eprintln!("condo: the sites above with errors are not served; all others are");
     }
+    for w in config.warnings() {
+        eprintln!("condo: warning: {w}");
+    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
