@@ -254,6 +254,9 @@ the server's and each site's logs.
 .TP
 Istate_dir/usage.jsonR
 the usage ledger (condo usage).
+.TP
+Istate_dir/admin.tokenR
+the bearer token that /metrics on admin_listen asks for (made 0600 when missing; server.admin_token_file names another file).
 .SH SEE ALSO
 README.md and SECURITY.md in /usr/share/doc/condo.
 "#,
