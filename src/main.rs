@@ -191,19 +191,13 @@ fn import(
     fpm: &[PathBuf],
     out: Option<&std::path::Path>,
 ) -> anyhow::Result<()> {
-    use anyhow::Context;
     let imported = match from {
         ImportFrom::Apache => condo::import::import(files, fpm),
         ImportFrom::PhpFpm => condo::import::import(&[], files),
     };
     match out {
         Some(dir) => {
-            std::fs::create_dir_all(dir.join("sites"))
-                .with_context(|| format!("creating {}", dir.join("sites").display()))?;
-            std::fs::write(dir.join("tenants.toml"), &imported.tenants)?;
-            for (tenant, text) in &imported.sites {
-                std::fs::write(dir.join(format!("sites/{tenant}.toml")), text)?;
-            }
+            condo::import::write_out(dir, &imported)?;
             println!(
                 "condo import: {} tenants, {} site files in {}",
                 imported.tenants.matches("[tenant.").count(),
@@ -260,6 +254,9 @@ the server's and each site's logs.
 .TP
 Istate_dir/usage.jsonR
 the usage ledger (condo usage).
+.TP
+Istate_dir/admin.tokenR
+the bearer token that /metrics on admin_listen asks for (made 0600 when missing; server.admin_token_file names another file).
 .SH SEE ALSO
 README.md and SECURITY.md in /usr/share/doc/condo.
 "#,
@@ -337,6 +334,11 @@ fn top(
 
 fn check(path: &std::path::Path, json: bool) -> ExitCode {
     let loaded = condo::config::load(path);
+    let warnings = loaded
+        .config
+        .as_ref()
+        .map(|c| c.warnings())
+        .unwrap_or_default();
     if json {
         let report = serde_json::json!({
             "ok": loaded.config.is_some() && loaded.diagnostics.is_empty(),
@@ -344,6 +346,7 @@ fn check(path: &std::path::Path, json: bool) -> ExitCode {
             "tenants": loaded.config.as_ref().map_or(0, |c| c.tenants.len()),
             "sites": loaded.config.as_ref().map_or(0, |c| c.sites.len()),
             "errors": loaded.diagnostics,
+            "warnings": warnings,
         });
         println!("{report:#}");
         return if report["ok"] == true {
@@ -354,6 +357,9 @@ fn check(path: &std::path::Path, json: bool) -> ExitCode {
     }
     for d in &loaded.diagnostics {
         println!("{d}");
+    }
+    for w in &warnings {
+        println!("warning: {w}");
     }
     match (&loaded.config, loaded.diagnostics.len()) {
         (Some(c), 0) => {

@@ -170,10 +170,15 @@ fn worker_and_scripts_run_inside_the_tenants_limits() {
             .any(|l| l.starts_with("Max open files") && l.contains(" 1000 ")),
         "{limits}"
     );
-    // Tenant b has no limits and no group until it runs; then an unlimited one.
+    // Tenant b sets no limits and has no group until it runs; then one with the safe
+    // defaults (pids_max 512, memory_max 1G).
     let (body, _) = curl(&["-H", "Host: b.test", &format!("http://{}/", condo.pass)]);
     assert_eq!(body, "site B\n");
-    assert_eq!(parent.tenant_file("pids", "b", "pids.max"), "max");
+    assert_eq!(parent.tenant_file("pids", "b", "pids.max"), "512");
+    assert_eq!(
+        parent.tenant_file("memory", "b", "memory.limit_in_bytes"),
+        (1u64 << 30).to_string()
+    );
     // Stopping condo removes the tenants' groups and condo's parent group.
     drop(condo);
     for dir in parent.dirs() {

@@ -97,17 +97,17 @@ fn usage_counts_survive_scale_to_zero_reload_and_restart() {
         .and_then(|r| r.split_whitespace().next())
         .map(str::to_string)
         .expect("admin listener");
+    // /metrics asks for the bearer token the master generated in state_dir.
+    let token = std::fs::read_to_string(t.dir.path().join("state/admin.token")).unwrap();
+    let bearer = format!("Authorization: Bearer {}", token.trim());
+    let scrape = || curl(&["-H", &bearer, &format!("http://{admin}/metrics")]).0;
     let want = r#"condo_requests_total{tenant="a",site="a.test",status_class="2xx"} 5"#;
     assert!(
-        eventually(Duration::from_secs(15), || curl(&[&format!(
-            "http://{admin}/metrics"
-        )])
-        .0
-        .contains(want)),
+        eventually(Duration::from_secs(15), || scrape().contains(want)),
         "{}",
-        curl(&[&format!("http://{admin}/metrics")]).0
+        scrape()
     );
-    let metrics = curl(&[&format!("http://{admin}/metrics")]).0;
+    let metrics = scrape();
     assert!(
         metrics.contains(r#"condo_requests_total{tenant="a",site="a.test",status_class="4xx"} 1"#),
         "{metrics}"

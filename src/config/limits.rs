@@ -71,7 +71,7 @@ impl Rlimit {
 pub(super) struct LimitKeys {
     pub memory_max: Option<String>,
     pub cpu_max: Option<f64>,
-    pub pids_max: Option<u64>,
+    pub pids_max: Option<toml::Value>,
     pub io_weight: Option<u32>,
     pub nice: Option<i32>,
     pub rlimit_nofile: Option<toml::Value>,
@@ -95,7 +95,38 @@ impl LimitKeys {
     }
 }
 
+/// `memory_max` of a tenant that sets none: enough for a worker, a pool of php-cgi
+/// processes and an app (a typical shared-hosting plan is 512M-2G), small enough that
+/// a leak or a hog in one tenant stops in its own group long before the host swaps.
+pub const DEFAULT_MEMORY_MAX: u64 = 1 << 30;
+/// `pids_max` of a tenant that sets none: a worker (a few threads), `workers_max`
+/// FastCGI processes and CGI scripts have ample room; a fork bomb stops here.
+pub const DEFAULT_PIDS_MAX: u64 = 512;
+
 impl Limits {
+    /// What every tenant gets before `[defaults]` and its own section: a memory and a
+    /// process cap, so a tenant whose admin wrote no limits still cannot take the
+    /// host down. `memory_max = "max"` / `pids_max = "max"` lift them explicitly.
+    pub fn safe_defaults() -> Limits {
+        Limits {
+            memory_max: Some(DEFAULT_MEMORY_MAX),
+            pids_max: Some(DEFAULT_PIDS_MAX),
+            ..Limits::default()
+        }
+    }
+
+    /// What `condo check` warns about: the caps this tenant runs without.
+    pub fn unlimited(&self) -> Vec<&'static str> {
+        let mut missing = Vec::new();
+        if self.memory_max.is_none() {
+            missing.push("memory_max");
+        }
+        if self.pids_max.is_none() {
+            missing.push("pids_max");
+        }
+        missing
+    }
+
     /// The rlimits of the tenant's worker (and, inherited, of everything it starts).
     pub fn worker_rlimits(&self) -> Vec<(Rlimit, u64)> {
         self.rlimits
@@ -126,6 +157,8 @@ impl Limits {
         let mut limits = base.clone();
         if let Some(text) = &keys.memory_max {
             match parse_size(text) {
+                // "max": explicitly unlimited (and `condo check` says so).
+                Some(u64::MAX) => limits.memory_max = None,
                 Some(n) if n >= 4 << 20 => limits.memory_max = Some(n),
                 Some(_) => diags.push(source.error(
                     &key("memory_max"),
@@ -133,7 +166,7 @@ impl Limits {
                 )),
                 None => diags.push(source.error(
                     &key("memory_max"),
-                    format!("`{text}` is not a size; write e.g. \"512M\" or \"2G\""),
+                    format!("`{text}` is not a size; write e.g. \"512M\" or \"2G\" (or \"max\": no limit)"),
                 )),
             }
         }
@@ -147,15 +180,18 @@ impl Limits {
                 ));
             }
         }
-        if let Some(n) = keys.pids_max {
-            if n >= 8 {
-                limits.pids_max = Some(n);
-            } else {
-                diags.push(source.error(
-                    &key("pids_max"),
-                    "must be at least 8: a worker alone runs a few threads",
-                ));
-            }
+        match &keys.pids_max {
+            None => {}
+            Some(toml::Value::String(s)) if s == "max" => limits.pids_max = None,
+            Some(toml::Value::Integer(n)) if *n >= 8 => limits.pids_max = Some(*n as u64),
+            Some(toml::Value::Integer(_)) => diags.push(source.error(
+                &key("pids_max"),
+                "must be at least 8: a worker alone runs a few threads",
+            )),
+            Some(_) => diags.push(source.error(
+                &key("pids_max"),
+                "must be a whole number (at least 8) or \"max\" (no limit)",
+            )),
         }
         if let Some(w) = keys.io_weight {
             if (1..=10_000).contains(&w) {
@@ -263,5 +299,41 @@ mod tests {
                 "tenant.a.rlimit_nofile"
             ]
         );
+    }
+
+    #[test]
+    fn max_means_explicitly_unlimited() {
+        let source_text = "memory_max = \"max\"\npids_max = \"max\"\n";
+        let source = Source::from_text(std::path::Path::new("t.toml"), source_text.to_string());
+        let keys: LimitKeys = toml::from_str(source_text).unwrap();
+        let mut diags = Vec::new();
+        let l = Limits::apply(
+            &Limits::safe_defaults(),
+            &keys,
+            &source,
+            "tenant.a",
+            &mut diags,
+        );
+        assert!(diags.is_empty(), "{diags:?}");
+        assert_eq!((l.memory_max, l.pids_max), (None, None));
+        assert_eq!(l.unlimited(), ["memory_max", "pids_max"]);
+        let (_, diags) = apply("pids_max = \"lots\"\n");
+        assert!(diags[0].message.contains("\"max\""), "{diags:?}");
+    }
+
+    #[test]
+    fn unset_limits_are_the_safe_defaults() {
+        let source = Source::from_text(std::path::Path::new("t.toml"), String::new());
+        let mut diags = Vec::new();
+        let l = Limits::apply(
+            &Limits::safe_defaults(),
+            &LimitKeys::default(),
+            &source,
+            "tenant.a",
+            &mut diags,
+        );
+        assert_eq!(l.memory_max, Some(DEFAULT_MEMORY_MAX));
+        assert_eq!(l.pids_max, Some(DEFAULT_PIDS_MAX));
+        assert!(l.unlimited().is_empty());
     }
 }

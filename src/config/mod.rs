@@ -97,6 +97,9 @@ pub struct Server {
     pub dispatchers: usize,
     /// Loopback address for `/metrics` (Prometheus) and `/health`; off when `None`.
     pub admin_listen: Option<SocketAddr>,
+    /// The bearer token `/metrics` asks for (tenants' code reaches loopback too):
+    /// read from this root-owned file, or generated into it (0600) when missing.
+    pub admin_token_file: PathBuf,
     pub cgroup: CgroupMode,
     /// Where the cgroup filesystem is mounted (v2), or the directory holding the v1
     /// controller hierarchies.
@@ -266,6 +269,33 @@ pub struct Config {
 }
 
 impl Config {
+    /// What is valid but unsafe, for `condo check` to say without failing: tenants
+    /// whose memory or process count the admin explicitly left unlimited (`"max"`),
+    /// so their fork bomb or leak reaches the host.
+    pub fn warnings(&self) -> Vec<Diagnostic> {
+        let mut warnings = Vec::new();
+        for tenant in self.tenants.values() {
+            for key in tenant.limits.unlimited() {
+                warnings.push(Diagnostic {
+                    file: self.file.clone(),
+                    line: 0,
+                    column: 0,
+                    key: format!("tenant.{}.{key}", tenant.name),
+                    message: format!(
+                        "tenant {} has no {key} (\"max\"): its processes can take the host's {}",
+                        tenant.name,
+                        if key == "memory_max" {
+                            "memory"
+                        } else {
+                            "process table"
+                        }
+                    ),
+                });
+            }
+        }
+        warnings
+    }
+
     pub fn tenant_sites(&self, tenant: &str) -> impl Iterator<Item = &Site> {
         self.sites.iter().filter(move |s| s.tenant == tenant)
     }
@@ -395,6 +425,7 @@ struct ServerSection {
     #[serde(default = "default_dispatchers")]
     dispatchers: usize,
     admin_listen: Option<String>,
+    admin_token_file: Option<PathBuf>,
     #[serde(default)]
     cgroup: CgroupMode,
     #[serde(default = "default_cgroup_root")]
@@ -455,7 +486,7 @@ struct TenantSection {
     worker_memory_max: Option<String>,
     memory_max: Option<String>,
     cpu_max: Option<f64>,
-    pids_max: Option<u64>,
+    pids_max: Option<toml::Value>,
     io_weight: Option<u32>,
     nice: Option<i32>,
     rlimit_nofile: Option<toml::Value>,
@@ -495,7 +526,7 @@ impl TenantSection {
         limits::LimitKeys {
             memory_max: self.memory_max.clone(),
             cpu_max: self.cpu_max,
-            pids_max: self.pids_max,
+            pids_max: self.pids_max.clone(),
             io_weight: self.io_weight,
             nice: self.nice,
             rlimit_nofile: self.rlimit_nofile.clone(),
@@ -596,7 +627,7 @@ pub fn load(path: &Path) -> Loaded {
         &mut diagnostics,
     );
     let default_limits = Limits::apply(
-        &Limits::default(),
+        &Limits::safe_defaults(),
         &defaults.limit_keys(),
         &source,
         "defaults",
@@ -683,6 +714,26 @@ pub fn load(path: &Path) -> Loaded {
             && let Err(message) = accounts.resolve_tenant(&tenant, server.uid_range)
         {
             diagnostics.push(source.error(&format!("{key}.user"), message));
+            continue;
+        }
+        // The dispatcher's group reads the metrics file (every tenant's usage), and its
+        // uid holds the host's TLS keys: no tenant may run with either. (Unprivileged,
+        // everything runs as one user anyway and nothing is isolated.)
+        if let Some(server) = &server
+            && rustix::process::geteuid().is_root()
+            && let (Ok(t), Ok(d)) = (
+                resolve_tenant(&tenant, server.uid_range),
+                resolve_user(&server.user),
+            )
+            && (t.uid == d.uid || t.gid == d.gid || t.groups.contains(&d.gid))
+        {
+            diagnostics.push(source.error(
+                &format!("{key}.user"),
+                format!(
+                    "user `{}` would run as the dispatcher's user or in its group ({}), which reads every tenant's metrics",
+                    tenant.user, server.user
+                ),
+            ));
             continue;
         }
         tenants.insert(name.clone(), tenant);
@@ -924,11 +975,16 @@ fn validate_server(
             "a plain name (a-z, 0-9, '-', '_'): condo's group under the cgroup root",
         ));
     }
+    let admin_token_file = s
+        .admin_token_file
+        .clone()
+        .unwrap_or_else(|| s.state_dir.join("admin.token"));
     for (key, path) in [
         ("server.log_dir", &s.log_dir),
         ("server.run_dir", &s.run_dir),
         ("server.state_dir", &s.state_dir),
         ("server.cgroup_root", &s.cgroup_root),
+        ("server.admin_token_file", &admin_token_file),
     ] {
         if !path.is_absolute() {
             diags.push(source.error(key, "must be an absolute path"));
@@ -1012,6 +1068,7 @@ fn validate_server(
         worker_threads: s.worker_threads,
         dispatchers: s.dispatchers,
         admin_listen,
+        admin_token_file,
         cgroup: s.cgroup,
         cgroup_root: s.cgroup_root.clone(),
         cgroup_parent: s.cgroup_parent.clone(),
@@ -1696,5 +1753,38 @@ mod tests {
         assert!(valid_name("alice_2"));
         assert!(!valid_name("Alice"));
         assert!(!valid_name("../x"));
+    }
+
+    /// A main file with three tenants (system accounts that exist everywhere): one
+    /// with nothing set, one with its own caps, one explicitly unlimited.
+    #[test]
+    fn limits_default_to_safe_caps_and_check_warns_where_there_are_none() {
+        let dir = tempfile::tempdir().unwrap();
+        let main = dir.path().join("condo.toml");
+        std::fs::create_dir(dir.path().join("sites")).unwrap();
+        std::fs::write(
+            &main,
+            "[server]\nlisten = [\"127.0.0.1:0\"]\nuser = \"nobody\"\nuid_range = [1, 65534]\n\
+             [tenant.plain]\nuser = \"daemon\"\n\
+             [tenant.capped]\nuser = \"bin\"\nmemory_max = \"256M\"\npids_max = 64\n\
+             [tenant.open]\nuser = \"sys\"\nmemory_max = \"max\"\npids_max = \"max\"\n",
+        )
+        .unwrap();
+        let loaded = load(&main);
+        assert!(loaded.diagnostics.is_empty(), "{:?}", loaded.diagnostics);
+        let config = loaded.config.unwrap();
+        let limits = |t: &str| config.tenants[t].limits.clone();
+        assert_eq!(limits("plain").memory_max, Some(limits::DEFAULT_MEMORY_MAX));
+        assert_eq!(limits("plain").pids_max, Some(limits::DEFAULT_PIDS_MAX));
+        assert_eq!(limits("capped").memory_max, Some(256 << 20));
+        assert_eq!(limits("capped").pids_max, Some(64));
+        assert_eq!(limits("open").memory_max, None);
+        assert_eq!(limits("open").pids_max, None);
+        let warnings: Vec<String> = config.warnings().iter().map(|w| w.key.clone()).collect();
+        assert_eq!(
+            warnings,
+            ["tenant.open.memory_max", "tenant.open.pids_max"],
+            "only the explicitly unlimited tenant is warned about"
+        );
     }
 }

@@ -158,6 +158,30 @@ pub fn parse(
     }
 }
 
+/// At most this many of a tenant file's mistakes are logged (the rest are counted).
+const REPORTED_MISTAKES: usize = 20;
+/// And each of them at most this long: a key or a message quoting the tenant's text
+/// may be megabytes long.
+const REPORTED_LENGTH: usize = 1024;
+
+/// The mistakes of a tenant's file as log lines, one per mistake: the file is the
+/// tenant's text, so each line is escaped (a key holding a newline cannot start a
+/// line of its own) and cut, and there are at most [`REPORTED_MISTAKES`] of them.
+pub fn report(diags: &[Diagnostic]) -> String {
+    let mut lines: Vec<String> = diags
+        .iter()
+        .take(REPORTED_MISTAKES)
+        .map(|d| crate::logging::escape(d.to_string().as_bytes(), REPORTED_LENGTH))
+        .collect();
+    if diags.len() > REPORTED_MISTAKES {
+        lines.push(format!(
+            "... and {} more mistakes",
+            diags.len() - REPORTED_MISTAKES
+        ));
+    }
+    lines.join("\n")
+}
+
 /// The admin's site with a tenant layer on top.
 pub fn apply(site: &mut Site, layer: &SiteLayer) {
     if let Some(index) = &layer.index {
@@ -259,5 +283,34 @@ mod tests {
         }
         let locked = run("[[site]]\nname = \"a.example\"\nroute = []\n", &["route"]).unwrap_err();
         assert!(locked[0].contains("locked by the admin"), "{locked:?}");
+    }
+
+    #[test]
+    fn a_forged_line_or_a_huge_key_is_reported_escaped_and_cut() {
+        let key = "x".repeat(5 << 20);
+        let text = format!(
+            "[[site]]\nname = \"a.example\"\n\"evil\\n2026-01-01T00:00:00Z ERROR forged\" = 1\n\"{key}\" = 2\n"
+        );
+        let diags = parse(
+            Path::new("/home/a/condo.toml"),
+            text,
+            &[site("a.example")],
+            &[],
+            &Pool::default(),
+        )
+        .unwrap_err();
+        let report = report(&diags);
+        assert!(
+            !report
+                .lines()
+                .any(|l| l.starts_with("2026-01-01T00:00:00Z ERROR forged")),
+            "{report}"
+        );
+        assert!(
+            report.contains("\\x0a2026-01-01T00:00:00Z ERROR forged"),
+            "{report}"
+        );
+        assert!(report.len() < 8 * 1024, "{} bytes", report.len());
+        assert!(report.contains("bytes cut]"), "{report}");
     }
 }

@@ -39,6 +39,8 @@ struct Dispatcher {
     limits: ClientLimits,
     workers: Arc<Workers>,
     metrics_file: std::path::PathBuf,
+    /// What `/metrics` on the admin listener asks for.
+    admin_token: Option<String>,
     /// Client connections this process holds now (`limits.max_connections` caps it).
     open: AtomicUsize,
     /// When the cap was last logged, in seconds since the epoch (one line a minute).
@@ -156,6 +158,7 @@ async fn serve(
         limits: init.limits,
         workers: Workers::new(master),
         metrics_file: init.metrics_file,
+        admin_token: init.admin_token,
         open: AtomicUsize::new(0),
         proxy_protocol_from: init.proxy_protocol_from,
         cap_logged: AtomicU64::new(0),
@@ -270,7 +273,13 @@ async fn accept_loop(dispatcher: Arc<Dispatcher>, listener: OwnedFd, info: Liste
                     let d = dispatcher.clone();
                     tokio::spawn(async move {
                         if let Ok(stream) = tcp_stream(fd) {
-                            admin::serve(stream, d.limits, &d.metrics_file).await;
+                            admin::serve(
+                                stream,
+                                d.limits,
+                                &d.metrics_file,
+                                d.admin_token.as_deref(),
+                            )
+                            .await;
                         }
                     });
                     continue;

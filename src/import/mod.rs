@@ -7,7 +7,10 @@ mod fpm;
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
+
+use rustix::fs::{AtFlags, Mode, OFlags};
 
 /// Something of the old config condo does not carry over, and why.
 #[derive(Debug, Clone)]
@@ -338,4 +341,158 @@ pub fn import(apache_files: &[PathBuf], fpm_files: &[PathBuf]) -> Imported {
             .collect(),
         notes,
     }
+}
+
+/// Write `imported` as DIR/tenants.toml and DIR/sites/TENANT.toml.
+///
+/// `condo import` runs as root, often with DIR in a world-writable place (/tmp), so
+/// nothing on the way may be a name another user can change: every component of DIR
+/// is opened with O_NOFOLLOW from `/`, each must belong to us (or to root) and be
+/// writable by no one else, except a sticky directory of root's (like /tmp), where no
+/// one else can rename or remove our entries. DIR itself is made by us (mkdir fails if
+/// someone else made it first) or must already be ours and not group/other-writable.
+/// Files are created relative to that directory's fd with O_CREAT|O_EXCL|O_NOFOLLOW.
+pub fn write_out(dir: &Path, imported: &Imported) -> anyhow::Result<()> {
+    let dir_fd = trusted_dir(dir)?;
+    let sites_fd = trusted_child_dir(&dir_fd, dir, "sites")?;
+    write_new(&dir_fd, dir, "tenants.toml", &imported.tenants)?;
+    let sites_path = dir.join("sites");
+    for (tenant, text) in &imported.sites {
+        write_new(&sites_fd, &sites_path, &format!("{tenant}.toml"), text)?;
+    }
+    Ok(())
+}
+
+fn dir_flags() -> OFlags {
+    OFlags::PATH | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC
+}
+
+/// Open `name` in `parent` as a directory without following a link, and check that no
+/// one but us (or root) can change what is in it.
+fn open_checked(
+    parent: impl AsFd,
+    name: &str,
+    path: &Path,
+    final_dir: bool,
+) -> anyhow::Result<OwnedFd> {
+    let fd = rustix::fs::openat(parent, name, dir_flags(), Mode::empty()).map_err(|e| {
+        let why = if e == rustix::io::Errno::LOOP || e == rustix::io::Errno::NOTDIR {
+            "is a symbolic link or not a directory (condo import follows no links; give the real path)".to_string()
+        } else {
+            e.to_string()
+        };
+        anyhow::anyhow!("condo import --out: {}: {why}", path.display())
+    })?;
+    check_owner(&fd, path, final_dir)?;
+    Ok(fd)
+}
+
+fn check_owner(fd: &OwnedFd, path: &Path, final_dir: bool) -> anyhow::Result<()> {
+    let st = rustix::fs::fstat(fd)
+        .map_err(|e| anyhow::anyhow!("condo import --out: {}: {e}", path.display()))?;
+    let me = rustix::process::geteuid().as_raw();
+    let mode = st.st_mode;
+    let writable_by_others = mode & 0o022 != 0;
+    let sticky_of_root = mode & 0o1000 != 0 && st.st_uid == 0;
+    let ours = st.st_uid == me || st.st_uid == 0;
+    let ok = if final_dir {
+        // The output directory itself: ours, no one else may add or swap a file.
+        st.st_uid == me && !writable_by_others
+    } else {
+        ours && (!writable_by_others || sticky_of_root)
+    };
+    if !ok {
+        anyhow::bail!(
+            "condo import --out: {} is owned by uid {} with mode {:o}: another user could \
+             replace what condo writes there; give a directory that does not exist yet (it \
+             is created), or one owned by uid {me} that only its owner can write, in \
+             directories only root can change (e.g. /root/condo-import)",
+            path.display(),
+            st.st_uid,
+            mode & 0o7777,
+        );
+    }
+    Ok(())
+}
+
+/// `dir`, walked from `/` component by component (no links followed, each checked),
+/// and created as the last step if it does not exist.
+fn trusted_dir(dir: &Path) -> anyhow::Result<OwnedFd> {
+    use std::path::Component;
+    let absolute = if dir.is_absolute() {
+        dir.to_path_buf()
+    } else {
+        std::env::current_dir()?.join(dir)
+    };
+    let names: Vec<&str> = absolute
+        .components()
+        .filter_map(|c| match c {
+            Component::Normal(n) => Some(n.to_str().ok_or_else(|| {
+                anyhow::anyhow!("condo import --out: {}: not UTF-8", absolute.display())
+            })),
+            Component::ParentDir => Some(Err(anyhow::anyhow!(
+                "condo import --out: {}: give a path without `..`",
+                absolute.display()
+            ))),
+            _ => None,
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let Some((last, ancestors)) = names.split_last() else {
+        anyhow::bail!("condo import --out: / is not an output directory");
+    };
+    let mut here = PathBuf::from("/");
+    let mut fd = rustix::fs::open("/", dir_flags(), Mode::empty())
+        .map_err(|e| anyhow::anyhow!("opening /: {e}"))?;
+    check_owner(&fd, &here, false)?;
+    for name in ancestors {
+        here.push(name);
+        fd = open_checked(&fd, name, &here, false)?;
+    }
+    trusted_child_dir(&fd, &here, last)
+}
+
+/// `name` in the checked directory `parent`: made now (0755) or already ours.
+fn trusted_child_dir(parent: &OwnedFd, parent_path: &Path, name: &str) -> anyhow::Result<OwnedFd> {
+    let path = parent_path.join(name);
+    match rustix::fs::mkdirat(parent, name, Mode::from_raw_mode(0o755)) {
+        Ok(()) => {
+            let fd = open_checked(parent, name, &path, true)?;
+            // Whatever the umask: the admin reads the result, and may copy it.
+            let fd_rw = rustix::fs::openat(
+                parent,
+                name,
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+            )
+            .map_err(|e| anyhow::anyhow!("condo import --out: {}: {e}", path.display()))?;
+            rustix::fs::fchmod(&fd_rw, Mode::from_raw_mode(0o755)).map_err(|e| {
+                anyhow::anyhow!("condo import --out: chmod {}: {e}", path.display())
+            })?;
+            Ok(fd)
+        }
+        Err(rustix::io::Errno::EXIST) => open_checked(parent, name, &path, true),
+        Err(e) => anyhow::bail!("condo import --out: creating {}: {e}", path.display()),
+    }
+}
+
+/// Create `name` in the checked directory `dir` (replacing a file of an earlier run,
+/// which only we could have put there) without following a link.
+fn write_new(dir: &OwnedFd, dir_path: &Path, name: &str, text: &str) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    let path = dir_path.join(name);
+    match rustix::fs::unlinkat(dir, name, AtFlags::empty()) {
+        Ok(()) | Err(rustix::io::Errno::NOENT) => {}
+        Err(e) => anyhow::bail!("condo import --out: replacing {}: {e}", path.display()),
+    }
+    let fd = rustix::fs::openat(
+        dir,
+        name,
+        OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::WRONLY | OFlags::CLOEXEC,
+        Mode::from_raw_mode(0o644),
+    )
+    .map_err(|e| anyhow::anyhow!("condo import --out: creating {}: {e}", path.display()))?;
+    std::fs::File::from(fd)
+        .write_all(text.as_bytes())
+        .map_err(|e| anyhow::anyhow!("condo import --out: writing {}: {e}", path.display()))?;
+    Ok(())
 }

@@ -35,6 +35,8 @@ pub struct DispatcherInit {
     /// The Prometheus text the master rewrites every few seconds, served on the admin
     /// listener.
     pub metrics_file: PathBuf,
+    /// The bearer token `/metrics` requires; `None`: `/metrics` is refused to all.
+    pub admin_token: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

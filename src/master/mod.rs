@@ -2,6 +2,7 @@
 //! files, starts the dispatcher and the tenant workers, passes fds between them and
 //! supervises them. It never reads a byte from a client.
 
+mod admin_token;
 mod cgroup;
 mod control;
 mod logs;
@@ -209,6 +210,9 @@ pub fn serve(config_path: &Path) -> anyhow::Result<()> {
     if !loaded.diagnostics.is_empty() {
         eprintln!("condo: the sites above with errors are not served; all others are");
     }
+    for w in config.warnings() {
+        eprintln!("condo: warning: {w}");
+    }
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -323,6 +327,9 @@ impl Master {
             .with_context(|| format!("creating run_dir {}", config.server.run_dir.display()))?;
         std::fs::write(pid_file(&config), format!("{}\n", std::process::id()))
             .with_context(|| format!("writing {}", pid_file(&config).display()))?;
+        // An unusable admin token file stops the start here, with its reason (each
+        // dispatcher start reads it again, and would only be retried).
+        admin_token::load(&config)?;
         let dispatcher_credentials = if privileged {
             let creds = config::resolve_user(&config.server.user).map_err(anyhow::Error::msg)?;
             if creds.uid == 0 {

@@ -7,7 +7,6 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::Child;
 use tracing::{error, info, warn};
 
@@ -363,6 +362,7 @@ pub async fn start_dispatcher(
         routing: routing(config),
         limits: config.server.limits,
         metrics_file: metrics.clone(),
+        admin_token: super::admin_token::load(config)?,
         certificates: provider_certificates(config)?,
         proxy_protocol_from: config.server.proxy_protocol_from.clone(),
     };
@@ -545,12 +545,9 @@ fn spawn_child(
     if let Some(stderr) = child.stderr.take() {
         // Children log to a pipe; the master copies their lines to its own log, so the
         // error log gets everything and no child holds the log file open for writing.
-        tokio::spawn(async move {
-            let mut lines = BufReader::new(stderr).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                crate::logging::child_line(&line);
-            }
-        });
+        // Bounded per line and per second, in fixed memory: a worker's lines carry
+        // tenant text (its config's keys), and the master must not buffer it.
+        tokio::spawn(crate::logging::copy_child_stderr(stderr, role.to_string()));
     }
     Ok(child)
 }

@@ -193,7 +193,10 @@ async fn serve(name: String, master_fd: OwnedFd) -> anyhow::Result<()> {
                     "{text}\ncondo: {} was not applied; {kept}\n",
                     path.display()
                 );
-                warn!(tenant = name, "{text}");
+                // One event per line: each is escaped and bounded already.
+                for line in text.lines() {
+                    warn!(tenant = name, "{line}");
+                }
                 layer_errors = Some(text);
                 init.user_layer_last_good.clone().unwrap_or_default()
             }
@@ -313,13 +316,8 @@ fn user_layer(
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
         Err(e) => return Err(format!("{}: cannot read: {e}", path.display())),
     };
-    crate::config::user::parse(path, text, sites, locked, pool).map_err(|diags| {
-        diags
-            .iter()
-            .map(|d| d.to_string())
-            .collect::<Vec<_>>()
-            .join("\n")
-    })
+    crate::config::user::parse(path, text, sites, locked, pool)
+        .map_err(|diags| crate::config::user::report(&diags))
 }
 
 /// How often a worker tells the master what it counted.

@@ -296,7 +296,11 @@ pub(super) fn log(site: &SiteState, message: &str) {
 
 fn write_log(log: &LogSlot, site: &str, message: &str) {
     tracing::info!(site, "app: {message}");
-    let line = format!("{} [{site}] condo: {message}\n", crate::http::http_date());
+    let line = format!(
+        "{} [{site}] condo: {}\n",
+        crate::http::http_date(),
+        crate::logging::escape(message.as_bytes(), crate::logging::MAX_LINE)
+    );
     log.write(line.as_bytes());
 }
 

@@ -18,7 +18,7 @@ use std::process::Stdio;
 
 use bytes::{Buf, BytesMut};
 use rustix::fs::{Mode, OFlags, ResolveFlags};
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::process::Child;
 use tokio::time::Instant;
 use tracing::warn;
@@ -717,25 +717,29 @@ pub(super) fn copy_stderr<R: AsyncRead + Unpin + Send + 'static>(
     // with the worker, arrive) while this process runs.
     let log = site.error_log.clone();
     let site_name = site.config.name.clone();
+    // Escaped, cut at MAX_LINE, and rate-limited per site (all its scripts together):
+    // the disk the logs share is not the tenant's to fill.
+    let source = format!("site {site_name}");
+    let script = crate::logging::escape(script.as_bytes(), 256);
     tokio::spawn(async move {
-        let mut lines = BufReader::new(stderr).lines();
-        while let Ok(Some(line)) = lines.next_line().await {
+        crate::logging::copy_lines(stderr, &source, |line| {
             let text = format!(
-                "{} [{site_name}] {script}: {}\n",
-                crate::http::http_date(),
-                line.escape_debug()
+                "{} [{site_name}] {script}: {line}\n",
+                crate::http::http_date()
             );
             log.write(text.as_bytes());
-        }
+        })
+        .await;
     });
 }
 
 pub(super) fn log_error(site: &SiteState, message: &str) {
     warn!(site = site.config.name, "cgi: {message}");
     let line = format!(
-        "{} [{}] condo: {message}\n",
+        "{} [{}] condo: {}\n",
         crate::http::http_date(),
-        site.config.name
+        site.config.name,
+        crate::logging::escape(message.as_bytes(), crate::logging::MAX_LINE)
     );
     site.error_log.write(line.as_bytes());
 }

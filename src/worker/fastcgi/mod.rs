@@ -154,7 +154,12 @@ async fn run(
         reader,
         body_in,
         call.site.error_log.get().and_then(|f| f.try_clone().ok()),
-        format!("[{}] {}", call.site.config.name, script.script_name),
+        call.site.config.name.clone(),
+        format!(
+            "[{}] {}",
+            call.site.config.name,
+            crate::logging::escape(script.script_name.as_bytes(), 256)
+        ),
     )));
 
     let feed = async {
@@ -332,11 +337,32 @@ async fn read_records(
     mut reader: OwnedReadHalf,
     mut body: tokio::io::DuplexStream,
     log: Option<std::fs::File>,
+    site: String,
     label: String,
 ) -> Result<record::EndRequest, String> {
     let mut input = BytesMut::with_capacity(16 * 1024);
     let mut body_open = true;
-    let mut stderr_line: Vec<u8> = Vec::new();
+    // FCGI_STDERR as lines in fixed memory, escaped, cut and rate-limited per site
+    // like a CGI script's stderr.
+    let mut stderr_lines = crate::logging::LineSplitter::new(crate::logging::MAX_LINE);
+    let limit = crate::logging::rate_limit(&format!("site {site}"));
+    let mut emit = |line: &[u8], cut: usize| {
+        let text = crate::logging::bounded_line(line, cut);
+        let admitted = limit
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .admit(text.len());
+        if let Some(suppressed) = admitted {
+            if suppressed > 0 {
+                log_stderr(
+                    log.as_ref(),
+                    &label,
+                    &crate::logging::suppressed_note(suppressed),
+                );
+            }
+            log_stderr(log.as_ref(), &label, &text);
+        }
+    };
     loop {
         while let Some((rec, used)) = record::decode(&input).map_err(|e| e.to_string())? {
             let _ = input.split_to(used);
@@ -356,19 +382,13 @@ async fn read_records(
                 }
                 record::STDOUT => {}
                 record::STDERR => {
-                    stderr_line.extend_from_slice(&rec.content);
-                    while let Some(at) = stderr_line.iter().position(|&b| b == b'\n') {
-                        let line: Vec<u8> = stderr_line.drain(..=at).collect();
-                        log_stderr(log.as_ref(), &label, &line[..line.len() - 1]);
-                    }
-                    if rec.content.is_empty() && !stderr_line.is_empty() {
-                        log_stderr(log.as_ref(), &label, &std::mem::take(&mut stderr_line));
+                    stderr_lines.push(&rec.content, &mut emit);
+                    if rec.content.is_empty() {
+                        stderr_lines.finish(&mut emit);
                     }
                 }
                 record::END_REQUEST => {
-                    if !stderr_line.is_empty() {
-                        log_stderr(log.as_ref(), &label, &stderr_line);
-                    }
+                    stderr_lines.finish(&mut emit);
                     return rec
                         .end_request()
                         .ok_or_else(|| "malformed FCGI_END_REQUEST".to_string());
@@ -387,12 +407,9 @@ async fn read_records(
     }
 }
 
-fn log_stderr(log: Option<&std::fs::File>, label: &str, line: &[u8]) {
+/// `line`: already escaped and bounded.
+fn log_stderr(log: Option<&std::fs::File>, label: &str, line: &str) {
     let Some(mut log) = log else { return };
-    let text = format!(
-        "{} {label}: {}\n",
-        crate::http::http_date(),
-        String::from_utf8_lossy(line).escape_debug()
-    );
+    let text = format!("{} {label}: {line}\n", crate::http::http_date());
     let _ = log.write_all(text.as_bytes());
 }
