@@ -94,7 +94,7 @@ impl Directory {
         dir
     }
 
-    fn user(&self, name: &str) -> Result<Credentials, String> {
+    pub fn user(&self, name: &str) -> Result<Credentials, String> {
         let Some((uid, gid, home)) = self.users.get(name) else {
             return resolve_user(name);
         };

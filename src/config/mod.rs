@@ -643,6 +643,9 @@ pub fn load(path: &Path) -> Loaded {
     let mut tenants = BTreeMap::new();
     // Read once for every tenant (linear in tenants, not quadratic).
     let accounts = accounts::Directory::load();
+    let dispatcher = server
+        .as_ref()
+        .and_then(|server| accounts.user(&server.user).ok());
     for (name, t) in &main.tenant {
         let key = format!("tenant.{name}");
         if !valid_name(name) {
@@ -710,31 +713,30 @@ pub fn load(path: &Path) -> Loaded {
                 ));
             }
         }
-        if let Some(server) = &server
-            && let Err(message) = accounts.resolve_tenant(&tenant, server.uid_range)
-        {
-            diagnostics.push(source.error(&format!("{key}.user"), message));
-            continue;
-        }
-        // The dispatcher's group reads the metrics file (every tenant's usage), and its
-        // uid holds the host's TLS keys: no tenant may run with either. (Unprivileged,
-        // everything runs as one user anyway and nothing is isolated.)
-        if let Some(server) = &server
-            && rustix::process::geteuid().is_root()
-            && let (Ok(t), Ok(d)) = (
-                resolve_tenant(&tenant, server.uid_range),
-                resolve_user(&server.user),
-            )
-            && (t.uid == d.uid || t.gid == d.gid || t.groups.contains(&d.gid))
-        {
-            diagnostics.push(source.error(
-                &format!("{key}.user"),
-                format!(
-                    "user `{}` would run as the dispatcher's user or in its group ({}), which reads every tenant's metrics",
-                    tenant.user, server.user
-                ),
-            ));
-            continue;
+        if let Some(server) = &server {
+            let creds = match accounts.resolve_tenant(&tenant, server.uid_range) {
+                Ok(creds) => creds,
+                Err(message) => {
+                    diagnostics.push(source.error(&format!("{key}.user"), message));
+                    continue;
+                }
+            };
+            // The dispatcher's group reads the metrics file (every tenant's usage), and
+            // its uid holds the host's TLS keys: no tenant may run with either.
+            // (Unprivileged, everything runs as one user anyway and nothing is isolated.)
+            if rustix::process::geteuid().is_root()
+                && let Some(d) = &dispatcher
+                && (creds.uid == d.uid || creds.gid == d.gid || creds.groups.contains(&d.gid))
+            {
+                diagnostics.push(source.error(
+                    &format!("{key}.user"),
+                    format!(
+                        "user `{}` would run as the dispatcher's user or in its group ({}), which reads every tenant's metrics",
+                        tenant.user, server.user
+                    ),
+                ));
+                continue;
+            }
         }
         tenants.insert(name.clone(), tenant);
     }
