@@ -172,14 +172,14 @@ pub fn enter(plan: &CagePlan, landlock: Option<(libc::c_int, u64)>) -> io::Resul
             return Err(e);
         }
         let result = (|| {
-        // Nothing mounted here may propagate back to the host.
-        check(libc::mount(
-            none.as_ptr(),
-            c"/".as_ptr(),
-            std::ptr::null(),
-            libc::MS_REC | libc::MS_PRIVATE,
-            std::ptr::null(),
-        ))?;
+            // Nothing mounted here may propagate back to the host.
+            check(libc::mount(
+                none.as_ptr(),
+                c"/".as_ptr(),
+                std::ptr::null(),
+                libc::MS_REC | libc::MS_PRIVATE,
+                std::ptr::null(),
+            ))?;
             for (target, options, scratch) in &plan.tmpfs {
                 check(libc::mount(
                     c"tmpfs".as_ptr(),

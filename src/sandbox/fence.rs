@@ -249,7 +249,11 @@ fn rules(
 ) -> impl Iterator<Item = Result<PathBeneath<BorrowedFd<'_>>, RulesetError>> {
     let file_access = AccessFs::from_file(LANDLOCK_ABI);
     list.iter().map(move |r| {
-        let access = if r.is_dir { access } else { access & file_access };
+        let access = if r.is_dir {
+            access
+        } else {
+            access & file_access
+        };
         Ok(PathBeneath::new(r.fd.as_fd(), access))
     })
 }

@@ -186,8 +186,7 @@ pub fn command(
         // Also what a cage needs: the binary's own path may be hidden there (under
         // /tmp or /home), the fd is not. argv[0] keeps the path for ps.
         let image = sealed_image()?;
-        let mut cmd =
-            tokio::process::Command::new(format!("/proc/self/fd/{}", image.as_raw_fd()));
+        let mut cmd = tokio::process::Command::new(format!("/proc/self/fd/{}", image.as_raw_fd()));
         cmd.arg0(exe);
         cmd
     } else {

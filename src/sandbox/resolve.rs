@@ -119,8 +119,10 @@ pub fn open_trusted(path: &Path, tenant: Option<u32>) -> Result<Option<Resolved>
     }
     let mut pending: VecDeque<OsString> = VecDeque::new();
     push_components(&mut pending, path);
-    let mut dirs: Vec<Step> = vec![Step::of(open_root().map_err(|e| os(e, Path::new("/")))?)
-        .map_err(|e| os(e, Path::new("/")))?];
+    let mut dirs: Vec<Step> = vec![
+        Step::of(open_root().map_err(|e| os(e, Path::new("/")))?)
+            .map_err(|e| os(e, Path::new("/")))?,
+    ];
     let mut real = PathBuf::from("/");
     let mut links = 0;
     let mut steps = 0;
@@ -162,7 +164,10 @@ pub fn open_trusted(path: &Path, tenant: Option<u32>) -> Result<Option<Resolved>
                     "{} is a symbolic link {}; root follows no link a tenant could have made",
                     here.display(),
                     if step.uid == 0 {
-                        format!("in {}, a directory someone other than root can change", real.display())
+                        format!(
+                            "in {}, a directory someone other than root can change",
+                            real.display()
+                        )
                     } else {
                         format!("owned by uid {}", step.uid)
                     }
@@ -269,13 +274,22 @@ mod tests {
     #[test]
     fn system_links_owned_by_root_are_followed() {
         // /proc/self is root's link in root's /proc.
-        let r = open_trusted(Path::new("/proc/self"), None).unwrap().unwrap();
+        let r = open_trusted(Path::new("/proc/self"), None)
+            .unwrap()
+            .unwrap();
         assert!(r.is_dir);
-        assert_eq!(r.real, PathBuf::from(format!("/proc/{}", std::process::id())));
+        assert_eq!(
+            r.real,
+            PathBuf::from(format!("/proc/{}", std::process::id()))
+        );
         let r = open_trusted(Path::new("/"), None).unwrap().unwrap();
         assert!(r.is_dir);
         assert_eq!(r.real, PathBuf::from("/"));
-        assert!(open_trusted(Path::new("/no/such/path"), None).unwrap().is_none());
+        assert!(
+            open_trusted(Path::new("/no/such/path"), None)
+                .unwrap()
+                .is_none()
+        );
         assert!(open_trusted(Path::new("relative"), None).is_err());
     }
 
@@ -319,11 +333,15 @@ mod tests {
         // The tenant's own directory: fine, and `..` out of it is not.
         std::fs::create_dir(tenant.join("own")).unwrap();
         std::os::unix::fs::chown(tenant.join("own"), Some(4242), Some(4242)).unwrap();
-        let r = open_trusted(&tenant.join("own"), Some(4242)).unwrap().unwrap();
+        let r = open_trusted(&tenant.join("own"), Some(4242))
+            .unwrap()
+            .unwrap();
         assert!(r.is_dir && r.uid == 4242);
         assert!(open_trusted(&tenant.join("own/../other"), Some(4242)).is_err());
         // `..` out of root's own directory is fine.
-        let r = open_trusted(&base.join("real/../real"), None).unwrap().unwrap();
+        let r = open_trusted(&base.join("real/../real"), None)
+            .unwrap()
+            .unwrap();
         assert_eq!(r.real, base.join("real"));
     }
 }
