@@ -355,6 +355,11 @@ fn check(path: &std::path::Path, json: bool) -> ExitCode {
     for d in &loaded.diagnostics {
         println!("{d}");
     }
+    if let Some(c) = &loaded.config {
+        for warning in condo::sandbox::refused_tenant_paths(c) {
+            println!("warning: {warning}");
+        }
+    }
     match (&loaded.config, loaded.diagnostics.len()) {
         (Some(c), 0) => {
             println!(

@@ -186,6 +186,21 @@ impl Scene {
             "{row}: no log line names {} as a refused link:\n{log}",
             linked.display()
         );
+        // `condo check` says so too, without failing (a tenant must not be able to
+        // fail the admin's check, and with it `condo reload`).
+        let out = Command::new(CONDO)
+            .args(["check", "-c"])
+            .arg(&self.config)
+            .output()
+            .unwrap();
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success()
+                && said.lines().any(|l| l.starts_with("warning: tenant a:")
+                    && l.contains(&*linked.to_string_lossy())),
+            "{row}: condo check: {said}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         self.b_still_served();
     }
 }
@@ -334,7 +349,7 @@ while time.time() < deadline and not os.path.exists(stop):
                 was_worker = True
             elif cmd and b"condo" not in cmd:
                 break  # someone else's process: not a target
-            for fd in range(3, 12):
+            for fd in range(0, 16):
                 tries += 1
                 new = getfd(pidfd, fd)
                 if new >= 0:

@@ -508,13 +508,7 @@ fn tenant_fence(
             tenant.name
         );
     }
-    let mut own: Vec<PathBuf> = credentials.iter().map(|c| c.home.clone()).collect();
-    own.extend(sites.iter().map(|s| s.root.clone()));
-    let read_files = sites
-        .iter()
-        .filter_map(|s| s.tls.as_ref())
-        .flat_map(|t| [t.cert.clone(), t.key.clone()])
-        .collect();
+    let (own, read_files) = sandbox::tenant_paths(credentials, sites);
     let paths = sandbox::TenantPaths {
         own,
         read_files,

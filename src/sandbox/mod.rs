@@ -99,6 +99,67 @@ impl TenantFence {
     }
 }
 
+/// Whether every path of a tenant's fence opens under the rule of [`resolve`] (what
+/// [`TenantFence::new`] would refuse, without building anything).
+pub fn check_paths(paths: &TenantPaths) -> anyhow::Result<()> {
+    fence::OpenedPaths::open(paths).map(drop)
+}
+
+/// The paths that are the tenant's own (its home, its sites' roots) and the files its
+/// worker must read (its sites' own keys and certificates).
+pub fn tenant_paths(
+    credentials: Option<&Credentials>,
+    sites: &[crate::config::Site],
+) -> (Vec<std::path::PathBuf>, Vec<std::path::PathBuf>) {
+    let mut own: Vec<std::path::PathBuf> = credentials.iter().map(|c| c.home.clone()).collect();
+    own.extend(sites.iter().map(|s| s.root.clone()));
+    let read_files = sites
+        .iter()
+        .filter_map(|s| s.tls.as_ref())
+        .flat_map(|t| [t.cert.clone(), t.key.clone()])
+        .collect();
+    (own, read_files)
+}
+
+/// For `condo check`, run as root: each tenant whose worker the master would refuse
+/// to start right now because a path of its fence is a link a tenant could have made
+/// (or otherwise fails the rule of [`resolve`]). Warnings, not errors: a
+/// tenant can make such a link at any time, and must not be able to fail the admin's
+/// check (and so `condo reload`) with it.
+pub fn refused_tenant_paths(config: &crate::config::Config) -> Vec<String> {
+    if !rustix::process::geteuid().is_root() {
+        return Vec::new();
+    }
+    let exe = std::env::current_exe().unwrap_or_default();
+    let mut found = Vec::new();
+    for tenant in config.tenants.values() {
+        if tenant.isolation.mode == crate::config::IsolationMode::Uid {
+            continue;
+        }
+        let Ok(credentials) = crate::config::resolve_tenant(tenant, config.server.uid_range) else {
+            continue; // reported by the config check itself
+        };
+        let sites: Vec<crate::config::Site> = config.tenant_sites(&tenant.name).cloned().collect();
+        let (own, read_files) = tenant_paths(Some(&credentials), &sites);
+        let paths = TenantPaths {
+            own,
+            read_files,
+            allow_read: &tenant.isolation.allow_read,
+            allow_write: &tenant.isolation.allow_write,
+            exe: &exe,
+            uid: Some(credentials.uid),
+        };
+        if let Err(e) = check_paths(&paths) {
+            found.push(format!(
+                "tenant {}: its worker would not start: {e:#}",
+                tenant.name
+            ));
+        }
+    }
+    found.sort();
+    found
+}
+
 impl SandboxPlan {
     /// Switch to `credentials` (if any), die with the parent, nothing else.
     pub fn new(credentials: Option<Credentials>, inherit_fds: Vec<RawFd>) -> Self {
