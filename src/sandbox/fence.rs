@@ -227,6 +227,22 @@ impl OpenedPaths {
                 bad.real.display()
             );
         }
+        let own = open(&mut paths.own.iter().map(PathBuf::as_path))?;
+        // Read, write and execute beneath it: only ever the tenant's own (or a
+        // directory root made for it), never the whole tree.
+        for r in &own {
+            if r.real == Path::new("/") || (r.uid != 0 && Some(r.uid) != uid) {
+                anyhow::bail!(
+                    "refusing {} as the tenant's own (a home or a site root): it {}",
+                    r.real.display(),
+                    if r.real == Path::new("/") {
+                        "is the root of the filesystem".to_string()
+                    } else {
+                        format!("belongs to uid {}, not the tenant", r.uid)
+                    }
+                );
+            }
+        }
         Ok(Self {
             system: open(&mut SYSTEM_READ.iter().map(Path::new))?,
             allow_read: open(&mut paths.allow_read.iter().map(PathBuf::as_path))?,
@@ -235,7 +251,7 @@ impl OpenedPaths {
             dev: open(&mut std::iter::once(Path::new("/dev")))?,
             proc: open(&mut std::iter::once(Path::new("/proc")))?,
             scratch: open(&mut SCRATCH.iter().map(Path::new))?,
-            own: open(&mut paths.own.iter().map(PathBuf::as_path))?,
+            own,
             allow_write: open(&mut paths.allow_write.iter().map(PathBuf::as_path))?,
         })
     }
