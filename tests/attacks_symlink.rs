@@ -388,6 +388,25 @@ fn attack_matrix_new_worker_fds_cannot_be_taken() {
         .0
     };
     assert_eq!(get("a.test"), "site A\n");
+    // The kernel shows a non-dumpable process's /proc entries (but /proc/PID itself)
+    // as root's.
+    for (role, tenant, uid) in [
+        ("worker", Some("a"), t.a.uid),
+        ("dispatcher", None, t.dispatcher.uid),
+    ] {
+        use std::os::unix::fs::MetadataExt;
+        let pid = condo.wait_child(role, tenant);
+        let status = proc_status(pid);
+        assert!(
+            status_field(&status, "Uid").starts_with(&uid.to_string()),
+            "{role}: {status}"
+        );
+        let owner = std::fs::metadata(format!("/proc/{pid}/fd")).unwrap().uid();
+        assert_eq!(
+            owner, 0,
+            "the {role} is dumpable: /proc/{pid}/fd is uid {owner}'s"
+        );
+    }
     let stop = t.dir.path().join("stop-racer");
     let racer_path = t.dir.path().join("racer.py");
     std::fs::write(&racer_path, RACER).unwrap();
@@ -446,4 +465,74 @@ fn attack_matrix_new_worker_fds_cannot_be_taken() {
         "tenant code took a worker's fd: {said}"
     );
     assert_eq!(get("b.test"), "site B\n");
+}
+
+/// The tenant flips its site root between its real directory and a link to `/` as
+/// fast as it can while its worker is restarted over and over: each start either
+/// opens the real directory or is refused; no interleaving grants `/`.
+#[test]
+fn attack_matrix_site_root_swapped_during_restarts() {
+    if !require_root() {
+        return;
+    }
+    let s = Scene::new("", "");
+    let home = s.a_home.display().to_string();
+    // As A, for at most 15 s: a link to / renamed over the root, then the real
+    // directory renamed back (rename is atomic: the name is always one or the other).
+    let swapper = Command::new("setpriv")
+        .arg(format!("--reuid={}", s.t.a.uid))
+        .arg(format!("--regid={}", s.t.a.gid))
+        .arg("--clear-groups")
+        .args([
+            "python3",
+            "-c",
+            "import os, sys, time\n\
+             os.chdir(sys.argv[1])\n\
+             os.rename('www2', 'www2.real')\n\
+             n, end = 0, time.time() + 15\n\
+             while time.time() < end and not os.path.exists('stop'):\n\
+             \x20   os.symlink('/', 'link.tmp')\n\
+             \x20   os.rename('link.tmp', 'www2')\n\
+             \x20   os.rename('www2.real', 'www2.tmp')\n\
+             \x20   os.unlink('www2')\n\
+             \x20   os.rename('www2.tmp', 'www2')\n\
+             \x20   os.rename('www2', 'www2.real')\n\
+             \x20   n += 1\n\
+             os.rename('www2.real', 'www2') if not os.path.lexists('www2') else None\n\
+             print(n)\n",
+            &home,
+        ])
+        .env_clear()
+        .env("PATH", "/usr/bin:/bin")
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("setpriv python3");
+    let (mut refused, mut served) = (0, 0);
+    let started = Instant::now();
+    while refused + served < 30 && started.elapsed() < Duration::from_secs(12) {
+        s.restart_a();
+        let (body, code) = s.get("a.test", &s.read_url(&s.b_public));
+        assert!(
+            !body.contains("SUCCEEDED") && !body.contains(B_PUBLIC),
+            "a start during the swaps granted more than A's own: {body}"
+        );
+        match code.as_str() {
+            "503" => refused += 1,
+            "200" => served += 1,
+            other => panic!("unexpected {other}: {body}"),
+        }
+        s.b_still_served();
+    }
+    std::fs::write(s.a_home.join("stop"), "").unwrap();
+    let out = swapper.wait_with_output().unwrap();
+    let swaps = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    eprintln!("{swaps} swaps; worker starts: {served} served, {refused} refused");
+    assert!(
+        swaps.parse::<u64>().unwrap_or(0) > 100,
+        "the swapper barely ran: {swaps}"
+    );
+    assert!(
+        refused + served >= 10,
+        "too few starts: {refused} + {served}"
+    );
 }
