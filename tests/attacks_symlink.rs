@@ -251,6 +251,20 @@ fn attack_matrix_tls_certificate_linked_to_slash() {
     if !require_root() {
         return;
     }
+    tls_certificate_linked_to_slash("");
+}
+
+/// The same in a cage, where the key files are also bind-mounted back into the cage's
+/// own /tmp (files, not directories: those binds work too before the attack).
+#[test]
+fn attack_matrix_cage_tls_certificate_linked_to_slash() {
+    if !require_root() {
+        return;
+    }
+    tls_certificate_linked_to_slash("isolation = \"cage\"\n");
+}
+
+fn tls_certificate_linked_to_slash(extra_a: &str) {
     let t = TwoTenants::new();
     let a_home = t.root_a.parent().unwrap().to_path_buf();
     let tls = a_home.join("tls");
@@ -263,7 +277,7 @@ fn attack_matrix_tls_certificate_linked_to_slash() {
         tls.join("cert.pem").display(),
         tls.join("key.pem").display()
     );
-    let s = Scene::from_tenants(t, "", &line);
+    let s = Scene::from_tenants(t, extra_a, &line);
     s.attack("tls/cert.pem", Path::new("/"), "TLS certificate -> /");
 }
 
