@@ -334,10 +334,26 @@ fn top(
 
 fn check(path: &std::path::Path, json: bool) -> ExitCode {
     let loaded = condo::config::load(path);
+    // Not errors: a tenant must not be able to fail the admin's check (and with it a
+    // reload) by what it does to its own paths.
     let warnings = loaded
         .config
         .as_ref()
-        .map(|c| c.warnings())
+        .map(|c| {
+            let mut w = c.warnings();
+            w.extend(
+                condo::sandbox::refused_tenant_paths(c)
+                    .into_iter()
+                    .map(|message| condo::config::Diagnostic {
+                        file: c.file.clone(),
+                        line: 0,
+                        column: 0,
+                        key: String::new(),
+                        message,
+                    }),
+            );
+            w
+        })
         .unwrap_or_default();
     if json {
         let report = serde_json::json!({

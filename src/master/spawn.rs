@@ -145,11 +145,12 @@ pub fn start_new_master(
     // is about to leave.
     let plan = SandboxPlan {
         die_with_parent: false,
+        sealed_image: false,
         ..SandboxPlan::new(None, fds)
     };
     let args: Vec<&std::ffi::OsStr> =
         vec!["serve".as_ref(), "-c".as_ref(), config.file.as_os_str()];
-    let mut cmd = sandbox::command(exe, &args, plan);
+    let mut cmd = sandbox::command(exe, &args, plan).context("starting the new master")?;
     // Under systemd the new master reports to the same socket (NotifyAccess=all).
     if let Some(socket) = std::env::var_os("NOTIFY_SOCKET") {
         cmd.env("NOTIFY_SOCKET", socket);
@@ -292,8 +293,12 @@ pub fn provider_certificates(config: &Config) -> anyhow::Result<Vec<ProviderCert
         .certificates
         .iter()
         .map(|c| {
-            let read =
-                |p: &Path| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
+            // The admin's files, yet read as root: no link anyone else could have made
+            // is followed, nothing but a regular file of sane size is read.
+            let read = |p: &Path| {
+                sandbox::resolve::read_trusted(p, None, MAX_PEM)
+                    .with_context(|| format!("reading {}", p.display()))
+            };
             Ok(ProviderCertPem {
                 names: c.names.clone(),
                 default: c.default,
@@ -303,6 +308,9 @@ pub fn provider_certificates(config: &Config) -> anyhow::Result<Vec<ProviderCert
         })
         .collect()
 }
+
+/// A PEM file larger than this is not a certificate chain or a key.
+const MAX_PEM: u64 = 4 << 20;
 
 /// Host → site → tenant, all the dispatcher knows of the sites.
 pub fn routing(config: &Config) -> Routing {
@@ -500,19 +508,14 @@ fn tenant_fence(
             tenant.name
         );
     }
-    let mut own: Vec<PathBuf> = credentials.iter().map(|c| c.home.clone()).collect();
-    own.extend(sites.iter().map(|s| s.root.clone()));
-    let read_files = sites
-        .iter()
-        .filter_map(|s| s.tls.as_ref())
-        .flat_map(|t| [t.cert.clone(), t.key.clone()])
-        .collect();
+    let (own, read_files) = sandbox::tenant_paths(credentials, sites);
     let paths = sandbox::TenantPaths {
         own,
         read_files,
         allow_read: &isolation.allow_read,
         allow_write: &isolation.allow_write,
         exe,
+        uid: credentials.map(|c| c.uid),
     };
     let fence = sandbox::TenantFence::new(isolation.mode, &paths)
         .with_context(|| format!("preparing the isolation of tenant {}", tenant.name))?;
@@ -534,7 +537,8 @@ fn spawn_child(
     role: &str,
 ) -> anyhow::Result<Child> {
     let args: Vec<&std::ffi::OsStr> = args.iter().map(|a| a.as_os_str()).collect();
-    let mut cmd = sandbox::command(exe, &args, plan);
+    let mut cmd =
+        sandbox::command(exe, &args, plan).with_context(|| format!("starting the {role}"))?;
     cmd.stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())

@@ -18,12 +18,15 @@
 use std::collections::BTreeSet;
 use std::ffi::CString;
 use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
 
-/// Kept paths are held open on the child's stack between unshare and bind.
+use super::resolve::Resolved;
+
+/// Kept paths are held as detached mount trees on the child's stack until attached.
 const MAX_BINDS: usize = 64;
 
 /// Shared directories the cage replaces with an empty tmpfs, its mode, and whether it
@@ -36,16 +39,29 @@ const HIDDEN: &[(&str, &str, bool)] = &[
     ("/home", "mode=0755", false),
 ];
 
-#[derive(Debug)]
 pub struct CagePlan {
     tmpfs: Vec<(CString, CString, bool)>,
     /// Directories to make inside the new tmpfs mounts, parents first.
     mkdirs: Vec<CString>,
     /// Empty files to bind a kept file onto.
     mountpoint_files: Vec<CString>,
-    /// Paths kept visible where they are: opened before they are covered, bound back
-    /// after.
-    binds: Vec<CString>,
+    /// Paths kept visible where they are: what was opened before the fork (never looked
+    /// up by name again, see [`super::resolve`]) and where it goes back once covered.
+    binds: Vec<(OwnedFd, CString)>,
+}
+
+impl std::fmt::Debug for CagePlan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CagePlan")
+            .field("tmpfs", &self.tmpfs)
+            .field("mkdirs", &self.mkdirs)
+            .field("mountpoint_files", &self.mountpoint_files)
+            .field(
+                "binds",
+                &self.binds.iter().map(|(_, t)| t).collect::<Vec<_>>(),
+            )
+            .finish()
+    }
 }
 
 fn cstring(path: &Path) -> anyhow::Result<CString> {
@@ -54,27 +70,29 @@ fn cstring(path: &Path) -> anyhow::Result<CString> {
 }
 
 impl CagePlan {
-    /// A cage keeping `keep` (the tenant's home, site roots, key files, allowed paths)
-    /// visible where it is; paths that do not exist are left out.
-    pub fn new(keep: &[PathBuf]) -> anyhow::Result<Self> {
+    /// A cage keeping `keep` (the tenant's home, site roots, key files, allowed paths,
+    /// each opened already) visible where it really is.
+    pub fn new(keep: Vec<Resolved>) -> anyhow::Result<Self> {
         let hidden: Vec<(PathBuf, &str, bool)> = HIDDEN
             .iter()
             .map(|&(p, mode, scratch)| (PathBuf::from(p), mode, scratch))
             .filter(|(p, _, _)| p.is_dir())
             .collect();
-        let mut keep: Vec<PathBuf> = keep.iter().filter_map(|p| p.canonicalize().ok()).collect();
-        keep.sort();
-        keep.dedup();
+        let mut keep = keep;
+        keep.sort_by(|x, y| x.real.cmp(&y.real));
+        keep.dedup_by(|x, y| x.real == y.real);
         // A path inside another kept one comes along with it.
-        let keep: Vec<PathBuf> = keep
-            .iter()
-            .filter(|k| !keep.iter().any(|other| other != *k && k.starts_with(other)))
-            .cloned()
-            .collect();
+        let reals: Vec<PathBuf> = keep.iter().map(|k| k.real.clone()).collect();
+        keep.retain(|k| {
+            !reals
+                .iter()
+                .any(|other| *other != k.real && k.real.starts_with(other))
+        });
         let mut mkdirs = BTreeSet::new();
         let mut mountpoint_files = Vec::new();
         let mut binds = Vec::new();
-        for path in keep {
+        for kept in keep {
+            let path = kept.real;
             let Some((hidden_dir, _, _)) = hidden
                 .iter()
                 .find(|(h, _, _)| path.starts_with(h) && &path != h)
@@ -88,12 +106,12 @@ impl CagePlan {
                 mkdirs.insert(d.to_path_buf());
                 dir = d.parent();
             }
-            if path.is_dir() {
+            if kept.is_dir {
                 mkdirs.insert(path.clone());
             } else {
                 mountpoint_files.push(cstring(&path)?);
             }
-            binds.push(cstring(&path)?);
+            binds.push((kept.fd, cstring(&path)?));
         }
         if binds.len() > MAX_BINDS {
             anyhow::bail!("the cage keeps at most {MAX_BINDS} paths visible");
@@ -131,28 +149,37 @@ pub fn enter(plan: &CagePlan, landlock: Option<(libc::c_int, u64)>) -> io::Resul
     // `source` below, all outliving the calls; these syscalls read them and keep
     // nothing. The fds opened here are closed before returning.
     unsafe {
-        check(libc::unshare(
-            libc::CLONE_NEWNS | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS,
-        ))?;
-        // Nothing mounted here may propagate back to the host.
-        check(libc::mount(
-            none.as_ptr(),
-            c"/".as_ptr(),
-            std::ptr::null(),
-            libc::MS_REC | libc::MS_PRIVATE,
-            std::ptr::null(),
-        ))?;
-        // Opened in the new namespace (a bind's source must be a mount of the caller's
-        // namespace), before the tmpfs mounts cover them.
-        for (slot, path) in kept.iter_mut().zip(&plan.binds) {
-            *slot = libc::open(path.as_ptr(), libc::O_PATH | libc::O_CLOEXEC);
+        // Copies of what the master opened, made in the host's namespace (a tree can
+        // only be cloned from the caller's own) and attached below once the tmpfs
+        // mounts cover the originals: the fds, never the names.
+        for (slot, (fd, _)) in kept.iter_mut().zip(&plan.binds) {
+            *slot = libc::syscall(
+                libc::SYS_open_tree,
+                fd.as_raw_fd(),
+                c"".as_ptr(),
+                OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_EMPTY_PATH | AT_RECURSIVE,
+            ) as libc::c_int;
             if *slot < 0 {
                 let e = io::Error::last_os_error();
                 close_all(&kept);
                 return Err(e);
             }
         }
+        if let Err(e) = check(libc::unshare(
+            libc::CLONE_NEWNS | libc::CLONE_NEWIPC | libc::CLONE_NEWUTS,
+        )) {
+            close_all(&kept);
+            return Err(e);
+        }
         let result = (|| {
+            // Nothing mounted here may propagate back to the host.
+            check(libc::mount(
+                none.as_ptr(),
+                c"/".as_ptr(),
+                std::ptr::null(),
+                libc::MS_REC | libc::MS_PRIVATE,
+                std::ptr::null(),
+            ))?;
             for (target, options, scratch) in &plan.tmpfs {
                 check(libc::mount(
                     c"tmpfs".as_ptr(),
@@ -183,14 +210,24 @@ pub fn enter(plan: &CagePlan, landlock: Option<(libc::c_int, u64)>) -> io::Resul
                 }
                 libc::close(fd);
             }
-            for (&fd, target) in kept.iter().zip(&plan.binds) {
-                let mut source = [0u8; 32];
-                fd_path(fd, &mut source);
+            for (&tree, (_, target)) in kept.iter().zip(&plan.binds) {
+                if libc::syscall(
+                    libc::SYS_move_mount,
+                    tree,
+                    c"".as_ptr(),
+                    libc::AT_FDCWD,
+                    target.as_ptr(),
+                    MOVE_MOUNT_F_EMPTY_PATH,
+                ) != 0
+                {
+                    return Err(io::Error::last_os_error());
+                }
+                // The clone joined the host mount's peer group: cut it off.
                 check(libc::mount(
-                    source.as_ptr().cast(),
+                    none.as_ptr(),
                     target.as_ptr(),
                     std::ptr::null(),
-                    libc::MS_BIND | libc::MS_REC,
+                    libc::MS_REC | libc::MS_PRIVATE,
                     std::ptr::null(),
                 ))?;
             }
@@ -213,6 +250,12 @@ pub fn enter(plan: &CagePlan, landlock: Option<(libc::c_int, u64)>) -> io::Resul
     }
 }
 
+const OPEN_TREE_CLONE: libc::c_uint = 1;
+const OPEN_TREE_CLOEXEC: libc::c_uint = libc::O_CLOEXEC as libc::c_uint;
+const AT_EMPTY_PATH: libc::c_uint = libc::AT_EMPTY_PATH as libc::c_uint;
+const AT_RECURSIVE: libc::c_uint = 0x8000;
+const MOVE_MOUNT_F_EMPTY_PATH: libc::c_uint = 4;
+
 /// Landlock's EXECUTE | WRITE_FILE | READ_FILE | READ_DIR (uapi bits 0..=3).
 const PROC_ACCESS: u64 = 0b1111;
 
@@ -234,45 +277,5 @@ fn close_all(fds: &[libc::c_int]) {
     for &fd in fds.iter().filter(|&&fd| fd >= 0) {
         // SAFETY: fds this module opened above and nothing else uses.
         unsafe { libc::close(fd) };
-    }
-}
-
-/// Write "/proc/self/fd/N\0" into `out` without allocating.
-fn fd_path(fd: libc::c_int, out: &mut [u8; 32]) {
-    const PREFIX: &[u8] = b"/proc/self/fd/";
-    out[..PREFIX.len()].copy_from_slice(PREFIX);
-    let mut digits = [0u8; 10];
-    let mut n = fd.max(0) as u32;
-    let mut len = 0;
-    loop {
-        digits[len] = b'0' + (n % 10) as u8;
-        len += 1;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    for i in 0..len {
-        out[PREFIX.len() + i] = digits[len - 1 - i];
-    }
-    out[PREFIX.len() + len] = 0;
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn fd_paths_are_written_without_allocating() {
-        for (fd, text) in [
-            (0, "/proc/self/fd/0"),
-            (7, "/proc/self/fd/7"),
-            (1234567, "/proc/self/fd/1234567"),
-        ] {
-            let mut out = [0xffu8; 32];
-            fd_path(fd, &mut out);
-            let end = out.iter().position(|&b| b == 0).unwrap();
-            assert_eq!(&out[..end], text.as_bytes());
-        }
     }
 }

@@ -7,13 +7,15 @@
 
 use std::collections::BTreeMap;
 use std::io;
-use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd, RawFd};
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
+
+use super::resolve::{Resolved, open_trusted};
 use landlock::{
-    ABI, Access, AccessFs, CompatLevel, Compatible, Ruleset, RulesetAttr, RulesetCreatedAttr,
-    Scope, path_beneath_rules,
+    ABI, Access, AccessFs, BitFlags, CompatLevel, Compatible, PathBeneath, Ruleset, RulesetAttr,
+    RulesetCreatedAttr, RulesetError, Scope, path_beneath_rules,
 };
 use seccompiler::{
     BpfProgram, SeccompAction, SeccompCmpArgLen, SeccompCmpOp, SeccompCondition, SeccompFilter,
@@ -156,6 +158,10 @@ pub struct TenantPaths<'a> {
     pub allow_write: &'a [PathBuf],
     /// The condo binary: the child execs it.
     pub exe: &'a Path,
+    /// The tenant's uid: its own files may sit in directories it can change (see
+    /// [`super::resolve`]). `None` when condo runs unprivileged: then only the
+    /// running uid's and root's.
+    pub uid: Option<u32>,
 }
 
 /// System paths every tenant may read and execute (libraries, interpreters, config).
@@ -180,40 +186,117 @@ const SYSTEM_READ: &[&str] = &[
 /// own, elsewhere file modes keep tenants apart there.
 const SCRATCH: &[&str] = &["/tmp", "/var/tmp", "/dev/shm", "/var/lib/php/sessions"];
 
+/// Every path of a tenant's fence, opened once by [`open_trusted`]: the Landlock rules
+/// and the cage's bind mounts are made from these fds, never from the names again.
+pub struct OpenedPaths {
+    pub system: Vec<Resolved>,
+    pub allow_read: Vec<Resolved>,
+    pub read_files: Vec<Resolved>,
+    pub exe: Vec<Resolved>,
+    pub dev: Vec<Resolved>,
+    pub proc: Vec<Resolved>,
+    pub scratch: Vec<Resolved>,
+    pub own: Vec<Resolved>,
+    pub allow_write: Vec<Resolved>,
+}
+
+impl OpenedPaths {
+    /// Open every path; a path that does not exist is left out (as before: a site
+    /// whose root is missing answers 404), one a tenant could have redirected is an
+    /// error naming it.
+    pub fn open(paths: &TenantPaths) -> anyhow::Result<Self> {
+        let uid = paths.uid.or_else(|| {
+            let me = rustix::process::geteuid();
+            (!me.is_root()).then(|| me.as_raw())
+        });
+        let open = |list: &mut dyn Iterator<Item = &Path>| -> anyhow::Result<Vec<Resolved>> {
+            let mut found = Vec::new();
+            for p in list {
+                if let Some(r) = open_trusted(p, uid)? {
+                    found.push(r);
+                }
+            }
+            Ok(found)
+        };
+        let read_files = open(&mut paths.read_files.iter().map(PathBuf::as_path))?;
+        // A key or certificate that is a directory, a FIFO or a device would fence in
+        // more than a file, or hang whoever reads it.
+        if let Some(bad) = read_files.iter().find(|r| !r.is_file) {
+            anyhow::bail!(
+                "refusing {}: not a regular file (a site's key or certificate)",
+                bad.real.display()
+            );
+        }
+        let own = open(&mut paths.own.iter().map(PathBuf::as_path))?;
+        // Read, write and execute beneath it: only ever the tenant's own (or a
+        // directory root made for it), never the whole tree.
+        for r in &own {
+            if r.real == Path::new("/") || (r.uid != 0 && Some(r.uid) != uid) {
+                anyhow::bail!(
+                    "refusing {} as the tenant's own (a home or a site root): it {}",
+                    r.real.display(),
+                    if r.real == Path::new("/") {
+                        "is the root of the filesystem".to_string()
+                    } else {
+                        format!("belongs to uid {}, not the tenant", r.uid)
+                    }
+                );
+            }
+        }
+        Ok(Self {
+            system: open(&mut SYSTEM_READ.iter().map(Path::new))?,
+            allow_read: open(&mut paths.allow_read.iter().map(PathBuf::as_path))?,
+            read_files,
+            exe: open(&mut std::iter::once(paths.exe))?,
+            dev: open(&mut std::iter::once(Path::new("/dev")))?,
+            proc: open(&mut std::iter::once(Path::new("/proc")))?,
+            scratch: open(&mut SCRATCH.iter().map(Path::new))?,
+            own,
+            allow_write: open(&mut paths.allow_write.iter().map(PathBuf::as_path))?,
+        })
+    }
+}
+
+/// Rules granting `access` on each opened path (file rights only on a file, as the
+/// kernel requires).
+fn rules(
+    list: &[Resolved],
+    access: BitFlags<AccessFs>,
+) -> impl Iterator<Item = Result<PathBeneath<BorrowedFd<'_>>, RulesetError>> {
+    let file_access = AccessFs::from_file(LANDLOCK_ABI);
+    list.iter().map(move |r| {
+        let access = if r.is_dir {
+            access
+        } else {
+            access & file_access
+        };
+        Ok(PathBeneath::new(r.fd.as_fd(), access))
+    })
+}
+
 /// A Landlock ruleset for a tenant: `None` when the kernel has no Landlock (the
 /// caller logs that). Applied in the child with [`restrict`].
-pub fn tenant_ruleset(paths: &TenantPaths) -> anyhow::Result<Option<OwnedFd>> {
+pub fn tenant_ruleset(paths: &OpenedPaths) -> anyhow::Result<Option<OwnedFd>> {
     let all = AccessFs::from_all(LANDLOCK_ABI);
     let read = AccessFs::from_read(LANDLOCK_ABI);
-    let existing = |list: &[PathBuf]| -> Vec<PathBuf> {
-        list.iter().filter(|p| p.exists()).cloned().collect()
-    };
-    let system: Vec<PathBuf> = SYSTEM_READ.iter().map(PathBuf::from).collect();
-    let scratch: Vec<PathBuf> = SCRATCH.iter().map(PathBuf::from).collect();
     let created = Ruleset::default()
         .set_compatibility(CompatLevel::BestEffort)
         .handle_access(all)?
         .scope(Scope::AbstractUnixSocket | Scope::Signal)?
         .create()?
-        .add_rules(path_beneath_rules(existing(&system), read))?
-        .add_rules(path_beneath_rules(existing(paths.allow_read), read))?
-        .add_rules(path_beneath_rules(
-            existing(&paths.read_files),
-            AccessFs::ReadFile,
-        ))?
-        .add_rules(path_beneath_rules(
-            [paths.exe],
-            AccessFs::ReadFile | AccessFs::Execute,
-        ))?
+        .add_rules(rules(&paths.system, read))?
+        .add_rules(rules(&paths.allow_read, read))?
+        .add_rules(rules(&paths.read_files, AccessFs::ReadFile.into()))?
+        .add_rules(rules(&paths.exe, AccessFs::ReadFile | AccessFs::Execute))?
         // /dev/null, /dev/urandom, a terminal's ioctls; device modes do the rest.
-        .add_rules(path_beneath_rules(
-            ["/dev"],
+        .add_rules(rules(
+            &paths.dev,
             read | AccessFs::WriteFile | AccessFs::IoctlDev,
         ))?
-        .add_rules(path_beneath_rules(["/proc"], read | AccessFs::WriteFile))?
-        .add_rules(path_beneath_rules(existing(&scratch), all))?
-        .add_rules(path_beneath_rules(existing(&paths.own), all))?
-        .add_rules(path_beneath_rules(existing(paths.allow_write), all))?;
+        .add_rules(rules(&paths.proc, read | AccessFs::WriteFile))?
+        .add_rules(rules(&paths.scratch, all))?
+        .add_rules(rules(&paths.own, all))?
+        .add_rules(rules(&paths.allow_write, all))?;
     Ok(created.into())
 }
 

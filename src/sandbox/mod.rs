@@ -6,6 +6,7 @@
 
 mod cage;
 mod fence;
+pub mod resolve;
 
 pub use cage::CagePlan;
 pub use fence::{TenantPaths, restrict_dispatcher, restrict_dispatcher_syscalls};
@@ -38,6 +39,10 @@ pub struct SandboxPlan {
     /// Kernel filters and namespaces for a tenant's worker (none for the dispatcher,
     /// which installs its own after exec).
     pub fence: Option<Arc<TenantFence>>,
+    /// Exec the sealed in-memory copy of this binary ([`sealed_image`]) rather than
+    /// the file at its path: the child is non-dumpable from its first instruction.
+    /// Off only for a new master (an upgrade runs the new file).
+    pub sealed_image: bool,
 }
 
 /// What fences a tenant in beyond its uid: applied last before exec, so the worker and
@@ -72,22 +77,87 @@ impl TenantFence {
         if mode == IsolationMode::Uid {
             return Ok(None);
         }
+        // Opened once, as root, without following any link a tenant could have made;
+        // the rules and the binds below use these fds.
+        let opened = fence::OpenedPaths::open(paths)?;
+        let landlock = fence::tenant_ruleset(&opened)?;
         let cage = if mode == IsolationMode::Cage {
-            let mut keep = paths.own.clone();
-            keep.extend(paths.read_files.iter().cloned());
-            keep.extend(paths.allow_read.iter().cloned());
-            keep.extend(paths.allow_write.iter().cloned());
-            Some(CagePlan::new(&keep)?)
+            let mut keep = opened.own;
+            keep.extend(opened.read_files);
+            keep.extend(opened.allow_read);
+            keep.extend(opened.allow_write);
+            Some(CagePlan::new(keep)?)
         } else {
             None
         };
         Ok(Some(Self {
             seccomp: fence::tenant_filters()?,
-            landlock: fence::tenant_ruleset(paths)?,
+            landlock,
             landlock_access: fence::handled_fs_access(),
             cage,
         }))
     }
+}
+
+/// Whether every path of a tenant's fence opens under the rule of [`resolve`] (what
+/// [`TenantFence::new`] would refuse, without building anything).
+pub fn check_paths(paths: &TenantPaths) -> anyhow::Result<()> {
+    fence::OpenedPaths::open(paths).map(drop)
+}
+
+/// The paths that are the tenant's own (its home, its sites' roots) and the files its
+/// worker must read (its sites' own keys and certificates).
+pub fn tenant_paths(
+    credentials: Option<&Credentials>,
+    sites: &[crate::config::Site],
+) -> (Vec<std::path::PathBuf>, Vec<std::path::PathBuf>) {
+    let mut own: Vec<std::path::PathBuf> = credentials.iter().map(|c| c.home.clone()).collect();
+    own.extend(sites.iter().map(|s| s.root.clone()));
+    let read_files = sites
+        .iter()
+        .filter_map(|s| s.tls.as_ref())
+        .flat_map(|t| [t.cert.clone(), t.key.clone()])
+        .collect();
+    (own, read_files)
+}
+
+/// For `condo check`, run as root: each tenant whose worker the master would refuse
+/// to start right now because a path of its fence is a link a tenant could have made
+/// (or otherwise fails the rule of [`resolve`]). Warnings, not errors: a
+/// tenant can make such a link at any time, and must not be able to fail the admin's
+/// check (and so `condo reload`) with it.
+pub fn refused_tenant_paths(config: &crate::config::Config) -> Vec<String> {
+    if !rustix::process::geteuid().is_root() {
+        return Vec::new();
+    }
+    let exe = std::env::current_exe().unwrap_or_default();
+    let mut found = Vec::new();
+    for tenant in config.tenants.values() {
+        if tenant.isolation.mode == crate::config::IsolationMode::Uid {
+            continue;
+        }
+        let Ok(credentials) = crate::config::resolve_tenant(tenant, config.server.uid_range) else {
+            continue; // reported by the config check itself
+        };
+        let sites: Vec<crate::config::Site> = config.tenant_sites(&tenant.name).cloned().collect();
+        let (own, read_files) = tenant_paths(Some(&credentials), &sites);
+        let paths = TenantPaths {
+            own,
+            read_files,
+            allow_read: &tenant.isolation.allow_read,
+            allow_write: &tenant.isolation.allow_write,
+            exe: &exe,
+            uid: Some(credentials.uid),
+        };
+        if let Err(e) = check_paths(&paths) {
+            found.push(format!(
+                "tenant {}: its worker would not start: {e:#}",
+                tenant.name
+            ));
+        }
+    }
+    found.sort();
+    found
 }
 
 impl SandboxPlan {
@@ -101,19 +171,83 @@ impl SandboxPlan {
             rlimits: Vec::new(),
             nice: None,
             fence: None,
+            sealed_image: true,
         }
     }
 }
 
+/// The sealed copy of this binary the master's children run from; made once.
+static IMAGE: std::sync::OnceLock<OwnedFd> = std::sync::OnceLock::new();
+
+/// A copy of this process's own binary in a sealed memfd, mode 0711: every child
+/// execs it (through `/proc/self/fd/N`, which works in a cage's own /proc too).
+///
+/// A process that execs a file it may not read is made non-dumpable by the kernel at
+/// exec (fs/exec.c, would_dump; what runc does since CVE-2019-5736). So a worker,
+/// which execs as its tenant, is never for a moment a process the tenant's own code
+/// could ptrace, read through /proc/PID/mem or take an fd from with pidfd_getfd: not
+/// even between execve and the worker's first instruction, where setting
+/// PR_SET_DUMPABLE before exec would not survive (exec resets it when the binary is
+/// readable). The seals keep the copy from changing under its children.
+pub fn sealed_image() -> io::Result<&'static OwnedFd> {
+    if let Some(fd) = IMAGE.get() {
+        return Ok(fd);
+    }
+    let fd = make_sealed_image().map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!(
+                "making the sealed in-memory copy of condo's binary that children run from \
+                 (memfd_create; vm.memfd_noexec must be 0 or 1): {e}"
+            ),
+        )
+    })?;
+    // Two threads racing here each made one: the loser's is closed.
+    let _ = IMAGE.set(fd);
+    Ok(IMAGE.get().expect("just set"))
+}
+
+fn make_sealed_image() -> io::Result<OwnedFd> {
+    use rustix::fs::{MemfdFlags, Mode, OFlags, SealFlags};
+    let flags = MemfdFlags::CLOEXEC | MemfdFlags::ALLOW_SEALING;
+    // MFD_EXEC says so where vm.memfd_noexec = 1 would make it non-executable;
+    // kernels before 6.3 do not know the flag.
+    let memfd = match rustix::fs::memfd_create("condo", flags | MemfdFlags::EXEC) {
+        Err(rustix::io::Errno::INVAL) => rustix::fs::memfd_create("condo", flags)?,
+        other => other?,
+    };
+    let mut file = std::fs::File::from(memfd);
+    let mut source = std::fs::File::open("/proc/self/exe")?;
+    std::io::copy(&mut source, &mut file)?;
+    rustix::fs::fchmod(&file, Mode::from_raw_mode(0o711))?;
+    rustix::fs::fcntl_add_seals(
+        &file,
+        SealFlags::SEAL | SealFlags::SHRINK | SealFlags::GROW | SealFlags::WRITE,
+    )?;
+    // exec refuses a file open for writing anywhere (ETXTBSY): keep a read-only
+    // descriptor of the same memfd and close the one that wrote it.
+    let path = format!("/proc/self/fd/{}", file.as_raw_fd());
+    let read_only = rustix::fs::open(
+        path.as_str(),
+        OFlags::RDONLY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    drop(file);
+    Ok(read_only)
+}
+
 /// Build a command for this same binary (a fresh image, invariant 3) that applies
 /// `plan` in the child before exec. The environment is cleared except for `RUST_LOG`.
-pub fn command(exe: &Path, args: &[&OsStr], plan: SandboxPlan) -> tokio::process::Command {
-    let caged = plan.fence.as_ref().is_some_and(|f| f.cage.is_some());
-    let mut cmd = if caged {
-        // In a cage the binary's own path may be hidden (under /tmp or /home): the
-        // child execs itself through its /proc/self/exe link, which the cage's /proc
-        // still has, and keeps its name for ps.
-        let mut cmd = tokio::process::Command::new("/proc/self/exe");
+pub fn command(
+    exe: &Path,
+    args: &[&OsStr],
+    plan: SandboxPlan,
+) -> io::Result<tokio::process::Command> {
+    let mut cmd = if plan.sealed_image {
+        // Also what a cage needs: the binary's own path may be hidden there (under
+        // /tmp or /home), the fd is not. argv[0] keeps the path for ps.
+        let image = sealed_image()?;
+        let mut cmd = tokio::process::Command::new(format!("/proc/self/fd/{}", image.as_raw_fd()));
         cmd.arg0(exe);
         cmd
     } else {
@@ -135,7 +269,7 @@ pub fn command(exe: &Path, args: &[&OsStr], plan: SandboxPlan) -> tokio::process
     unsafe {
         cmd.pre_exec(move || apply(&plan, &groups, parent));
     }
-    cmd
+    Ok(cmd)
 }
 
 /// Mark every fd above stderr close-on-exec: whatever this process inherited from its
@@ -212,6 +346,11 @@ fn apply(plan: &SandboxPlan, groups: &[Gid], parent: Pid) -> io::Result<()> {
             // Raw errno values: allocating here could deadlock on a lock held at fork.
             return Err(io::Error::from_raw_os_error(libc::EPERM));
         }
+        // The uid change made this process the tenant's: not one instruction of it
+        // may be traceable by the tenant's own code. (The kernel did this already as
+        // the uid changed, with fs.suid_dumpable = 0; exec of the unreadable sealed
+        // image keeps it so.)
+        rustix::process::set_dumpable_behavior(rustix::process::DumpableBehavior::NotDumpable)?;
     }
     if plan.die_with_parent {
         // After the uid change: changing credentials clears the parent-death signal.

@@ -135,8 +135,12 @@ fn site_env(command: &mut tokio::process::Command, site: &Site) -> String {
 
 pub fn run(tenant: &str, ipc_fd: RawFd, threads: usize) -> anyhow::Result<()> {
     // First of all: the tenant's own processes must not be able to ptrace us or read
-    // our memory through /proc.
+    // our memory through /proc. The kernel made us so at exec (the master has us exec
+    // an image the tenant may not read, see sandbox::sealed_image); said again here so
+    // a worker started any other way is not left dumpable.
     sandbox::make_undumpable().context("making the worker non-dumpable")?;
+    // Exec'd through /proc/self/fd/N, the process would be named "N" in ps and top.
+    let _ = rustix::thread::set_name(c"condo");
     crate::logging::init_tracing(None);
     if rustix::process::geteuid().is_root() {
         bail!("a tenant worker refuses to run as root");
