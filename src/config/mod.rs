@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-pub use accounts::{Credentials, resolve_tenant, resolve_user};
+pub use accounts::{Credentials, Directory, resolve_tenant, resolve_user};
 pub use diag::{Diagnostic, Source};
 pub use isolation::{Isolation, IsolationMode};
 pub use limits::{Limits, Rlimit};

@@ -132,14 +132,22 @@ pub fn refused_tenant_paths(config: &crate::config::Config) -> Vec<String> {
     }
     let exe = std::env::current_exe().unwrap_or_default();
     let mut found = Vec::new();
+    // Once for all tenants: a host has thousands.
+    let accounts = crate::config::Directory::load();
+    let sites_by_tenant = config.sites_by_tenant();
     for tenant in config.tenants.values() {
         if tenant.isolation.mode == crate::config::IsolationMode::Uid {
             continue;
         }
-        let Ok(credentials) = crate::config::resolve_tenant(tenant, config.server.uid_range) else {
+        let Ok(credentials) = accounts.resolve_tenant(tenant, config.server.uid_range) else {
             continue; // reported by the config check itself
         };
-        let sites: Vec<crate::config::Site> = config.tenant_sites(&tenant.name).cloned().collect();
+        let sites: Vec<crate::config::Site> = sites_by_tenant
+            .get(tenant.name.as_str())
+            .into_iter()
+            .flatten()
+            .map(|s| (*s).clone())
+            .collect();
         let (own, read_files) = tenant_paths(Some(&credentials), &sites);
         let paths = TenantPaths {
             own,
