@@ -92,7 +92,26 @@ enum Event {
     RestartDispatcher(usize),
     /// The new master of a binary upgrade serves (`Ok(pid)`) or gave up.
     UpgradeStarted(Result<u32, String>),
+    /// A retired tenant group (by name) was emptied and removed, or why not.
+    GroupRemoved(String, Result<(), String>),
 }
+
+/// A tenant group no worker uses any more: emptied and removed off the master's loop.
+struct Retiring {
+    group: cgroup::TenantGroup,
+    /// Left by an earlier run of this instance (found at start).
+    stale: bool,
+    /// A removal runs now.
+    busy: bool,
+    /// Not before then (after a failed removal).
+    next_try: Instant,
+}
+
+/// How long one removal of a group may take (killing its processes, waiting for them
+/// to be gone); the master never waits on it.
+const REMOVE_WITHIN: Duration = Duration::from_secs(5);
+/// A group that could not be removed is tried again after this.
+const REMOVE_RETRY: Duration = Duration::from_secs(30);
 
 struct WorkerHandle {
     pid: u32,
@@ -161,6 +180,10 @@ pub struct Master {
     cgroups: Option<cgroup::Cgroups>,
     /// The groups of tenants that have processes (removed when they scale to zero).
     groups: HashMap<String, cgroup::TenantGroup>,
+    /// Groups being emptied and removed, or waiting to be tried again.
+    retiring: Vec<Retiring>,
+    /// Set when the removals must stop touching groups (a new master took over).
+    removals_stop: cgroup::StopFlag,
     /// OOM kills of each live group already reported.
     oom_seen: HashMap<String, u64>,
     ledger: Ledger,
@@ -318,6 +341,31 @@ impl Master {
         raise_fd_limit(config.server.limits.max_connections);
         std::fs::create_dir_all(&config.server.run_dir)
             .with_context(|| format!("creating run_dir {}", config.server.run_dir.display()))?;
+        // A binary upgrade: the old master handed over its listening sockets.
+        let mut inherited = spawn::Inherited::from_env()?;
+        let taking_over = !inherited.is_empty();
+        // The cgroup parent first: another instance using it is refused before this
+        // one touches anything of the running one (its pid file, its tenants' groups).
+        let (cgroups, stale_groups) = if privileged {
+            let cgroups = cgroup::Cgroups::detect(
+                config.server.cgroup,
+                &config.server.cgroup_root,
+                &config.server.cgroup_parent,
+                cgroup::inherited_locks()?,
+            )
+            .map_err(anyhow::Error::msg)?;
+            // Taking over from a running master, its tenants' groups are alive.
+            let stale = match &cgroups {
+                Some(c) if !taking_over => c.remove_stale(),
+                _ => Vec::new(),
+            };
+            (cgroups, stale)
+        } else {
+            info!(
+                "not root: no cgroups; memory_max, cpu_max, pids_max and io_weight are not enforced"
+            );
+            (None, Vec::new())
+        };
         std::fs::write(pid_file(&config), format!("{}\n", std::process::id()))
             .with_context(|| format!("writing {}", pid_file(&config).display()))?;
         let dispatcher_credentials = if privileged {
@@ -336,9 +384,6 @@ impl Master {
             );
             None
         };
-        // A binary upgrade: the old master handed over its listening sockets.
-        let mut inherited = spawn::Inherited::from_env()?;
-        let taking_over = !inherited.is_empty();
         let ready_fd = match std::env::var(spawn::READY_ENV) {
             Ok(fd) => Some(crate::sandbox::inherited_fd(
                 fd.parse().context("the readiness fd is not a number")?,
@@ -364,24 +409,17 @@ impl Master {
         let (ledger, ledger_file) = open_ledger(&config.server.state_dir, privileged);
         let metrics_gid = dispatcher_credentials.as_ref().map(|c| c.gid);
         let (events_tx, events) = mpsc::unbounded_channel();
-        let cgroups = if privileged {
-            let cgroups = cgroup::Cgroups::detect(
-                config.server.cgroup,
-                &config.server.cgroup_root,
-                &config.server.cgroup_parent,
-            );
-            // Taking over from a running master, its tenants' groups are alive.
-            if let Some(c) = &cgroups
-                && !taking_over
-            {
-                c.remove_stale();
-            }
-            cgroups
-        } else {
-            info!(
-                "not root: no cgroups; memory_max, cpu_max, pids_max and io_weight are not enforced"
-            );
-            None
+        let retiring = match &cgroups {
+            Some(c) => stale_groups
+                .iter()
+                .map(|name| Retiring {
+                    group: c.group(name),
+                    stale: true,
+                    busy: false,
+                    next_try: Instant::now(),
+                })
+                .collect(),
+            None => Vec::new(),
         };
         let (control_tx, control_rx) = mpsc::unbounded_channel();
         let control_socket = control::bind(&config.server.run_dir)?;
@@ -402,6 +440,8 @@ impl Master {
             worker_crashes: HashMap::new(),
             cgroups,
             groups: HashMap::new(),
+            retiring,
+            removals_stop: Default::default(),
             oom_seen: HashMap::new(),
             ledger,
             ledger_file,
@@ -425,6 +465,7 @@ impl Master {
                 );
             }
         }
+        self.start_removals();
         self.keep_warm().await;
         if let Some(fd) = self.ready_fd.take() {
             // The old master (binary upgrade) starts draining once it reads this.
@@ -441,6 +482,7 @@ impl Master {
             tokio::select! {
                 _ = sampling.tick() => {
                     self.sample_cgroups();
+                    self.start_removals();
                     ticks += 1;
                     if ticks.is_multiple_of(PUBLISH_EVERY_TICKS) {
                         self.publish();
@@ -533,6 +575,7 @@ impl Master {
                 );
             }
             Event::UpgradeStarted(result) => self.upgrade_started(result).await,
+            Event::GroupRemoved(name, result) => self.group_removed(&name, result),
             Event::RestartDispatcher(slot) => {
                 if let Err(e) = self.start_dispatcher(slot).await {
                     self.restart_dispatcher_later(
@@ -664,8 +707,9 @@ impl Master {
         }
     }
 
-    /// The tenant's last worker exited: it scaled to zero. Its cgroup goes (the worker's
-    /// children die with it, so the group empties within moments).
+    /// The tenant's last worker exited: it scaled to zero. Its cgroup goes: whatever
+    /// the tenant left in it (a process in a session of its own escapes the worker's
+    /// parent-death signal) is killed, and the group removed, off this loop.
     async fn tenant_gone(&mut self, tenant: &str) {
         self.sample_cgroups();
         if let Some(group) = self.groups.remove(tenant)
@@ -673,12 +717,86 @@ impl Master {
         {
             // (After an upgrade the group is the new master's, which may be between
             // two workers of the tenant right now.)
-            group.remove().await;
+            self.retiring.push(Retiring {
+                group,
+                stale: false,
+                busy: false,
+                next_try: Instant::now(),
+            });
+            self.start_removals();
         }
         // A new group counts from zero.
         self.oom_seen.remove(tenant);
         self.ledger.group_gone(tenant);
         self.save_ledger();
+    }
+
+    /// Start the removal of every retired group that is due, each on a blocking thread
+    /// of its own that reports back through the loop's channel: nothing here waits.
+    fn start_removals(&mut self) {
+        if self.upgrade.is_some() {
+            return;
+        }
+        let now = Instant::now();
+        for r in self
+            .retiring
+            .iter_mut()
+            .filter(|r| !r.busy && r.next_try <= now)
+        {
+            r.busy = true;
+            let group = r.group.clone();
+            let stop = self.removals_stop.clone();
+            let tx = self.events_tx.clone();
+            tokio::task::spawn_blocking(move || {
+                let result = group.empty_and_remove(Instant::now() + REMOVE_WITHIN, &stop);
+                let _ = tx.send(Event::GroupRemoved(group.name().to_string(), result));
+            });
+        }
+    }
+
+    fn group_removed(&mut self, name: &str, result: Result<(), String>) {
+        let Some(i) = self.retiring.iter().position(|r| r.group.name() == name) else {
+            return;
+        };
+        let tenant = cgroup::tenant_of(name).to_string();
+        match result {
+            Ok(()) => {
+                let r = self.retiring.swap_remove(i);
+                if r.stale {
+                    info!(
+                        tenant,
+                        "removed the stale cgroup {name} (its processes killed)"
+                    );
+                }
+            }
+            Err(e) => {
+                let r = &mut self.retiring[i];
+                r.busy = false;
+                r.next_try = Instant::now() + REMOVE_RETRY;
+                if self.upgrade.is_none() {
+                    warn!(
+                        tenant,
+                        "removing the cgroup {name}: {e}; tried again in {REMOVE_RETRY:?} \
+                         (the tenant's next worker starts in another group)"
+                    );
+                }
+            }
+        }
+    }
+
+    /// A name for a new group of `tenant`: the first of `a`, `a.1`, ... that no
+    /// retired group of the tenant still holds.
+    fn free_group_name(&self, tenant: &str) -> Result<String, String> {
+        (0..cgroup::GROUPS_PER_TENANT)
+            .map(|n| cgroup::group_name(tenant, n))
+            .find(|name| !self.retiring.iter().any(|r| r.group.name() == name))
+            .ok_or_else(|| {
+                format!(
+                    "the tenant's {} earlier cgroups still hold processes that SIGKILL did \
+                     not end; no new worker until one is removed",
+                    cgroup::GROUPS_PER_TENANT
+                )
+            })
     }
 
     /// The channel of the dispatcher in `slot` if `pid` is still the one running there.
@@ -777,8 +895,11 @@ impl Master {
                     Some(g.clone())
                 }
                 None => {
+                    // Never a group still being emptied: its removal would kill the
+                    // new worker.
+                    let name = self.free_group_name(tenant)?;
                     let g = cgroups
-                        .tenant(tenant, &tenant_config.limits)
+                        .tenant(&name, &tenant_config.limits)
                         .map_err(|e| format!("setting up the tenant's cgroup: {e}"))?;
                     self.groups.insert(tenant.to_string(), g.clone());
                     // A group left in place keeps its totals: they are counted already.
@@ -1079,7 +1200,12 @@ impl Master {
         );
         let sets: Vec<&[spawn::Bound]> =
             self.dispatchers.iter().map(|d| &d.listeners[..]).collect();
-        let (mut child, ready) = match spawn::start_new_master(&exe, &self.config, &sets) {
+        let locks = self
+            .cgroups
+            .as_ref()
+            .map(|c| c.lock_fds())
+            .unwrap_or_default();
+        let (mut child, ready) = match spawn::start_new_master(&exe, &self.config, &sets, &locks) {
             Ok(started) => started,
             Err(e) => {
                 let _ = reply.send(Response::error(format!("upgrade: {e:#}")));
@@ -1089,6 +1215,9 @@ impl Master {
         let pid = child.id().unwrap_or(0);
         info!(pid, exe = %exe.display(), "upgrade: new master started; waiting until it serves");
         self.upgrade = Some(Upgrade::Starting(reply));
+        // The new master may start workers in the groups of our retired ones' names.
+        self.removals_stop
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         let tx = self.events_tx.clone();
         tokio::spawn(async move {
             use tokio::io::AsyncReadExt;
@@ -1163,6 +1292,7 @@ impl Master {
             }
             Err(e) => {
                 error!("upgrade failed: {e}; this master keeps serving");
+                self.removals_stop = Default::default();
                 // The new master may have taken the pid file and the control socket.
                 let _ = std::fs::write(pid_file(&self.config), format!("{}\n", std::process::id()));
                 match control::bind(&self.config.server.run_dir) {
@@ -1345,8 +1475,24 @@ impl Master {
             info!("stopped (upgraded)");
             return;
         }
-        for (_, group) in self.groups.drain() {
-            group.remove().await;
+        // Every group goes, whatever its tenants left running: all at once, each on a
+        // thread of its own, within REMOVE_WITHIN.
+        let mut all: Vec<cgroup::TenantGroup> = self.groups.drain().map(|(_, g)| g).collect();
+        all.extend(self.retiring.drain(..).map(|r| r.group));
+        let removals: Vec<_> = all
+            .into_iter()
+            .map(|group| {
+                let stop = self.removals_stop.clone();
+                tokio::task::spawn_blocking(move || {
+                    let result = group.empty_and_remove(Instant::now() + REMOVE_WITHIN, &stop);
+                    (group, result)
+                })
+            })
+            .collect();
+        for removal in removals {
+            if let Ok((group, Err(e))) = removal.await {
+                warn!("removing the cgroup {}: {e}", group.name());
+            }
         }
         if let Some(cgroups) = &self.cgroups {
             cgroups.remove_parent();

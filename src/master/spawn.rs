@@ -129,6 +129,7 @@ pub fn start_new_master(
     exe: &Path,
     config: &Config,
     sets: &[&[Bound]],
+    cgroup_locks: &[std::os::fd::RawFd],
 ) -> anyhow::Result<(Child, OwnedFd)> {
     let (ready_read, ready_write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
         .context("making the readiness pipe")?;
@@ -142,6 +143,9 @@ pub fn start_new_master(
             fds.push(fd);
         }
     }
+    // The cgroup parent's lock stays held across the hand-over: both masters share it.
+    fds.extend_from_slice(cgroup_locks);
+    let locks: Vec<String> = cgroup_locks.iter().map(|fd| fd.to_string()).collect();
     // Root stays root (no credentials) and does not die with the old master, which
     // is about to leave.
     let plan = SandboxPlan {
@@ -156,6 +160,7 @@ pub fn start_new_master(
         cmd.env("NOTIFY_SOCKET", socket);
     }
     cmd.env(INHERITED_ENV, named)
+        .env(super::cgroup::LOCKS_ENV, locks.join(","))
         .env(READY_ENV, ready_write.as_raw_fd().to_string())
         .stdin(Stdio::null())
         .current_dir("/");
