@@ -374,7 +374,7 @@ fn two_instances_never_share_tenant_groups() {
         ),
     )
     .unwrap();
-    let mut third = Command::new(CONDO)
+    let third = Command::new(CONDO)
         .args(["serve", "-c"])
         .arg(&config_two)
         .stdin(Stdio::null())
@@ -383,20 +383,7 @@ fn two_instances_never_share_tenant_groups() {
         .spawn()
         .unwrap();
     let refused_at = Instant::now();
-    let status = loop {
-        if let Some(status) = third.try_wait().unwrap() {
-            break Some(status);
-        }
-        if refused_at.elapsed() > Duration::from_secs(10) {
-            let _ = third.kill();
-            let _ = third.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let mut said = String::new();
-    use std::io::Read as _;
-    let _ = third.stderr.take().unwrap().read_to_string(&mut said);
+    let (status, said) = wait_exit(third, Duration::from_secs(10));
     eprintln!(
         "third instance ({:?} after start): {status:?}: {said}",
         refused_at.elapsed()
@@ -427,4 +414,223 @@ fn two_instances_never_share_tenant_groups() {
             .collect();
         assert!(groups.is_empty(), "left behind: {groups:?}");
     }
+}
+
+/// The master is SIGKILLed while tenant A has a setsid'd process in its group (its
+/// workers die with the master; that process does not). The next start of the same
+/// instance serves at once (it waited 2 s per hierarchy and group that still had
+/// processes, then left them), kills A's leftover and removes the stale group.
+#[test]
+fn a_killed_masters_leftovers_are_killed_at_the_next_start_without_waiting() {
+    if !require_root() || !require_cgroup_v1() {
+        return;
+    }
+    let t = TwoTenants::new();
+    let config = t.config("");
+    let parent = cgroup_parent(&config);
+    let mut cleanup = Cleanup::default();
+    cleanup.parents.push(parent.clone());
+    t.append_site(
+        "a",
+        "[[site.route]]\npath = \"/cgi-bin/\"\nhandler = \"cgi\"\ntimeout = \"5s\"",
+    );
+    t.script("a", "cgi-bin/leave.sh", LEAVE_BEHIND);
+    let condo = Condo::start(&config);
+    let (_, body) = get_ok(condo.pass, "a.test", "/cgi-bin/leave.sh");
+    let pid: u32 = body
+        .lines()
+        .find_map(|l| l.strip_prefix("left="))
+        .and_then(|p| p.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no left=PID in {body:?}"));
+    cleanup.pids.push(pid);
+    let worker = condo.wait_child("worker", Some("a"));
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(condo.pid() as i32).unwrap(),
+        rustix::process::Signal::KILL,
+    )
+    .unwrap();
+    assert!(eventually(Duration::from_secs(5), || !alive(worker)));
+    assert!(alive(pid), "the leftover died with the master already");
+    assert_eq!(pids_group(pid), format!("/{parent}/a"));
+    drop(condo);
+
+    let started = Instant::now();
+    let condo = Condo::start(&config);
+    let (status_took, status) = timed_get(condo.pass, "b.test");
+    let took = started.elapsed();
+    eprintln!("restarted; b served {took:?} after the start ({status_took:?} for the request)");
+    assert_eq!(status, Some(200));
+    assert!(
+        took < Duration::from_secs(1),
+        "the restart waited {took:?} for the stale group; log:\n{}",
+        condo.log_text()
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || !alive(pid)),
+        "the leftover {pid} of the killed master's run still runs; log:\n{}",
+        condo.log_text()
+    );
+    assert!(
+        eventually(Duration::from_secs(5), || condo
+            .log_text()
+            .contains("removed the stale cgroup a")),
+        "{}",
+        condo.log_text()
+    );
+    // A is served again, in a group of its own.
+    get_ok(condo.pass, "a.test", "/");
+    let worker = condo.wait_child("worker", Some("a"));
+    assert!(pids_group(worker).starts_with(&format!("/{parent}/a")));
+}
+
+/// A binary upgrade hands the cgroup parent's lock to the new master: once the old
+/// master has left, a second instance on the same parent is still refused.
+#[test]
+fn an_upgraded_master_keeps_its_cgroup_parent_locked() {
+    if !require_root() || !require_cgroup_v1() {
+        return;
+    }
+    let t = TwoTenants::new();
+    let config = t.config("keepalive_timeout = \"1s\"");
+    let parent = cgroup_parent(&config);
+    let mut cleanup = Cleanup::default();
+    cleanup.parents.push(parent.clone());
+    let condo = Condo::start(&config);
+    get_ok(condo.pass, "a.test", "/");
+    let old_master = condo.pid();
+    let (said, ok) = condo_cmd(&config, &["upgrade"]);
+    assert!(ok, "{said}\n{}", condo.log_text());
+    let new_pid: u32 = said
+        .split("(pid ")
+        .nth(1)
+        .and_then(|r| r.split(')').next())
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("no new pid in {said}"));
+    cleanup.pids.push(new_pid);
+    assert!(
+        eventually(Duration::from_secs(20), || !alive(old_master)),
+        "the old master did not leave"
+    );
+    get_ok(condo.pass, "a.test", "/");
+
+    let other = TwoTenants::new();
+    let other_config = other.config(&format!("cgroup_parent = \"{parent}\""));
+    let out = Command::new(CONDO)
+        .args(["serve", "-c"])
+        .arg(&other_config)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let refused = wait_exit(out, Duration::from_secs(10));
+    eprintln!("second instance after the upgrade: {refused:?}");
+    let (status, said) = refused;
+    assert!(
+        status.is_some_and(|s| !s.success()),
+        "not refused: {status:?}\n{said}"
+    );
+    assert!(
+        said.contains("in use by another running condo") && said.contains(&parent),
+        "{said}"
+    );
+    get_ok(condo.pass, "b.test", "/");
+    // The new master stops as any master does: its groups and parent go.
+    let pid = rustix::process::Pid::from_raw(new_pid as i32).unwrap();
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    assert!(eventually(Duration::from_secs(15), || !alive(new_pid)));
+    let groups: Vec<PathBuf> = glob::glob(&format!("{CGROUP_ROOT}/*/{parent}"))
+        .unwrap()
+        .flatten()
+        .collect();
+    assert!(groups.is_empty(), "left behind: {groups:?}");
+}
+
+/// Wait up to `limit` for `child` to exit (killed by pid after it): its status, if it
+/// exited, and its stderr.
+fn wait_exit(
+    mut child: std::process::Child,
+    limit: Duration,
+) -> (Option<std::process::ExitStatus>, String) {
+    let started = Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut said = String::new();
+    use std::io::Read as _;
+    if let Some(mut err) = child.stderr.take() {
+        let _ = err.read_to_string(&mut said);
+    }
+    (status, said)
+}
+
+/// Tenant A's CGI stops A's own worker (SIGSTOP: same uid), so the worker reads
+/// nothing the master sends; then the master has many messages for it (log reopens:
+/// two per site each). The master's sends never wait on the loop: B's first request
+/// (a cold start, through the master) is served at once — it hung for ever once the
+/// worker's channel was full (278 messages) — and the stopped worker is killed.
+#[test]
+fn a_stopped_worker_never_stalls_the_master() {
+    if !require_root() || !require_cgroup_v1() {
+        return;
+    }
+    let t = TwoTenants::new();
+    let config = t.config("");
+    let mut cleanup = Cleanup::default();
+    cleanup.parents.push(cgroup_parent(&config));
+    t.append_site(
+        "a",
+        "[[site.route]]\npath = \"/cgi-bin/\"\nhandler = \"cgi\"\ntimeout = \"5s\"",
+    );
+    t.script(
+        "a",
+        "cgi-bin/stop.sh",
+        "#!/bin/sh\nprintf 'Content-Type: text/plain\\n\\n'\necho \"worker=$PPID\"\nW=$PPID\n( sleep 0.3; kill -STOP \"$W\" ) </dev/null >/dev/null 2>&1 &\n",
+    );
+    let condo = Condo::start(&config);
+    let (_, body) = get_ok(condo.pass, "a.test", "/cgi-bin/stop.sh");
+    let worker = condo.wait_child("worker", Some("a"));
+    cleanup.pids.push(worker);
+    assert!(body.contains(&format!("worker={worker}")), "{body}");
+    let stopped = || {
+        std::fs::read_to_string(format!("/proc/{worker}/stat")).is_ok_and(|s| {
+            s.rsplit(')')
+                .next()
+                .is_some_and(|r| r.trim_start().starts_with('T'))
+        })
+    };
+    assert!(
+        eventually(Duration::from_secs(5), stopped),
+        "a's worker was not stopped"
+    );
+    let since = Instant::now();
+    let master = rustix::process::Pid::from_raw(condo.pid() as i32).unwrap();
+    for _ in 0..160 {
+        rustix::process::kill_process(master, rustix::process::Signal::USR1).unwrap();
+        std::thread::sleep(Duration::from_millis(15));
+    }
+    let (took, status) = timed_get(condo.pass, "b.test");
+    eprintln!("b's cold start after 320 messages for a's stopped worker: {status:?} in {took:?}");
+    assert_eq!(status, Some(200), "log:\n{}", condo.log_text());
+    assert!(took < Duration::from_secs(1), "b waited {took:?}");
+    assert!(
+        eventually(Duration::from_secs(20), || !alive(worker)),
+        "a's stopped worker still there {:?} later; log:\n{}",
+        since.elapsed(),
+        condo.log_text()
+    );
+    eprintln!(
+        "a's stopped worker killed {:?} after the first reopen",
+        since.elapsed()
+    );
+    assert!(condo.log_text().contains("unread"), "{}", condo.log_text());
+    get_ok(condo.pass, "a.test", "/");
 }

@@ -591,6 +591,8 @@ fn lock_parent(dir: &Path, parent: &str, inherited: &[OwnedFd]) -> Result<OwnedF
 }
 
 /// The pid holding the flock on `fd`'s inode, from /proc/locks (for the error only).
+/// /proc/locks names the process that took the lock: after a binary upgrade that is
+/// the old master, gone while its successor holds the lock; then none is named.
 fn lock_holder(fd: &OwnedFd) -> Option<u32> {
     let st = rustix::fs::fstat(fd).ok()?;
     let want = format!(
@@ -600,13 +602,22 @@ fn lock_holder(fd: &OwnedFd) -> Option<u32> {
         st.st_ino
     );
     let locks = std::fs::read_to_string("/proc/locks").ok()?;
-    locks.lines().find_map(|l| {
-        let f: Vec<&str> = l.split_whitespace().collect();
-        // `1: FLOCK  ADVISORY  WRITE 1234 00:23:5678 0 EOF`
-        (f.get(1) == Some(&"FLOCK") && f.get(5) == Some(&want.as_str()))
-            .then(|| f.get(4)?.parse().ok())
-            .flatten()
-    })
+    locks
+        .lines()
+        .find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            // `1: FLOCK  ADVISORY  WRITE 1234 00:23:5678 0 EOF`
+            (f.get(1) == Some(&"FLOCK") && f.get(5) == Some(&want.as_str()))
+                .then(|| f.get(4)?.parse().ok())
+                .flatten()
+        })
+        .filter(|pid| {
+            std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|s| {
+                s.rsplit(')')
+                    .next()
+                    .is_some_and(|r| !r.trim_start().starts_with('Z'))
+            })
+        })
 }
 
 /// Names the cgroup parent lock fds an old master hands a new one: `fd,fd,...`.

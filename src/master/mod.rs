@@ -115,12 +115,89 @@ const REMOVE_RETRY: Duration = Duration::from_secs(30);
 
 struct WorkerHandle {
     pid: u32,
-    channel: Arc<WorkerChannel>,
+    outbox: Outbox,
     started: Instant,
     /// Agreed to leave: finishes its connections, gets no new dispatcher link.
     draining: bool,
     /// Its latest report of open connections and queued requests per site.
     load: Vec<crate::accounting::SiteLoad>,
+}
+
+/// How long a worker may leave a message of the master's unread before it is killed.
+const WORKER_SEND_WITHIN: Duration = Duration::from_secs(10);
+/// Messages queued for one worker beyond which it counts as not reading its channel.
+const OUTBOX_MAX: usize = 4096;
+
+/// The master's messages to one worker, sent in order by a task of the worker's own:
+/// the master's loop never waits on a worker's channel. A worker runs as its tenant,
+/// whose code can stop it (SIGSTOP from a CGI) or keep its runtime busy; its channel
+/// then fills (a few hundred messages) and a send on the loop would wait for ever.
+#[derive(Clone)]
+struct Outbox {
+    tx: mpsc::UnboundedSender<(MasterToWorker, Vec<OwnedFd>)>,
+    queued: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Outbox {
+    fn new(tenant: &str, pid: u32, channel: Arc<WorkerChannel>) -> Self {
+        use std::sync::atomic::Ordering;
+        let (tx, mut rx) = mpsc::unbounded_channel::<(MasterToWorker, Vec<OwnedFd>)>();
+        let queued = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        // Pinned now, while the worker is an unreaped child: the kill below can never
+        // hit another process that got the pid later.
+        let pidfd = rustix::process::Pid::from_raw(pid as i32).and_then(|p| {
+            rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()).ok()
+        });
+        let count = queued.clone();
+        let tenant = tenant.to_string();
+        tokio::spawn(async move {
+            while let Some((message, fds)) = rx.recv().await {
+                let borrowed: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
+                match tokio::time::timeout(WORKER_SEND_WITHIN, channel.send(&message, &borrowed))
+                    .await
+                {
+                    Ok(Ok(())) => {}
+                    // Gone: its reader reports the exit.
+                    Ok(Err(_)) => break,
+                    Err(_) => {
+                        warn!(
+                            tenant,
+                            pid,
+                            "the worker left the master's message unread for \
+                             {WORKER_SEND_WITHIN:?}; killing it"
+                        );
+                        if let Some(fd) = &pidfd {
+                            let _ = rustix::process::pidfd_send_signal(
+                                fd,
+                                rustix::process::Signal::KILL,
+                            );
+                        }
+                        break;
+                    }
+                }
+                count.fetch_sub(1, Ordering::Relaxed);
+            }
+        });
+        Self { tx, queued }
+    }
+
+    /// Queue `message` (with `fds`) for the worker; `Err` if it is gone or not reading.
+    fn post(&self, message: MasterToWorker, fds: Vec<OwnedFd>) -> Result<(), String> {
+        use std::sync::atomic::Ordering;
+        if self.queued.load(Ordering::Relaxed) >= OUTBOX_MAX {
+            return Err(format!(
+                "the worker has {OUTBOX_MAX} of the master's messages unread"
+            ));
+        }
+        self.queued.fetch_add(1, Ordering::Relaxed);
+        self.tx
+            .send((message, fds))
+            .map_err(|_| "the worker's channel is closed".to_string())
+    }
+
+    fn same(&self, other: &Outbox) -> bool {
+        self.tx.same_channel(&other.tx)
+    }
 }
 
 /// One dispatcher process and the listening sockets it serves.
@@ -597,7 +674,7 @@ impl Master {
                 // the tenant starts a new worker.
                 handle.draining = true;
                 info!(tenant, pid, "worker leaves: {reason}");
-                if let Err(e) = handle.channel.send(&MasterToWorker::Retire, &[]).await {
+                if let Err(e) = handle.outbox.post(MasterToWorker::Retire, Vec::new()) {
                     warn!(tenant, pid, "telling the worker to leave: {e}");
                 }
                 self.keep_warm().await;
@@ -833,16 +910,15 @@ impl Master {
             let worker = self.ensure_worker(tenant).await?;
             let (for_worker, for_dispatcher) =
                 ipc::raw_pair().map_err(|e| format!("socketpair: {e}"))?;
-            match worker
-                .send(&MasterToWorker::NewPeer, &[for_worker.as_fd()])
-                .await
-            {
+            // (Should the worker never read it, the dispatcher's end sees the hang-up
+            // once the worker is killed, and asks again.)
+            match worker.post(MasterToWorker::NewPeer, vec![for_worker]) {
                 Ok(()) => return Ok(for_dispatcher),
                 Err(e) => {
                     // It died between the lookup and now; start a new one once.
                     warn!(tenant, "worker did not take a new peer: {e}");
                     if let Some(ws) = self.workers.get_mut(tenant) {
-                        for w in ws.iter_mut().filter(|w| Arc::ptr_eq(&w.channel, &worker)) {
+                        for w in ws.iter_mut().filter(|w| w.outbox.same(&worker)) {
                             w.draining = true;
                         }
                     }
@@ -852,13 +928,13 @@ impl Master {
         Err("the worker keeps dying on start".into())
     }
 
-    async fn ensure_worker(&mut self, tenant: &str) -> Result<Arc<WorkerChannel>, String> {
+    async fn ensure_worker(&mut self, tenant: &str) -> Result<Outbox, String> {
         if let Some(w) = self
             .workers
             .get(tenant)
             .and_then(|ws| ws.iter().find(|w| !w.draining))
         {
-            return Ok(w.channel.clone());
+            return Ok(w.outbox.clone());
         }
         let Some(tenant_config) = self.config.tenants.get(tenant) else {
             return Err(format!("no tenant `{tenant}` in the config"));
@@ -925,12 +1001,13 @@ impl Master {
         info!(tenant, pid, "worker started");
         self.ledger.spawned(tenant, unix_now());
         let channel = Arc::new(channel);
+        let outbox = Outbox::new(tenant, pid, channel.clone());
         self.workers
             .entry(tenant.to_string())
             .or_default()
             .push(WorkerHandle {
                 pid,
-                channel: channel.clone(),
+                outbox: outbox.clone(),
                 started: Instant::now(),
                 draining: false,
                 load: Vec::new(),
@@ -960,7 +1037,7 @@ impl Master {
             let status = spawn::wait(child).await;
             let _ = tx.send(Event::WorkerExited(tenant, pid, status));
         });
-        Ok(channel)
+        Ok(outbox)
     }
 
     /// Start a new dispatcher after a backoff that grows while it keeps dying quickly.
@@ -1174,7 +1251,7 @@ impl Master {
                 continue;
             }
             worker.draining = true;
-            match worker.channel.send(&MasterToWorker::Retire, &[]).await {
+            match worker.outbox.post(MasterToWorker::Retire, Vec::new()) {
                 Ok(()) => told += 1,
                 Err(e) => warn!(tenant, pid = worker.pid, "telling the worker to leave: {e}"),
             }
@@ -1442,7 +1519,12 @@ impl Master {
                             site: site.name.clone(),
                             kind,
                         };
-                        if worker.channel.send(&message, &[file.as_fd()]).await.is_ok() {
+                        // Each worker its own copy of the fd: its outbox owns it
+                        // until sent.
+                        let Ok(copy) = file.try_clone() else {
+                            continue;
+                        };
+                        if worker.outbox.post(message, vec![copy.into()]).is_ok() {
                             sent += 1;
                         }
                     }
