@@ -134,6 +134,7 @@ const OUTBOX_MAX: usize = 4096;
 /// then fills (a few hundred messages) and a send on the loop would wait for ever.
 #[derive(Clone)]
 struct Outbox {
+    channel: Arc<WorkerChannel>,
     tx: mpsc::UnboundedSender<(MasterToWorker, Vec<OwnedFd>)>,
     queued: Arc<std::sync::atomic::AtomicUsize>,
 }
@@ -150,7 +151,9 @@ impl Outbox {
         });
         let count = queued.clone();
         let tenant = tenant.to_string();
+        let sender = channel.clone();
         tokio::spawn(async move {
+            let channel = sender;
             while let Some((message, fds)) = rx.recv().await {
                 let borrowed: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
                 match tokio::time::timeout(WORKER_SEND_WITHIN, channel.send(&message, &borrowed))
@@ -178,12 +181,26 @@ impl Outbox {
                 count.fetch_sub(1, Ordering::Relaxed);
             }
         });
-        Self { tx, queued }
+        Self {
+            channel,
+            tx,
+            queued,
+        }
     }
 
     /// Queue `message` (with `fds`) for the worker; `Err` if it is gone or not reading.
     fn post(&self, message: MasterToWorker, fds: Vec<OwnedFd>) -> Result<(), String> {
         use std::sync::atomic::Ordering;
+        // Nothing queued: at once if the channel has room (and a dead worker is
+        // known as such now). Never ahead of queued messages: they keep their order.
+        if self.queued.load(Ordering::Relaxed) == 0 {
+            let borrowed: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
+            match self.channel.try_send(&message, &borrowed) {
+                Ok(()) => return Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e.to_string()),
+            }
+        }
         if self.queued.load(Ordering::Relaxed) >= OUTBOX_MAX {
             return Err(format!(
                 "the worker has {OUTBOX_MAX} of the master's messages unread"
