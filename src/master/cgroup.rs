@@ -741,6 +741,68 @@ mod tests {
         );
     }
 
+    /// Emptying and removing a group on the real kernel, with a process in it that is
+    /// not a child of anyone who will stop it: v2 (`cgroup.kill`) on a cgroup2 mount
+    /// (this machine's hybrid layout has one, without controllers, at
+    /// /sys/fs/cgroup/unified), v1 (pidfds) on the v1 hierarchies.
+    #[test]
+    fn empty_and_remove_kills_what_is_left_in_the_group() {
+        if !rustix::process::geteuid().is_root() {
+            eprintln!("SKIPPED: not root");
+            return;
+        }
+        let mut ran = Vec::new();
+        for (mode, root) in [
+            (CgroupMode::V2, "/sys/fs/cgroup/unified"),
+            (CgroupMode::V2, "/sys/fs/cgroup"),
+            (CgroupMode::V1, "/sys/fs/cgroup"),
+        ] {
+            let root = Path::new(root);
+            let parent = format!("condounit{}", std::process::id());
+            let Ok(Some(cgroups)) = Cgroups::detect(mode, root, &parent, Vec::new()) else {
+                continue;
+            };
+            // A second instance on the same parent is refused while this one holds it.
+            let refused = Cgroups::detect(mode, root, &parent, Vec::new()).unwrap_err();
+            assert!(
+                refused.contains("in use by another running condo"),
+                "{refused}"
+            );
+            let group = cgroups.group("t.1");
+            for d in &group.dirs {
+                make_dir(d).unwrap();
+            }
+            let mut child = std::process::Command::new("sleep")
+                .arg("300")
+                .spawn()
+                .unwrap();
+            let pid = child.id();
+            for f in group.procs_files().unwrap() {
+                (&f).write_all(pid.to_string().as_bytes()).unwrap();
+            }
+            assert_eq!(group.pids(), vec![pid as i32]);
+            let waiter = std::thread::spawn(move || child.wait().unwrap());
+            let stop = AtomicBool::new(false);
+            let started = Instant::now();
+            let result = group.empty_and_remove(Instant::now() + Duration::from_secs(5), &stop);
+            let status = waiter.join().unwrap();
+            assert_eq!(result, Ok(()));
+            assert!(!status.success(), "{status}");
+            assert!(!group.exists());
+            eprintln!(
+                "{mode:?} at {}: emptied and removed in {:?}",
+                root.display(),
+                started.elapsed()
+            );
+            cgroups.remove_parent();
+            ran.push(mode);
+        }
+        assert!(
+            ran.contains(&CgroupMode::V1) || ran.contains(&CgroupMode::V2),
+            "no cgroup hierarchy"
+        );
+    }
+
     #[test]
     fn keyed_lines() {
         let text = "oom_kill_disable 0\nunder_oom 0\noom_kill 7\n";
