@@ -265,10 +265,12 @@ impl Cgroups {
 
     /// The tenant groups a previous run of this instance left behind (it was killed
     /// before it could remove them): at start, before any worker runs, and only with
-    /// the parent locked (so no live instance uses them). Empty ones are removed now;
-    /// the names of those that still hold processes are returned, for the master to
-    /// empty and remove off its loop. Nothing here waits.
-    pub fn remove_stale(&self) -> Vec<String> {
+    /// the parent locked (so no live condo uses them). Empty ones are removed now; the
+    /// names of those that still hold processes and that `ours` recognizes as a
+    /// tenant's group are returned, for the master to empty (kill) and remove off its
+    /// loop. Any other busy group is left alone: the parent may be shared with
+    /// something that is not condo (a misconfigured `cgroup_parent`). Nothing here waits.
+    pub fn remove_stale(&self, ours: impl Fn(&str) -> bool) -> Vec<String> {
         let mut busy: Vec<String> = Vec::new();
         for parent in self.parents() {
             let Ok(entries) = std::fs::read_dir(&parent) else {
@@ -283,7 +285,12 @@ impl Cgroups {
                     Ok(()) => info!("removed the stale cgroup {}", dir.display()),
                     Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
                         let name = entry.file_name().to_string_lossy().into_owned();
-                        if !busy.contains(&name) {
+                        if !ours(&name) {
+                            warn!(
+                                "cgroup {} (not a tenant's group) has processes; left alone",
+                                dir.display()
+                            );
+                        } else if !busy.contains(&name) {
                             warn!(
                                 "the stale cgroup {} still has processes of an earlier run; \
                                  killing them",

@@ -449,8 +449,14 @@ impl Master {
             )
             .map_err(anyhow::Error::msg)?;
             // Taking over from a running master, its tenants' groups are alive.
+            // Only the groups named as this config's tenants' are emptied by force.
+            let ours = |name: &str| {
+                let tenant = cgroup::tenant_of(name);
+                config.tenants.contains_key(tenant)
+                    && (0..cgroup::GROUPS_PER_TENANT).any(|n| cgroup::group_name(tenant, n) == name)
+            };
             let stale = match &cgroups {
-                Some(c) if !taking_over => c.remove_stale(),
+                Some(c) if !taking_over => c.remove_stale(ours),
                 _ => Vec::new(),
             };
             (cgroups, stale)
