@@ -634,3 +634,88 @@ fn a_stopped_worker_never_stalls_the_master() {
     assert!(condo.log_text().contains("unread"), "{}", condo.log_text());
     get_ok(condo.pass, "a.test", "/");
 }
+
+/// A leftover that SIGKILL cannot end in time (here: frozen by the v1 freezer, as a
+/// process stuck in the kernel would be): A's old group cannot be removed. A's next
+/// worker starts at once in a fresh group (`a.1`), nothing waits, the failure is
+/// logged and retried; when condo stops, the group goes too.
+#[test]
+fn a_group_that_cannot_be_emptied_does_not_block_the_tenants_next_worker() {
+    if !require_root() || !require_cgroup_v1() {
+        return;
+    }
+    let freezer_root = Path::new(CGROUP_ROOT).join("freezer");
+    if !freezer_root.join("cgroup.procs").exists() {
+        assert!(std::env::var("CI").is_err(), "CI=true but no v1 freezer");
+        eprintln!("skipping: no v1 freezer hierarchy");
+        return;
+    }
+    let t = TwoTenants::new();
+    let config = t.config("");
+    let parent = cgroup_parent(&config);
+    let mut cleanup = Cleanup::default();
+    cleanup.parents.push(parent.clone());
+    t.append_site(
+        "a",
+        "[[site.route]]\npath = \"/cgi-bin/\"\nhandler = \"cgi\"\ntimeout = \"5s\"",
+    );
+    t.script("a", "cgi-bin/leave.sh", LEAVE_BEHIND);
+    let condo = Condo::start(&config);
+    let (_, body) = get_ok(condo.pass, "a.test", "/cgi-bin/leave.sh");
+    let pid: u32 = body
+        .lines()
+        .find_map(|l| l.strip_prefix("left="))
+        .and_then(|p| p.trim().parse().ok())
+        .unwrap_or_else(|| panic!("no left=PID in {body:?}"));
+    cleanup.pids.push(pid);
+    // The test's own freezer group (condo does not use the freezer).
+    struct Frozen(PathBuf);
+    impl Drop for Frozen {
+        fn drop(&mut self) {
+            let _ = std::fs::write(self.0.join("freezer.state"), "THAWED");
+            std::thread::sleep(Duration::from_millis(100));
+            let _ = std::fs::remove_dir(&self.0);
+        }
+    }
+    let frozen = Frozen(freezer_root.join(format!("condotestfrz{}", std::process::id())));
+    std::fs::create_dir(&frozen.0).unwrap();
+    std::fs::write(frozen.0.join("cgroup.procs"), pid.to_string()).unwrap();
+    std::fs::write(frozen.0.join("freezer.state"), "FROZEN").unwrap();
+    assert!(eventually(Duration::from_secs(5), || {
+        std::fs::read_to_string(frozen.0.join("freezer.state")).is_ok_and(|s| s.trim() == "FROZEN")
+    }));
+
+    let worker = condo.wait_child("worker", Some("a"));
+    assert_eq!(pids_group(worker), format!("/{parent}/a"));
+    let (said, ok) = condo_cmd(&config, &["restart-tenant", "a"]);
+    assert!(ok, "{said}");
+    assert!(eventually(Duration::from_secs(5), || !alive(worker)));
+    let (took_a, _) = get_ok(condo.pass, "a.test", "/");
+    let (took_b, _) = get_ok(condo.pass, "b.test", "/");
+    let next = condo.wait_child("worker", Some("a"));
+    eprintln!(
+        "a's next worker in {} ({took_a:?}); b's cold start {took_b:?}",
+        pids_group(next)
+    );
+    assert_eq!(pids_group(next), format!("/{parent}/a.1"));
+    assert!(took_a < Duration::from_secs(1) && took_b < Duration::from_secs(1));
+    // The removal gives up after its deadline, says so, and will try again.
+    assert!(
+        eventually(Duration::from_secs(10), || condo
+            .log_text()
+            .contains("removing the cgroup a:")),
+        "{}",
+        condo.log_text()
+    );
+    assert!(alive(pid), "the frozen leftover died");
+    get_ok(condo.pass, "a.test", "/");
+    // Thawed, it dies of the SIGKILL it has pending; condo's stop removes both groups.
+    drop(frozen);
+    assert!(eventually(Duration::from_secs(5), || !alive(pid)));
+    drop(condo);
+    let groups: Vec<PathBuf> = glob::glob(&format!("{CGROUP_ROOT}/*/{parent}"))
+        .unwrap()
+        .flatten()
+        .collect();
+    assert!(groups.is_empty(), "left behind: {groups:?}");
+}
