@@ -114,7 +114,18 @@ impl Cgroups {
             locks: Vec::new(),
         };
         for dir in cgroups.parents() {
-            cgroups.locks.push(lock_parent(&dir, parent, &inherited)?);
+            // Co-mounted v1 controllers (`cpu` and `cpuacct` linked to `cpu,cpuacct`)
+            // are one directory: a second flock on it, through another open file,
+            // would conflict with our own.
+            let id = rustix::fs::stat(&dir).ok().map(|st| (st.st_dev, st.st_ino));
+            let held = id.is_some()
+                && cgroups
+                    .locks
+                    .iter()
+                    .any(|l| rustix::fs::fstat(l).ok().map(|st| (st.st_dev, st.st_ino)) == id);
+            if !held {
+                cgroups.locks.push(lock_parent(&dir, parent, &inherited)?);
+            }
         }
         Ok(Some(cgroups))
     }
@@ -808,6 +819,36 @@ mod tests {
             ran.contains(&CgroupMode::V1) || ran.contains(&CgroupMode::V2),
             "no cgroup hierarchy"
         );
+    }
+
+    /// v1 with `cpu` and `cpuacct` co-mounted (one hierarchy, two names: systemd's
+    /// usual layout), simulated by links into the real v1 hierarchies: the parent is
+    /// locked once, not refused as held by ourselves.
+    #[test]
+    fn co_mounted_controllers_are_locked_once() {
+        if !rustix::process::geteuid().is_root()
+            || !Path::new("/sys/fs/cgroup/cpu/cgroup.procs").exists()
+        {
+            eprintln!("SKIPPED: not root, or no v1 cpu hierarchy");
+            return;
+        }
+        let root = tempfile::tempdir().unwrap();
+        for (name, target) in [("cpu", "cpu"), ("cpuacct", "cpu"), ("pids", "pids")] {
+            std::os::unix::fs::symlink(
+                Path::new("/sys/fs/cgroup").join(target),
+                root.path().join(name),
+            )
+            .unwrap();
+        }
+        let parent = format!("condounitco{}", std::process::id());
+        let cgroups = Cgroups::detect(CgroupMode::V1, root.path(), &parent, Vec::new())
+            .unwrap()
+            .unwrap();
+        assert_eq!(cgroups.locks.len(), 2, "cpu and pids, each once");
+        let refused =
+            Cgroups::detect(CgroupMode::V1, root.path(), &parent, Vec::new()).unwrap_err();
+        assert!(refused.contains("in use"), "{refused}");
+        cgroups.remove_parent();
     }
 
     #[test]
