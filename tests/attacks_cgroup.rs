@@ -250,8 +250,11 @@ fn a_tenants_leftover_process_neither_stalls_the_master_nor_survives() {
     eprintln!(
         "b cold starts: quiet p50 {p50_quiet:?} {quiet:?}; while a's groups are torn down p50 {p50:?}, max {max:?}: {during:?}"
     );
+    // 200 ms, or three times the quiet cold start on a machine loaded by other work;
+    // never near the ~1 s each of A's exits cost when the loop waited.
+    let bound = (p50_quiet * 3).clamp(Duration::from_millis(200), Duration::from_millis(600));
     assert!(
-        p50 < Duration::from_millis(200),
+        p50 < bound,
         "b's cold starts wait for a's group: p50 {p50:?} ({during:?}); log:\n{}",
         condo.log_text()
     );
@@ -590,16 +593,23 @@ fn a_stopped_worker_never_stalls_the_master() {
         "a",
         "[[site.route]]\npath = \"/cgi-bin/\"\nhandler = \"cgi\"\ntimeout = \"5s\"",
     );
+    // It stops the worker once the test has its response (the flag file), up to 30 s.
+    let flag = t.root_a.join("stop-now");
     t.script(
         "a",
         "cgi-bin/stop.sh",
-        "#!/bin/sh\nprintf 'Content-Type: text/plain\\n\\n'\necho \"worker=$PPID\"\nW=$PPID\n( sleep 0.3; kill -STOP \"$W\" ) </dev/null >/dev/null 2>&1 &\n",
+        &format!(
+            "#!/bin/sh\nprintf 'Content-Type: text/plain\\n\\n'\necho \"worker=$PPID\"\nW=$PPID\n\
+             ( i=0; while [ ! -e {flag} ] && [ $i -lt 600 ]; do sleep 0.05; i=$((i+1)); done; kill -STOP \"$W\" ) </dev/null >/dev/null 2>&1 &\n",
+            flag = flag.display()
+        ),
     );
     let condo = Condo::start(&config);
     let (_, body) = get_ok(condo.pass, "a.test", "/cgi-bin/stop.sh");
     let worker = condo.wait_child("worker", Some("a"));
     cleanup.pids.push(worker);
     assert!(body.contains(&format!("worker={worker}")), "{body}");
+    std::fs::write(&flag, "").unwrap();
     let stopped = || {
         std::fs::read_to_string(format!("/proc/{worker}/stat")).is_ok_and(|s| {
             s.rsplit(')')

@@ -1017,14 +1017,20 @@ impl Master {
             cgroup: group.as_ref(),
             user_layer: self.user_layers.get(tenant).cloned(),
         };
-        let (child, channel) = spawn::start_worker(&self.exe, start, &self.config, &self.logs)
-            .await
-            .map_err(|e| format!("starting the worker failed: {e:#}"))?;
+        let (child, channel, site_logs) =
+            spawn::start_worker(&self.exe, start, &self.config, &self.logs)
+                .await
+                .map_err(|e| format!("starting the worker failed: {e:#}"))?;
         let pid = child.id().unwrap_or(0);
         info!(tenant, pid, "worker started");
         self.ledger.spawned(tenant, unix_now());
         let channel = Arc::new(channel);
         let outbox = Outbox::new(tenant, pid, channel.clone());
+        for (message, log) in site_logs {
+            if let Err(e) = outbox.post(message, vec![log]) {
+                warn!(tenant, pid, "sending the worker its logs: {e}");
+            }
+        }
         self.workers
             .entry(tenant.to_string())
             .or_default()

@@ -1,7 +1,7 @@
 //! Binding listeners and starting children: the master's privileged actions.
 
 use std::ffi::OsString;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -392,7 +392,7 @@ pub async fn start_worker(
     start: WorkerStart<'_>,
     config: &Config,
     logs: &LogFiles,
-) -> anyhow::Result<(Child, WorkerChannel)> {
+) -> anyhow::Result<(Child, WorkerChannel, Vec<(MasterToWorker, OwnedFd)>)> {
     let WorkerStart {
         tenant: tenant_config,
         credentials,
@@ -481,14 +481,14 @@ pub async fn start_worker(
         .send(&MasterToWorker::Init(Box::new(init)), &[])
         .await
         .context("sending the worker its config")?;
-    for (site, kind, log) in site_logs {
-        let message = MasterToWorker::SiteLog { site, kind };
-        channel
-            .send(&message, &[log.as_fd()])
-            .await
-            .context("sending the worker its logs")?;
-    }
-    Ok((child, channel))
+    // The site logs are the caller's to send, through the worker's outbox: two per
+    // site can be more than the channel holds, and the master's loop must not wait
+    // for a worker (its tenant's code can stop it) to read them.
+    let site_logs = site_logs
+        .into_iter()
+        .map(|(site, kind, log)| (MasterToWorker::SiteLog { site, kind }, log.into()))
+        .collect();
+    Ok((child, channel, site_logs))
 }
 
 /// The filters (and the cage) around a tenant's worker, from its `isolation`.
