@@ -104,7 +104,8 @@ pub struct Server {
     /// Where the cgroup filesystem is mounted (v2), or the directory holding the v1
     /// controller hierarchies.
     pub cgroup_root: PathBuf,
-    /// condo's own group under the root, holding one group per tenant.
+    /// condo's own group under the root, holding one group per tenant. One instance
+    /// per parent: a second master configured with a parent in use is refused.
     pub cgroup_parent: String,
     /// Usage counters persist here (`usage.json`), across restarts and reloads.
     pub state_dir: PathBuf,
@@ -386,8 +387,47 @@ fn default_worker_threads() -> usize {
 fn default_cgroup_root() -> PathBuf {
     "/sys/fs/cgroup".into()
 }
-fn default_cgroup_parent() -> String {
-    "condo".into()
+/// condo's group when the config names none: `condo` for the default run_dir, else
+/// `condo-<last part of run_dir>-<hash of run_dir>`. Distinct per instance (two live
+/// instances cannot share a run_dir: it holds the control socket and the pid file), and
+/// the same across restarts of one instance, so that the groups a killed master left
+/// are found and removed by its next start.
+pub fn default_cgroup_parent(run_dir: &Path) -> String {
+    // Normalized as the kernel resolves it lexically: `/run/x/` and `/run//x` are one.
+    let parts: Vec<String> = run_dir
+        .components()
+        .filter_map(|c| match c {
+            std::path::Component::Normal(p) => Some(p.to_string_lossy().into_owned()),
+            std::path::Component::ParentDir => Some("..".into()),
+            _ => None,
+        })
+        .collect();
+    if parts == ["run", "condo"] {
+        return "condo".into();
+    }
+    // FNV-1a: stable across builds and platforms (std's hasher is not).
+    let hash = format!("/{}", parts.join("/"))
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+        });
+    let label: String = parts
+        .last()
+        .map(|p| {
+            p.chars()
+                .map(|c| c.to_ascii_lowercase())
+                .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+                .collect::<String>()
+        })
+        .unwrap_or_default();
+    let label = label.trim_matches('-');
+    let label: String = label.chars().take(24).collect();
+    let label = label.trim_end_matches('-');
+    if label.is_empty() {
+        format!("condo-{:08x}", hash as u32)
+    } else {
+        format!("condo-{label}-{:08x}", hash as u32)
+    }
 }
 fn default_state_dir() -> PathBuf {
     "/var/lib/condo".into()
@@ -430,8 +470,7 @@ struct ServerSection {
     cgroup: CgroupMode,
     #[serde(default = "default_cgroup_root")]
     cgroup_root: PathBuf,
-    #[serde(default = "default_cgroup_parent")]
-    cgroup_parent: String,
+    cgroup_parent: Option<String>,
     #[serde(default = "default_state_dir")]
     state_dir: PathBuf,
     #[serde(default)]
@@ -971,7 +1010,9 @@ fn validate_server(
             "a listener with proxy_protocol needs the balancers' addresses here; from anyone else a PROXY header would be a forged client address",
         ));
     }
-    if !valid_name(&s.cgroup_parent) {
+    if let Some(parent) = &s.cgroup_parent
+        && !valid_name(parent)
+    {
         diags.push(source.error(
             "server.cgroup_parent",
             "a plain name (a-z, 0-9, '-', '_'): condo's group under the cgroup root",
@@ -1073,7 +1114,10 @@ fn validate_server(
         admin_token_file,
         cgroup: s.cgroup,
         cgroup_root: s.cgroup_root.clone(),
-        cgroup_parent: s.cgroup_parent.clone(),
+        cgroup_parent: s
+            .cgroup_parent
+            .clone()
+            .unwrap_or_else(|| default_cgroup_parent(&s.run_dir)),
         state_dir: s.state_dir.clone(),
         proxy_protocol_from,
         limits,
@@ -1587,6 +1631,25 @@ fn valid_host(host: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn default_cgroup_parent_is_one_per_run_dir_and_stable() {
+        assert_eq!(default_cgroup_parent(Path::new("/run/condo")), "condo");
+        assert_eq!(default_cgroup_parent(Path::new("/run//condo/")), "condo");
+        let two = default_cgroup_parent(Path::new("/run/condo2"));
+        assert!(two.starts_with("condo-condo2-"), "{two}");
+        assert_eq!(two, default_cgroup_parent(Path::new("/run/condo2/")));
+        let other = default_cgroup_parent(Path::new("/srv/condo2"));
+        assert_ne!(two, other);
+        for dir in ["/tmp/.tmpAbC9/run", "/", "/srv/Ünïcode dir/x..y", "/a/b"] {
+            let name = default_cgroup_parent(Path::new(dir));
+            assert!(valid_name(&name), "{dir}: {name}");
+        }
+        assert_eq!(
+            default_cgroup_parent(Path::new("/tmp/.tmpAbC9/run")),
+            default_cgroup_parent(Path::new("/tmp/.tmpAbC9/run"))
+        );
+    }
 
     #[test]
     fn host_names_are_normalized_and_validated() {

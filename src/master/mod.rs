@@ -96,16 +96,129 @@ enum Event {
     RestartDispatcher(usize),
     /// The new master of a binary upgrade serves (`Ok(pid)`) or gave up.
     UpgradeStarted(Result<u32, String>),
+    /// A retired tenant group (by name) was emptied and removed, or why not.
+    GroupRemoved(String, Result<(), String>),
 }
+
+/// A tenant group no worker uses any more: emptied and removed off the master's loop.
+struct Retiring {
+    group: cgroup::TenantGroup,
+    /// Left by an earlier run of this instance (found at start).
+    stale: bool,
+    /// A removal runs now.
+    busy: bool,
+    /// Not before then (after a failed removal).
+    next_try: Instant,
+}
+
+/// How long one removal of a group may take (killing its processes, waiting for them
+/// to be gone); the master never waits on it.
+const REMOVE_WITHIN: Duration = Duration::from_secs(5);
+/// A group that could not be removed is tried again after this.
+const REMOVE_RETRY: Duration = Duration::from_secs(30);
 
 struct WorkerHandle {
     pid: u32,
-    channel: Arc<WorkerChannel>,
+    outbox: Outbox,
     started: Instant,
     /// Agreed to leave: finishes its connections, gets no new dispatcher link.
     draining: bool,
     /// Its latest report of open connections and queued requests per site.
     load: Vec<crate::accounting::SiteLoad>,
+}
+
+/// How long a worker may leave a message of the master's unread before it is killed.
+const WORKER_SEND_WITHIN: Duration = Duration::from_secs(10);
+/// Messages queued for one worker beyond which it counts as not reading its channel.
+const OUTBOX_MAX: usize = 4096;
+
+/// The master's messages to one worker, sent in order by a task of the worker's own:
+/// the master's loop never waits on a worker's channel. A worker runs as its tenant,
+/// whose code can stop it (SIGSTOP from a CGI) or keep its runtime busy; its channel
+/// then fills (a few hundred messages) and a send on the loop would wait for ever.
+#[derive(Clone)]
+struct Outbox {
+    channel: Arc<WorkerChannel>,
+    tx: mpsc::UnboundedSender<(MasterToWorker, Vec<OwnedFd>)>,
+    queued: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Outbox {
+    fn new(tenant: &str, pid: u32, channel: Arc<WorkerChannel>) -> Self {
+        use std::sync::atomic::Ordering;
+        let (tx, mut rx) = mpsc::unbounded_channel::<(MasterToWorker, Vec<OwnedFd>)>();
+        let queued = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        // Pinned now, while the worker is an unreaped child: the kill below can never
+        // hit another process that got the pid later.
+        let pidfd = rustix::process::Pid::from_raw(pid as i32).and_then(|p| {
+            rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()).ok()
+        });
+        let count = queued.clone();
+        let tenant = tenant.to_string();
+        let sender = channel.clone();
+        tokio::spawn(async move {
+            let channel = sender;
+            while let Some((message, fds)) = rx.recv().await {
+                let borrowed: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
+                match tokio::time::timeout(WORKER_SEND_WITHIN, channel.send(&message, &borrowed))
+                    .await
+                {
+                    Ok(Ok(())) => {}
+                    // Gone: its reader reports the exit.
+                    Ok(Err(_)) => break,
+                    Err(_) => {
+                        warn!(
+                            tenant,
+                            pid,
+                            "the worker left the master's message unread for \
+                             {WORKER_SEND_WITHIN:?}; killing it"
+                        );
+                        if let Some(fd) = &pidfd {
+                            let _ = rustix::process::pidfd_send_signal(
+                                fd,
+                                rustix::process::Signal::KILL,
+                            );
+                        }
+                        break;
+                    }
+                }
+                count.fetch_sub(1, Ordering::Relaxed);
+            }
+        });
+        Self {
+            channel,
+            tx,
+            queued,
+        }
+    }
+
+    /// Queue `message` (with `fds`) for the worker; `Err` if it is gone or not reading.
+    fn post(&self, message: MasterToWorker, fds: Vec<OwnedFd>) -> Result<(), String> {
+        use std::sync::atomic::Ordering;
+        // Nothing queued: at once if the channel has room (and a dead worker is
+        // known as such now). Never ahead of queued messages: they keep their order.
+        if self.queued.load(Ordering::Relaxed) == 0 {
+            let borrowed: Vec<_> = fds.iter().map(|f| f.as_fd()).collect();
+            match self.channel.try_send(&message, &borrowed) {
+                Ok(()) => return Ok(()),
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                Err(e) => return Err(e.to_string()),
+            }
+        }
+        if self.queued.load(Ordering::Relaxed) >= OUTBOX_MAX {
+            return Err(format!(
+                "the worker has {OUTBOX_MAX} of the master's messages unread"
+            ));
+        }
+        self.queued.fetch_add(1, Ordering::Relaxed);
+        self.tx
+            .send((message, fds))
+            .map_err(|_| "the worker's channel is closed".to_string())
+    }
+
+    fn same(&self, other: &Outbox) -> bool {
+        self.tx.same_channel(&other.tx)
+    }
 }
 
 /// One dispatcher process and the listening sockets it serves.
@@ -165,6 +278,10 @@ pub struct Master {
     cgroups: Option<cgroup::Cgroups>,
     /// The groups of tenants that have processes (removed when they scale to zero).
     groups: HashMap<String, cgroup::TenantGroup>,
+    /// Groups being emptied and removed, or waiting to be tried again.
+    retiring: Vec<Retiring>,
+    /// Set when the removals must stop touching groups (a new master took over).
+    removals_stop: cgroup::StopFlag,
     /// OOM kills of each live group already reported.
     oom_seen: HashMap<String, u64>,
     ledger: Ledger,
@@ -325,6 +442,37 @@ impl Master {
         raise_fd_limit(config.server.limits.max_connections);
         std::fs::create_dir_all(&config.server.run_dir)
             .with_context(|| format!("creating run_dir {}", config.server.run_dir.display()))?;
+        // A binary upgrade: the old master handed over its listening sockets.
+        let mut inherited = spawn::Inherited::from_env()?;
+        let taking_over = !inherited.is_empty();
+        // The cgroup parent first: another instance using it is refused before this
+        // one touches anything of the running one (its pid file, its tenants' groups).
+        let (cgroups, stale_groups) = if privileged {
+            let cgroups = cgroup::Cgroups::detect(
+                config.server.cgroup,
+                &config.server.cgroup_root,
+                &config.server.cgroup_parent,
+                cgroup::inherited_locks()?,
+            )
+            .map_err(anyhow::Error::msg)?;
+            // Taking over from a running master, its tenants' groups are alive.
+            // Only the groups named as this config's tenants' are emptied by force.
+            let ours = |name: &str| {
+                let tenant = cgroup::tenant_of(name);
+                config.tenants.contains_key(tenant)
+                    && (0..cgroup::GROUPS_PER_TENANT).any(|n| cgroup::group_name(tenant, n) == name)
+            };
+            let stale = match &cgroups {
+                Some(c) if !taking_over => c.remove_stale(ours),
+                _ => Vec::new(),
+            };
+            (cgroups, stale)
+        } else {
+            info!(
+                "not root: no cgroups; memory_max, cpu_max, pids_max and io_weight are not enforced"
+            );
+            (None, Vec::new())
+        };
         std::fs::write(pid_file(&config), format!("{}\n", std::process::id()))
             .with_context(|| format!("writing {}", pid_file(&config).display()))?;
         // An unusable admin token file stops the start here, with its reason (each
@@ -346,9 +494,6 @@ impl Master {
             );
             None
         };
-        // A binary upgrade: the old master handed over its listening sockets.
-        let mut inherited = spawn::Inherited::from_env()?;
-        let taking_over = !inherited.is_empty();
         let ready_fd = match std::env::var(spawn::READY_ENV) {
             Ok(fd) => Some(crate::sandbox::inherited_fd(
                 fd.parse().context("the readiness fd is not a number")?,
@@ -374,24 +519,17 @@ impl Master {
         let (ledger, ledger_file) = open_ledger(&config.server.state_dir, privileged);
         let metrics_gid = dispatcher_credentials.as_ref().map(|c| c.gid);
         let (events_tx, events) = mpsc::unbounded_channel();
-        let cgroups = if privileged {
-            let cgroups = cgroup::Cgroups::detect(
-                config.server.cgroup,
-                &config.server.cgroup_root,
-                &config.server.cgroup_parent,
-            );
-            // Taking over from a running master, its tenants' groups are alive.
-            if let Some(c) = &cgroups
-                && !taking_over
-            {
-                c.remove_stale();
-            }
-            cgroups
-        } else {
-            info!(
-                "not root: no cgroups; memory_max, cpu_max, pids_max and io_weight are not enforced"
-            );
-            None
+        let retiring = match &cgroups {
+            Some(c) => stale_groups
+                .iter()
+                .map(|name| Retiring {
+                    group: c.group(name),
+                    stale: true,
+                    busy: false,
+                    next_try: Instant::now(),
+                })
+                .collect(),
+            None => Vec::new(),
         };
         let (control_tx, control_rx) = mpsc::unbounded_channel();
         let control_socket = control::bind(&config.server.run_dir)?;
@@ -412,6 +550,8 @@ impl Master {
             worker_crashes: HashMap::new(),
             cgroups,
             groups: HashMap::new(),
+            retiring,
+            removals_stop: Default::default(),
             oom_seen: HashMap::new(),
             ledger,
             ledger_file,
@@ -434,6 +574,7 @@ impl Master {
                 .await
                 .context("starting the dispatcher")?;
         }
+        self.start_removals();
         self.keep_warm().await;
         if let Some(fd) = self.ready_fd.take() {
             // The old master (binary upgrade) starts draining once it reads this.
@@ -450,6 +591,7 @@ impl Master {
             tokio::select! {
                 _ = sampling.tick() => {
                     self.sample_cgroups();
+                    self.start_removals();
                     ticks += 1;
                     if ticks.is_multiple_of(PUBLISH_EVERY_TICKS) {
                         self.publish();
@@ -545,6 +687,7 @@ impl Master {
                 );
             }
             Event::UpgradeStarted(result) => self.upgrade_started(result).await,
+            Event::GroupRemoved(name, result) => self.group_removed(&name, result),
             Event::RestartDispatcher(slot) => {
                 if let Err(e) = self.start_dispatcher(slot).await {
                     self.restart_dispatcher_later(
@@ -566,7 +709,7 @@ impl Master {
                 // the tenant starts a new worker.
                 handle.draining = true;
                 info!(tenant, pid, "worker leaves: {reason}");
-                if let Err(e) = handle.channel.send(&MasterToWorker::Retire, &[]).await {
+                if let Err(e) = handle.outbox.post(MasterToWorker::Retire, Vec::new()) {
                     warn!(tenant, pid, "telling the worker to leave: {e}");
                 }
                 self.keep_warm().await;
@@ -676,8 +819,9 @@ impl Master {
         }
     }
 
-    /// The tenant's last worker exited: it scaled to zero. Its cgroup goes (the worker's
-    /// children die with it, so the group empties within moments).
+    /// The tenant's last worker exited: it scaled to zero. Its cgroup goes: whatever
+    /// the tenant left in it (a process in a session of its own escapes the worker's
+    /// parent-death signal) is killed, and the group removed, off this loop.
     async fn tenant_gone(&mut self, tenant: &str) {
         self.sample_cgroups();
         if let Some(group) = self.groups.remove(tenant)
@@ -685,12 +829,86 @@ impl Master {
         {
             // (After an upgrade the group is the new master's, which may be between
             // two workers of the tenant right now.)
-            group.remove().await;
+            self.retiring.push(Retiring {
+                group,
+                stale: false,
+                busy: false,
+                next_try: Instant::now(),
+            });
+            self.start_removals();
         }
         // A new group counts from zero.
         self.oom_seen.remove(tenant);
         self.ledger.group_gone(tenant);
         self.save_ledger();
+    }
+
+    /// Start the removal of every retired group that is due, each on a blocking thread
+    /// of its own that reports back through the loop's channel: nothing here waits.
+    fn start_removals(&mut self) {
+        if self.upgrade.is_some() {
+            return;
+        }
+        let now = Instant::now();
+        for r in self
+            .retiring
+            .iter_mut()
+            .filter(|r| !r.busy && r.next_try <= now)
+        {
+            r.busy = true;
+            let group = r.group.clone();
+            let stop = self.removals_stop.clone();
+            let tx = self.events_tx.clone();
+            tokio::task::spawn_blocking(move || {
+                let result = group.empty_and_remove(Instant::now() + REMOVE_WITHIN, &stop);
+                let _ = tx.send(Event::GroupRemoved(group.name().to_string(), result));
+            });
+        }
+    }
+
+    fn group_removed(&mut self, name: &str, result: Result<(), String>) {
+        let Some(i) = self.retiring.iter().position(|r| r.group.name() == name) else {
+            return;
+        };
+        let tenant = cgroup::tenant_of(name).to_string();
+        match result {
+            Ok(()) => {
+                let r = self.retiring.swap_remove(i);
+                if r.stale {
+                    info!(
+                        tenant,
+                        "removed the stale cgroup {name} (its processes killed)"
+                    );
+                }
+            }
+            Err(e) => {
+                let r = &mut self.retiring[i];
+                r.busy = false;
+                r.next_try = Instant::now() + REMOVE_RETRY;
+                if self.upgrade.is_none() {
+                    warn!(
+                        tenant,
+                        "removing the cgroup {name}: {e}; tried again in {REMOVE_RETRY:?} \
+                         (the tenant's next worker starts in another group)"
+                    );
+                }
+            }
+        }
+    }
+
+    /// A name for a new group of `tenant`: the first of `a`, `a.1`, ... that no
+    /// retired group of the tenant still holds.
+    fn free_group_name(&self, tenant: &str) -> Result<String, String> {
+        (0..cgroup::GROUPS_PER_TENANT)
+            .map(|n| cgroup::group_name(tenant, n))
+            .find(|name| !self.retiring.iter().any(|r| r.group.name() == name))
+            .ok_or_else(|| {
+                format!(
+                    "the tenant's {} earlier cgroups still hold processes that SIGKILL did \
+                     not end; no new worker until one is removed",
+                    cgroup::GROUPS_PER_TENANT
+                )
+            })
     }
 
     /// The channel of the dispatcher in `slot` if `pid` is still the one running there.
@@ -727,16 +945,15 @@ impl Master {
             let worker = self.ensure_worker(tenant).await?;
             let (for_worker, for_dispatcher) =
                 ipc::raw_pair().map_err(|e| format!("socketpair: {e}"))?;
-            match worker
-                .send(&MasterToWorker::NewPeer, &[for_worker.as_fd()])
-                .await
-            {
+            // (Should the worker never read it, the dispatcher's end sees the hang-up
+            // once the worker is killed, and asks again.)
+            match worker.post(MasterToWorker::NewPeer, vec![for_worker]) {
                 Ok(()) => return Ok(for_dispatcher),
                 Err(e) => {
                     // It died between the lookup and now; start a new one once.
                     warn!(tenant, "worker did not take a new peer: {e}");
                     if let Some(ws) = self.workers.get_mut(tenant) {
-                        for w in ws.iter_mut().filter(|w| Arc::ptr_eq(&w.channel, &worker)) {
+                        for w in ws.iter_mut().filter(|w| w.outbox.same(&worker)) {
                             w.draining = true;
                         }
                     }
@@ -746,13 +963,13 @@ impl Master {
         Err("the worker keeps dying on start".into())
     }
 
-    async fn ensure_worker(&mut self, tenant: &str) -> Result<Arc<WorkerChannel>, String> {
+    async fn ensure_worker(&mut self, tenant: &str) -> Result<Outbox, String> {
         if let Some(w) = self
             .workers
             .get(tenant)
             .and_then(|ws| ws.iter().find(|w| !w.draining))
         {
-            return Ok(w.channel.clone());
+            return Ok(w.outbox.clone());
         }
         let Some(tenant_config) = self.config.tenants.get(tenant) else {
             return Err(format!("no tenant `{tenant}` in the config"));
@@ -789,8 +1006,11 @@ impl Master {
                     Some(g.clone())
                 }
                 None => {
+                    // Never a group still being emptied: its removal would kill the
+                    // new worker.
+                    let name = self.free_group_name(tenant)?;
                     let g = cgroups
-                        .tenant(tenant, &tenant_config.limits)
+                        .tenant(&name, &tenant_config.limits)
                         .map_err(|e| format!("setting up the tenant's cgroup: {e}"))?;
                     self.groups.insert(tenant.to_string(), g.clone());
                     // A group left in place keeps its totals: they are counted already.
@@ -809,19 +1029,26 @@ impl Master {
             cgroup: group.as_ref(),
             user_layer: self.user_layers.get(tenant).cloned(),
         };
-        let (child, channel) = spawn::start_worker(&self.exe, start, &self.config, &self.logs)
-            .await
-            .map_err(|e| format!("starting the worker failed: {e:#}"))?;
+        let (child, channel, site_logs) =
+            spawn::start_worker(&self.exe, start, &self.config, &self.logs)
+                .await
+                .map_err(|e| format!("starting the worker failed: {e:#}"))?;
         let pid = child.id().unwrap_or(0);
         info!(tenant, pid, "worker started");
         self.ledger.spawned(tenant, unix_now());
         let channel = Arc::new(channel);
+        let outbox = Outbox::new(tenant, pid, channel.clone());
+        for (message, log) in site_logs {
+            if let Err(e) = outbox.post(message, vec![log]) {
+                warn!(tenant, pid, "sending the worker its logs: {e}");
+            }
+        }
         self.workers
             .entry(tenant.to_string())
             .or_default()
             .push(WorkerHandle {
                 pid,
-                channel: channel.clone(),
+                outbox: outbox.clone(),
                 started: Instant::now(),
                 draining: false,
                 load: Vec::new(),
@@ -851,7 +1078,7 @@ impl Master {
             let status = spawn::wait(child).await;
             let _ = tx.send(Event::WorkerExited(tenant, pid, status));
         });
-        Ok(channel)
+        Ok(outbox)
     }
 
     /// Start a new dispatcher after a backoff that grows while it keeps dying quickly.
@@ -1101,7 +1328,7 @@ impl Master {
                 continue;
             }
             worker.draining = true;
-            match worker.channel.send(&MasterToWorker::Retire, &[]).await {
+            match worker.outbox.post(MasterToWorker::Retire, Vec::new()) {
                 Ok(()) => told += 1,
                 Err(e) => warn!(tenant, pid = worker.pid, "telling the worker to leave: {e}"),
             }
@@ -1127,7 +1354,12 @@ impl Master {
         );
         let sets: Vec<&[spawn::Bound]> =
             self.dispatchers.iter().map(|d| &d.listeners[..]).collect();
-        let (mut child, ready) = match spawn::start_new_master(&exe, &self.config, &sets) {
+        let locks = self
+            .cgroups
+            .as_ref()
+            .map(|c| c.lock_fds())
+            .unwrap_or_default();
+        let (mut child, ready) = match spawn::start_new_master(&exe, &self.config, &sets, &locks) {
             Ok(started) => started,
             Err(e) => {
                 let _ = reply.send(Response::error(format!("upgrade: {e:#}")));
@@ -1137,6 +1369,9 @@ impl Master {
         let pid = child.id().unwrap_or(0);
         info!(pid, exe = %exe.display(), "upgrade: new master started; waiting until it serves");
         self.upgrade = Some(Upgrade::Starting(reply));
+        // The new master may start workers in the groups of our retired ones' names.
+        self.removals_stop
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         let tx = self.events_tx.clone();
         tokio::spawn(async move {
             use tokio::io::AsyncReadExt;
@@ -1211,6 +1446,7 @@ impl Master {
             }
             Err(e) => {
                 error!("upgrade failed: {e}; this master keeps serving");
+                self.removals_stop = Default::default();
                 // The new master may have taken the pid file and the control socket.
                 let _ = std::fs::write(pid_file(&self.config), format!("{}\n", std::process::id()));
                 match control::bind(&self.config.server.run_dir) {
@@ -1361,7 +1597,12 @@ impl Master {
                             site: site.name.clone(),
                             kind,
                         };
-                        if worker.channel.send(&message, &[file.as_fd()]).await.is_ok() {
+                        // Each worker its own copy of the fd: its outbox owns it
+                        // until sent.
+                        let Ok(copy) = file.try_clone() else {
+                            continue;
+                        };
+                        if worker.outbox.post(message, vec![copy.into()]).is_ok() {
                             sent += 1;
                         }
                     }
@@ -1394,8 +1635,24 @@ impl Master {
             info!("stopped (upgraded)");
             return;
         }
-        for (_, group) in self.groups.drain() {
-            group.remove().await;
+        // Every group goes, whatever its tenants left running: all at once, each on a
+        // thread of its own, within REMOVE_WITHIN.
+        let mut all: Vec<cgroup::TenantGroup> = self.groups.drain().map(|(_, g)| g).collect();
+        all.extend(self.retiring.drain(..).map(|r| r.group));
+        let removals: Vec<_> = all
+            .into_iter()
+            .map(|group| {
+                let stop = self.removals_stop.clone();
+                tokio::task::spawn_blocking(move || {
+                    let result = group.empty_and_remove(Instant::now() + REMOVE_WITHIN, &stop);
+                    (group, result)
+                })
+            })
+            .collect();
+        for removal in removals {
+            if let Ok((group, Err(e))) = removal.await {
+                warn!("removing the cgroup {}: {e}", group.name());
+            }
         }
         if let Some(cgroups) = &self.cgroups {
             cgroups.remove_parent();

@@ -1,7 +1,7 @@
 //! Binding listeners and starting children: the master's privileged actions.
 
 use std::ffi::OsString;
-use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -128,6 +128,7 @@ pub fn start_new_master(
     exe: &Path,
     config: &Config,
     sets: &[&[Bound]],
+    cgroup_locks: &[std::os::fd::RawFd],
 ) -> anyhow::Result<(Child, OwnedFd)> {
     let (ready_read, ready_write) = rustix::pipe::pipe_with(rustix::pipe::PipeFlags::CLOEXEC)
         .context("making the readiness pipe")?;
@@ -141,6 +142,9 @@ pub fn start_new_master(
             fds.push(fd);
         }
     }
+    // The cgroup parent's lock stays held across the hand-over: both masters share it.
+    fds.extend_from_slice(cgroup_locks);
+    let locks: Vec<String> = cgroup_locks.iter().map(|fd| fd.to_string()).collect();
     // Root stays root (no credentials) and does not die with the old master, which
     // is about to leave.
     let plan = SandboxPlan {
@@ -156,6 +160,7 @@ pub fn start_new_master(
         cmd.env("NOTIFY_SOCKET", socket);
     }
     cmd.env(INHERITED_ENV, named)
+        .env(super::cgroup::LOCKS_ENV, locks.join(","))
         .env(READY_ENV, ready_write.as_raw_fd().to_string())
         .stdin(Stdio::null())
         .current_dir("/");
@@ -395,7 +400,7 @@ pub async fn start_worker(
     start: WorkerStart<'_>,
     config: &Config,
     logs: &LogFiles,
-) -> anyhow::Result<(Child, WorkerChannel)> {
+) -> anyhow::Result<(Child, WorkerChannel, Vec<(MasterToWorker, OwnedFd)>)> {
     let WorkerStart {
         tenant: tenant_config,
         credentials,
@@ -484,14 +489,14 @@ pub async fn start_worker(
         .send_large(&MasterToWorker::Init(Box::new(init)), &[])
         .await
         .context("sending the worker its config")?;
-    for (site, kind, log) in site_logs {
-        let message = MasterToWorker::SiteLog { site, kind };
-        channel
-            .send(&message, &[log.as_fd()])
-            .await
-            .context("sending the worker its logs")?;
-    }
-    Ok((child, channel))
+    // The site logs are the caller's to send, through the worker's outbox: two per
+    // site can be more than the channel holds, and the master's loop must not wait
+    // for a worker (its tenant's code can stop it) to read them.
+    let site_logs = site_logs
+        .into_iter()
+        .map(|(site, kind, log)| (MasterToWorker::SiteLog { site, kind }, log.into()))
+        .collect();
+    Ok((child, channel, site_logs))
 }
 
 /// The filters (and the cage) around a tenant's worker, from its `isolation`.
