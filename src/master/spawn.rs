@@ -362,6 +362,7 @@ pub async fn start_dispatcher(
         listeners: listeners.iter().map(|l| l.info.clone()).collect(),
         routing: routing(config),
         limits: config.server.limits,
+        worker_queue_max: config.server.worker_queue_max,
         metrics_file: metrics.clone(),
         certificates: provider_certificates(config)?,
         proxy_protocol_from: config.server.proxy_protocol_from.clone(),
