@@ -149,7 +149,12 @@ mod tests {
         // Through a symlink, too.
         let link = d.path().join("link.toml");
         std::os::unix::fs::symlink(&path, &link).unwrap();
-        assert!(read_bounded(&link, 16).unwrap_err().to_string().contains("FIFO"));
+        assert!(
+            read_bounded(&link, 16)
+                .unwrap_err()
+                .to_string()
+                .contains("FIFO")
+        );
     }
 
     #[test]

@@ -79,7 +79,9 @@ fn get(addr: SocketAddr, host: &str, timeout: Duration) -> Option<(u16, String)>
     let mut stream = TcpStream::connect_timeout(&addr, timeout).ok()?;
     stream.set_read_timeout(Some(timeout)).ok()?;
     stream
-        .write_all(format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes())
+        .write_all(
+            format!("GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n").as_bytes(),
+        )
         .ok()?;
     let mut out = Vec::new();
     let _ = stream.read_to_end(&mut out);
@@ -132,7 +134,11 @@ impl Probe {
     fn finish(self, during: &str, condo: &Condo) -> Duration {
         self.stop.store(true, Ordering::Relaxed);
         let seen = self.thread.join().unwrap();
-        assert!(seen.len() >= 5, "too few probes of b {during}: {}", seen.len());
+        assert!(
+            seen.len() >= 5,
+            "too few probes of b {during}: {}",
+            seen.len()
+        );
         let failed = seen.iter().filter(|(_, ok)| !ok).count();
         let slowest = seen.iter().map(|(d, _)| *d).max().unwrap();
         assert!(
@@ -384,10 +390,17 @@ fn a_fifo_as_user_config_or_key_stalls_nothing() {
         }
         // And that new worker serves (the old one has left, or only drains).
         assert_eq!(get(condo.pass, "a.test", short).map(|r| r.0), Some(200));
-        eprintln!("{what} as a FIFO: a's new worker served in {:?}", started.elapsed());
+        eprintln!(
+            "{what} as a FIFO: a's new worker served in {:?}",
+            started.elapsed()
+        );
         let log = condo.log_text();
         let named = format!("{}: is a FIFO, not a regular file: refused", fifo.display());
-        assert!(log.contains(&named), "no error naming the FIFO ({named}):\n{}", tail(&log));
+        assert!(
+            log.contains(&named),
+            "no error naming the FIFO ({named}):\n{}",
+            tail(&log)
+        );
         let (_, https_ok) = https_a(&condo);
         if what == "TLS key" {
             // That site's HTTPS fails (its key is unavailable); its HTTP and b serve.
@@ -428,7 +441,10 @@ fn a_fifo_as_user_config_or_key_stalls_nothing() {
     write_owned(&s.key, s.key_pem.as_bytes(), &s.t.a, 0o600);
     condo_cmd(&s.config, &["restart-tenant", "a"]);
     assert_eq!(get(condo.pass, "a.test", short).map(|r| r.0), Some(200));
-    assert!(https_a(&condo).1, "a's HTTPS is back with its key a file again");
+    assert!(
+        https_a(&condo).1,
+        "a's HTTPS is back with its key a file again"
+    );
 }
 
 /// The dispatcher's half, whatever makes a worker take no connection (here SIGSTOP,
@@ -510,10 +526,7 @@ fn a_stuck_worker_costs_only_its_own_queue() {
     let started = Instant::now();
     outcomes(&mut held, Duration::from_secs(HEADER_TIMEOUT_S + 3));
     let by = count(&held);
-    eprintln!(
-        "a wave kept open: {by:?} after {:?}",
-        started.elapsed()
-    );
+    eprintln!("a wave kept open: {by:?} after {:?}", started.elapsed());
     assert_eq!(
         by.get("Status(503)").copied().unwrap_or(0),
         held.len(),

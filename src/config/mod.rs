@@ -864,10 +864,7 @@ fn validate_server(
         diags.push(source.error("server.worker_threads", "must be between 1 and 64"));
     }
     if !(1..=1_000_000).contains(&s.worker_queue_max) {
-        diags.push(source.error(
-            "server.worker_queue_max",
-            "must be between 1 and 1000000",
-        ));
+        diags.push(source.error("server.worker_queue_max", "must be between 1 and 1000000"));
     }
     let admin_listen = match s.admin_listen.as_deref().map(str::parse::<SocketAddr>) {
         None => None,

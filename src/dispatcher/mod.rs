@@ -585,15 +585,11 @@ impl Dispatcher {
     ) {
         let handoff = pass_handoff(peer, local, route, &buf);
         // (A failure is logged by `hand_over`, rate-limited per tenant.)
-        if self
-            .workers
-            .hand_over(&route.tenant, &handoff, &fd)
-            .await
-            .is_err()
+        let handed = self.workers.hand_over(&route.tenant, &handoff, &fd).await;
+        if handed.is_err()
+            && let Ok(mut stream) = tcp_stream(fd)
         {
-            if let Ok(mut stream) = tcp_stream(fd) {
-                respond_and_close(&mut stream, &http::error_response(503, false, false)).await;
-            }
+            respond_and_close(&mut stream, &http::error_response(503, false, false)).await;
         }
         // Our copy of the socket closes here; the worker's copy carries the connection.
     }

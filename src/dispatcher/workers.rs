@@ -200,10 +200,7 @@ impl Workers {
             }
         };
         if let Err(reason) = &result {
-            self.log_failure(
-                tenant,
-                format_args!("site {:?}: {reason}", handoff.site),
-            );
+            self.log_failure(tenant, format_args!("site {:?}: {reason}", handoff.site));
         }
         result
     }
@@ -464,7 +461,10 @@ mod tests {
         let workers = Workers::new(Arc::new(Channel::new(ours).unwrap()), queue).unwrap();
         let (fd, _other) = std::os::unix::net::UnixStream::pair().unwrap();
         let fd = OwnedFd::from(fd);
-        let h = handoff("127.0.0.1:1".parse().unwrap(), "127.0.0.1:2".parse().unwrap());
+        let h = handoff(
+            "127.0.0.1:1".parse().unwrap(),
+            "127.0.0.1:2".parse().unwrap(),
+        );
         let started = Instant::now();
         let (first, second, third) = tokio::join!(
             workers.hand_over("a", &h, &fd),
@@ -524,7 +524,10 @@ mod tests {
                 tenant: tenant.into(),
                 result: Ok(()),
             };
-            master.send(&message, &[dispatcher_side.as_fd()]).await.unwrap();
+            master
+                .send(&message, &[dispatcher_side.as_fd()])
+                .await
+                .unwrap();
             let worker: Channel<WorkerToDispatcher, DispatcherToWorker> =
                 Channel::new(worker_side).unwrap();
             worker_ends.insert(tenant, worker);

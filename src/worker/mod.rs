@@ -212,7 +212,9 @@ async fn serve(name: String, master_fd: OwnedFd) -> anyhow::Result<()> {
         .iter()
         .map(|s| {
             let site = s.clone();
-            s.tls.is_some().then(|| tokio::spawn(async move { site_tls(&site).await }))
+            s.tls
+                .is_some()
+                .then(|| tokio::spawn(async move { site_tls(&site).await }))
         })
         .collect();
     let mut sites: Vec<Arc<SiteState>> = Vec::with_capacity(site_configs.len());
