@@ -15,6 +15,7 @@
 //! - [`control`]: the root-only control socket's protocol (`condo status`, `top`, ...).
 //! - [`http`]: the request-head parser, chunked bodies, paths, routing, shared I/O.
 //! - [`demo`]: `condo demo`, the embedded default setup.
+//! - [`tenant_file`]: bounded, non-blocking reads of the files a tenant controls.
 
 pub mod accounting;
 pub mod config;
@@ -30,5 +31,6 @@ pub mod logging;
 pub mod master;
 pub mod sandbox;
 pub mod sys;
+pub mod tenant_file;
 pub mod tls;
 pub mod worker;

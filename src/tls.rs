@@ -39,10 +39,22 @@ pub fn certified_key_from_pem(cert_pem: &[u8], key_pem: &[u8]) -> anyhow::Result
     Ok(certified)
 }
 
-/// A certificate chain and key from two PEM files.
+/// A certificate chain and key from two PEM files (regular files of at most
+/// [`crate::tenant_file::MAX_PEM`] bytes). Blocks: a worker reads a site's own files
+/// with [`load_certified_key_async`] instead.
 pub fn load_certified_key(cert: &Path, key: &Path) -> anyhow::Result<CertifiedKey> {
-    let read = |p: &Path| std::fs::read(p).with_context(|| format!("reading {}", p.display()));
+    let read = |p: &Path| crate::tenant_file::read_bounded(p, crate::tenant_file::MAX_PEM);
     certified_key_from_pem(&read(cert)?, &read(key)?)
+        .with_context(|| format!("{} with {}", cert.display(), key.display()))
+}
+
+/// [`load_certified_key`] off the runtime threads and bounded in time: for files a
+/// tenant controls, read in its worker.
+pub async fn load_certified_key_async(cert: &Path, key: &Path) -> anyhow::Result<CertifiedKey> {
+    use crate::tenant_file::{MAX_PEM, read};
+    let cert_pem = read(cert.to_path_buf(), MAX_PEM).await?;
+    let key_pem = read(key.to_path_buf(), MAX_PEM).await?;
+    certified_key_from_pem(&cert_pem, &key_pem)
         .with_context(|| format!("{} with {}", cert.display(), key.display()))
 }
 

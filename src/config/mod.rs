@@ -95,6 +95,10 @@ pub struct Server {
     pub worker_threads: usize,
     /// Dispatcher processes, each with its own SO_REUSEPORT listening sockets.
     pub dispatchers: usize,
+    /// Connections a dispatcher lets wait at once for one tenant's worker (being
+    /// started, or not taking them); beyond it they get 503 at once, so one tenant
+    /// cannot hold what all share (`max_connections`).
+    pub worker_queue_max: usize,
     /// Loopback address for `/metrics` (Prometheus) and `/health`; off when `None`.
     pub admin_listen: Option<SocketAddr>,
     /// The bearer token `/metrics` asks for (tenants' code reaches loopback too):
@@ -381,6 +385,10 @@ fn default_log_dir() -> PathBuf {
 fn default_run_dir() -> PathBuf {
     "/run/condo".into()
 }
+fn default_worker_queue_max() -> usize {
+    256
+}
+
 fn default_worker_threads() -> usize {
     1
 }
@@ -464,6 +472,8 @@ struct ServerSection {
     worker_threads: usize,
     #[serde(default = "default_dispatchers")]
     dispatchers: usize,
+    #[serde(default = "default_worker_queue_max")]
+    worker_queue_max: usize,
     admin_listen: Option<String>,
     admin_token_file: Option<PathBuf>,
     #[serde(default)]
@@ -958,6 +968,9 @@ fn validate_server(
     if !(1..=64).contains(&s.worker_threads) {
         diags.push(source.error("server.worker_threads", "must be between 1 and 64"));
     }
+    if !(1..=1_000_000).contains(&s.worker_queue_max) {
+        diags.push(source.error("server.worker_queue_max", "must be between 1 and 1000000"));
+    }
     let admin_listen = match s.admin_listen.as_deref().map(str::parse::<SocketAddr>) {
         None => None,
         Some(Ok(addr)) if addr.ip().is_loopback() => Some(addr),
@@ -1110,6 +1123,7 @@ fn validate_server(
         unknown_host_status: s.unknown_host,
         worker_threads: s.worker_threads,
         dispatchers: s.dispatchers,
+        worker_queue_max: s.worker_queue_max,
         admin_listen,
         admin_token_file,
         cgroup: s.cgroup,

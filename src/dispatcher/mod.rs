@@ -4,6 +4,7 @@
 
 mod admin;
 mod proxy;
+mod seal;
 mod tls;
 mod workers;
 
@@ -156,7 +157,16 @@ async fn serve(
     let dispatcher = Arc::new(Dispatcher {
         routing: ArcSwap::from_pointee(Routes::new(init.routing)),
         limits: init.limits,
-        workers: Workers::new(master),
+        // A connection waits for a tenant's worker no longer than a client may take to
+        // send a request head: a worker that takes none in that time is failing.
+        workers: Workers::new(
+            master,
+            workers::Queue {
+                deadline: init.limits.header_timeout,
+                max: init.worker_queue_max,
+            },
+        )
+        .map_err(anyhow::Error::msg)?,
         metrics_file: init.metrics_file,
         admin_token: init.admin_token,
         open: AtomicUsize::new(0),
@@ -453,10 +463,14 @@ impl Dispatcher {
             .await;
     }
 
+    /// A connection a worker gave back (its seal was checked: it is one this process
+    /// passed to that worker, and `handoff`'s addresses are the ones it knew).
     async fn resume_handed_back(self: Arc<Self>, handoff: Handoff, fd: OwnedFd) {
-        // A connection coming back was already accepted: it is counted, never refused.
-        self.open.fetch_add(1, Ordering::Relaxed);
-        let _held = Held(self.clone());
+        // Counted again like a new connection, and closed when max_connections are
+        // held: what a worker sends back must not grow this process past its cap.
+        let Some(_held) = self.hold() else {
+            return;
+        };
         let Ok(stream) = tcp_stream(fd) else { return };
         let buf = BytesMut::from(&handoff.buffered[..]);
         // Nothing buffered: a retiring worker gave back a connection between requests;
@@ -586,11 +600,12 @@ impl Dispatcher {
         buf: BytesMut,
     ) {
         let handoff = pass_handoff(peer, local, route, &buf);
-        if let Err(reason) = self.workers.hand_over(&route.tenant, &handoff, &fd).await {
-            warn!(tenant = route.tenant, site = route.site, "{reason}");
-            if let Ok(mut stream) = tcp_stream(fd) {
-                respond_and_close(&mut stream, &http::error_response(503, false, false)).await;
-            }
+        // (A failure is logged by `hand_over`, rate-limited per tenant.)
+        let handed = self.workers.hand_over(&route.tenant, &handoff, &fd).await;
+        if handed.is_err()
+            && let Ok(mut stream) = tcp_stream(fd)
+        {
+            respond_and_close(&mut stream, &http::error_response(503, false, false)).await;
         }
         // Our copy of the socket closes here; the worker's copy carries the connection.
     }
@@ -611,5 +626,7 @@ fn pass_handoff(peer: SocketAddr, local: SocketAddr, route: &Route, buf: &[u8]) 
         buffered: buf.to_vec(),
         tls_handshake: false,
         secure: false,
+        // Set by `Workers` when it hands the connection over.
+        seal: [0; 32],
     }
 }

@@ -135,17 +135,13 @@ pub async fn open_relay(
         buffered: Vec::new(),
         tls_handshake: false,
         secure,
+        seal: [0; 32],
     };
-    let alive = match workers
+    // (A failure is logged by `hand_over`, rate-limited per tenant.)
+    let alive = workers
         .hand_over(&route.tenant, &handoff, &OwnedFd::from(theirs))
         .await
-    {
-        Ok(alive) => alive,
-        Err(reason) => {
-            tracing::warn!(tenant = route.tenant, site = route.site, "{reason}");
-            return Err(503);
-        }
-    };
+        .map_err(|_| 503u16)?;
     mine.set_nonblocking(true).map_err(|_| 503u16)?;
     let stream = UnixStream::from_std(mine).map_err(|_| 503u16)?;
     Ok(crate::http::h2::Relay { stream, alive })

@@ -12,7 +12,7 @@ use std::task::{Context, Poll};
 use bytes::BytesMut;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-use tracing::{debug, warn};
+use tracing::debug;
 
 use super::Dispatcher;
 use crate::ipc::{Handoff, ProviderCertPem};
@@ -127,13 +127,13 @@ impl Dispatcher {
                 buffered: buf.to_vec(),
                 tls_handshake: true,
                 secure: true,
+                seal: [0; 32],
             };
             let Ok(std) = stream.into_std() else { return };
             let fd = OwnedFd::from(std);
-            if let Err(reason) = self.workers.hand_over(&route.tenant, &handoff, &fd).await {
-                // Nothing can be said in HTTP before a handshake: the client sees a close.
-                warn!(tenant = route.tenant, site = route.site, "{reason}");
-            }
+            // On failure (logged by `hand_over`) nothing can be said in HTTP before a
+            // handshake: the client sees a close.
+            let _ = self.workers.hand_over(&route.tenant, &handoff, &fd).await;
             return;
         }
         let provider = self.provider.load_full();

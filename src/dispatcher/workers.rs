@@ -5,7 +5,7 @@ use std::collections::HashMap;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 use tracing::{debug, warn};
@@ -62,6 +62,51 @@ pub struct Workers {
     master: Arc<MasterChannel>,
     links: Mutex<HashMap<String, Arc<Link>>>,
     pending: Mutex<HashMap<String, Waiters>>,
+    /// Seals every connection handed over; checks every one handed back.
+    sealer: super::seal::Sealer,
+    /// Per tenant: connections waiting for its worker, and its log budget.
+    tenants: Mutex<HashMap<String, TenantWaits>>,
+    queue: Queue,
+}
+
+/// How long, and how many, connections may wait for one tenant's worker.
+#[derive(Debug, Clone, Copy)]
+pub struct Queue {
+    /// Past it, a connection still waiting gets 503.
+    pub deadline: Duration,
+    /// Connections waiting at once for one tenant's worker (`worker_queue_max`).
+    pub max: usize,
+}
+
+#[derive(Default)]
+struct TenantWaits {
+    waiting: usize,
+    /// When a failure was last logged for this tenant, and how many were not since.
+    logged_at: Option<Instant>,
+    unlogged: u64,
+}
+
+/// At most one line per tenant this often about failed hand-overs and refused
+/// hand-backs: a tenant that makes them by the thousand gets no say in the log volume.
+const LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// One connection waiting for a tenant's worker (counted while it lives).
+struct Waiting<'a> {
+    workers: &'a Workers,
+    tenant: &'a str,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        let mut tenants = self
+            .workers
+            .tenants
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(t) = tenants.get_mut(self.tenant) {
+            t.waiting = t.waiting.saturating_sub(1);
+        }
+    }
 }
 
 /// Called for every connection a worker hands back.
@@ -72,16 +117,65 @@ pub type ReloadFn = Arc<dyn Fn(Routing, Option<Vec<ProviderCertPem>>) + Send + S
 pub type DrainFn = Arc<dyn Fn(std::time::Duration) + Send + Sync>;
 
 impl Workers {
-    pub fn new(master: Arc<MasterChannel>) -> Arc<Self> {
-        Arc::new(Self {
+    pub fn new(master: Arc<MasterChannel>, queue: Queue) -> Result<Arc<Self>, String> {
+        Ok(Arc::new(Self {
             master,
             links: Mutex::new(HashMap::new()),
             pending: Mutex::new(HashMap::new()),
+            sealer: super::seal::Sealer::new()?,
+            tenants: Mutex::new(HashMap::new()),
+            queue,
+        }))
+    }
+
+    /// Count a connection as waiting for `tenant`'s worker; `None` when
+    /// `worker_queue_max` already wait.
+    fn wait_for<'a>(&'a self, tenant: &'a str) -> Option<Waiting<'a>> {
+        let mut tenants = self.tenants.lock().unwrap_or_else(|e| e.into_inner());
+        let t = tenants.entry(tenant.to_string()).or_default();
+        if t.waiting >= self.queue.max {
+            return None;
+        }
+        t.waiting += 1;
+        Some(Waiting {
+            workers: self,
+            tenant,
         })
     }
 
-    /// Give a connection to `tenant`'s worker. If the link turns out dead (the worker
-    /// was killed), ask the master for a new worker once.
+    /// Connections waiting now for `tenant`'s worker.
+    #[cfg(test)]
+    fn waiting(&self, tenant: &str) -> usize {
+        let tenants = self.tenants.lock().unwrap_or_else(|e| e.into_inner());
+        tenants.get(tenant).map_or(0, |t| t.waiting)
+    }
+
+    /// Log a failure about `tenant`, at most once per [`LOG_EVERY`] for that tenant
+    /// (with how many went unlogged in between).
+    fn log_failure(&self, tenant: &str, what: std::fmt::Arguments<'_>) {
+        let unlogged = {
+            let mut tenants = self.tenants.lock().unwrap_or_else(|e| e.into_inner());
+            let t = tenants.entry(tenant.to_string()).or_default();
+            if t.logged_at.is_some_and(|at| at.elapsed() < LOG_EVERY) {
+                t.unlogged += 1;
+                return;
+            }
+            t.logged_at = Some(Instant::now());
+            std::mem::take(&mut t.unlogged)
+        };
+        if unlogged > 0 {
+            warn!(
+                tenant,
+                "{what} (and {unlogged} more such failures for this tenant in the last {LOG_EVERY:?})"
+            );
+        } else {
+            warn!(tenant, "{what}");
+        }
+    }
+
+    /// Give a connection to `tenant`'s worker, within the queue's deadline and its
+    /// per-tenant cap. If the link turns out dead (the worker was killed), ask the
+    /// master for a new worker once. Failures are logged here (rate-limited).
     /// `Ok`: whether that worker still takes requests, for a relay kept to it.
     pub async fn hand_over(
         &self,
@@ -89,6 +183,37 @@ impl Workers {
         handoff: &Handoff,
         fd: &OwnedFd,
     ) -> Result<crate::http::h2::Liveness, String> {
+        let result = match self.wait_for(tenant) {
+            None => Err(format!(
+                "{} connections already wait for the worker of `{tenant}` (worker_queue_max): refused with 503",
+                self.queue.max
+            )),
+            Some(_waiting) => {
+                let deadline = self.queue.deadline;
+                tokio::time::timeout(deadline, self.hand_over_now(tenant, handoff, fd))
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(format!(
+                            "the worker of `{tenant}` took no connection within {deadline:?}: refused with 503"
+                        ))
+                    })
+            }
+        };
+        if let Err(reason) = &result {
+            self.log_failure(tenant, format_args!("site {:?}: {reason}", handoff.site));
+        }
+        result
+    }
+
+    async fn hand_over_now(
+        &self,
+        tenant: &str,
+        handoff: &Handoff,
+        fd: &OwnedFd,
+    ) -> Result<crate::http::h2::Liveness, String> {
+        let mut sealed = handoff.clone();
+        sealed.seal = self.sealer.seal(tenant, handoff, fd)?;
+        let message = DispatcherToWorker::Connection(sealed);
         let mut last_error = String::new();
         // A retiring worker costs an attempt without an error; bounded all the same.
         for _attempt in 0..4 {
@@ -97,7 +222,6 @@ impl Workers {
                 self.forget(tenant, &link);
                 continue;
             };
-            let message = DispatcherToWorker::Connection(handoff.clone());
             match link.channel.send(&message, &[fd.as_fd()]).await {
                 Ok(()) => {
                     let link = link.clone();
@@ -115,7 +239,11 @@ impl Workers {
 
     /// Give a connection to `tenant`'s worker only if that needs no waiting: the link
     /// exists and takes the message at once. Saves a task per connection on the hot path.
-    pub fn try_hand_over(&self, tenant: &str, handoff: Handoff, fd: &OwnedFd) -> bool {
+    pub fn try_hand_over(&self, tenant: &str, mut handoff: Handoff, fd: &OwnedFd) -> bool {
+        let Ok(seal) = self.sealer.seal(tenant, &handoff, fd) else {
+            return false;
+        };
+        handoff.seal = seal;
         let link = self
             .links
             .lock()
@@ -255,9 +383,20 @@ impl Workers {
         loop {
             match link.channel.recv().await {
                 Ok(Some((WorkerToDispatcher::HandBack(handoff), fds))) => {
-                    match fds.into_iter().next() {
-                        Some(fd) => on_hand_back(handoff, fd),
-                        None => warn!(tenant, "hand-back without a socket"),
+                    // Only the first fd can be the connection; any other closes here.
+                    let Some(fd) = fds.into_iter().next() else {
+                        self.log_failure(&tenant, format_args!("hand-back without a socket"));
+                        continue;
+                    };
+                    match self.check_hand_back(&tenant, &handoff, &fd) {
+                        Ok(()) => on_hand_back(handoff, fd),
+                        Err(reason) => self.log_failure(
+                            &tenant,
+                            format_args!(
+                                "refused a hand-back from the worker (claimed client {}, site {:?}): {reason}; closed",
+                                handoff.peer, handoff.site
+                            ),
+                        ),
                     }
                 }
                 Ok(Some((WorkerToDispatcher::Retiring, _))) => {
@@ -274,5 +413,182 @@ impl Workers {
             }
         }
         self.forget(&tenant, &link);
+    }
+
+    /// A connection comes back from `tenant`'s worker: only a plain client connection
+    /// this dispatcher passed to that tenant, as it passed it (the worker cannot name
+    /// another socket, another client or local address, or a connection it got from
+    /// elsewhere).
+    fn check_hand_back(&self, tenant: &str, handoff: &Handoff, fd: &OwnedFd) -> Result<(), String> {
+        if handoff.handover != crate::config::Handover::Pass
+            || handoff.tls_handshake
+            || handoff.secure
+        {
+            return Err("only plain connections passed to a worker come back".into());
+        }
+        self.sealer.check(tenant, handoff, fd)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Handover;
+    use crate::ipc::{MasterToDispatcher, raw_pair};
+
+    fn handoff(peer: std::net::SocketAddr, local: std::net::SocketAddr) -> Handoff {
+        Handoff {
+            handover: Handover::Pass,
+            peer,
+            local,
+            site: "a.test".into(),
+            buffered: b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n".to_vec(),
+            tls_handshake: false,
+            secure: false,
+            seal: [0; 32],
+        }
+    }
+
+    /// A master that never answers: every connection for a tenant waits, each at most
+    /// the deadline, and no more than `max` at once.
+    #[tokio::test]
+    async fn waiting_for_a_worker_is_bounded_in_time_and_count() {
+        let (ours, _master_end) = raw_pair().unwrap();
+        let queue = Queue {
+            deadline: Duration::from_millis(300),
+            max: 2,
+        };
+        let workers = Workers::new(Arc::new(Channel::new(ours).unwrap()), queue).unwrap();
+        let (fd, _other) = std::os::unix::net::UnixStream::pair().unwrap();
+        let fd = OwnedFd::from(fd);
+        let h = handoff(
+            "127.0.0.1:1".parse().unwrap(),
+            "127.0.0.1:2".parse().unwrap(),
+        );
+        let started = Instant::now();
+        let (first, second, third) = tokio::join!(
+            workers.hand_over("a", &h, &fd),
+            workers.hand_over("a", &h, &fd),
+            async {
+                // Once the two above wait: the third is refused at once.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                assert_eq!(workers.waiting("a"), 2);
+                let t = Instant::now();
+                let r = workers.hand_over("a", &h, &fd).await;
+                assert!(t.elapsed() < Duration::from_millis(100));
+                // Another tenant is not affected by a's queue.
+                let t = Instant::now();
+                let other = workers.hand_over("b", &h, &fd).await;
+                assert!(other.is_err() && t.elapsed() >= Duration::from_millis(250));
+                r
+            },
+        );
+        assert!(third.err().unwrap().contains("worker_queue_max"));
+        assert!(first.err().unwrap().contains("within"));
+        assert!(second.is_err());
+        let took = started.elapsed();
+        assert!(
+            took >= Duration::from_millis(300) && took < Duration::from_secs(2),
+            "{took:?}"
+        );
+        assert_eq!(workers.waiting("a"), 0);
+        assert_eq!(workers.waiting("b"), 0);
+    }
+
+    /// Through the real link code: a worker's hand-back reaches the dispatcher only
+    /// when it is the connection that went to that worker, as it went.
+    #[tokio::test]
+    async fn forged_hand_backs_are_closed_genuine_ones_resume() {
+        let (ours, master_end) = raw_pair().unwrap();
+        let master: Channel<MasterToDispatcher, DispatcherToMaster> =
+            Channel::new(master_end).unwrap();
+        let queue = Queue {
+            deadline: Duration::from_secs(5),
+            max: 16,
+        };
+        let workers = Workers::new(Arc::new(Channel::new(ours).unwrap()), queue).unwrap();
+        let (resumed_tx, mut resumed) = tokio::sync::mpsc::unbounded_channel();
+        let on_hand_back: HandBackFn = Arc::new(move |h: Handoff, fd: OwnedFd| {
+            let _ = resumed_tx.send((h, fd));
+        });
+        tokio::spawn(workers.clone().run_master_link(
+            on_hand_back,
+            Arc::new(|_, _| {}),
+            Arc::new(|_| {}),
+        ));
+        // Worker links for tenants a and b, as the master would give them.
+        let mut worker_ends = HashMap::new();
+        for tenant in ["a", "b"] {
+            let (dispatcher_side, worker_side) = raw_pair().unwrap();
+            let message = MasterToDispatcher::Worker {
+                tenant: tenant.into(),
+                result: Ok(()),
+            };
+            master
+                .send(&message, &[dispatcher_side.as_fd()])
+                .await
+                .unwrap();
+            let worker: Channel<WorkerToDispatcher, DispatcherToWorker> =
+                Channel::new(worker_side).unwrap();
+            worker_ends.insert(tenant, worker);
+        }
+        // A client connection, handed to a's worker.
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let _client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let (conn, peer) = listener.accept().unwrap();
+        let local = conn.local_addr().unwrap();
+        let conn = OwnedFd::from(conn);
+        assert!(
+            workers
+                .hand_over("a", &handoff(peer, local), &conn)
+                .await
+                .is_ok()
+        );
+        let a = &worker_ends["a"];
+        let (DispatcherToWorker::Connection(got), fds) = a.recv().await.unwrap().unwrap() else {
+            panic!("expected a connection");
+        };
+        let got_fd = fds.into_iter().next().unwrap();
+        let back = |mutate: fn(&mut Handoff)| {
+            let mut h = got.clone();
+            h.buffered = b"GET / HTTP/1.1\r\nHost: b.test\r\n\r\n".to_vec();
+            mutate(&mut h);
+            h
+        };
+        let send_back = |worker: &Channel<WorkerToDispatcher, DispatcherToWorker>,
+                         h: Handoff,
+                         fd: std::os::fd::BorrowedFd<'_>| {
+            let message = WorkerToDispatcher::HandBack(h);
+            worker.try_send(&message, &[fd]).unwrap();
+        };
+        // Forged: another client address; a socket the tenant made; a file; the
+        // genuine connection and seal from another tenant's worker.
+        send_back(
+            a,
+            back(|h| h.peer = "203.0.113.7:4444".parse().unwrap()),
+            got_fd.as_fd(),
+        );
+        let (own, _) = std::os::unix::net::UnixStream::pair().unwrap();
+        send_back(a, back(|_| {}), own.as_fd());
+        let file = tempfile::tempfile().unwrap();
+        send_back(a, back(|_| {}), file.as_fd());
+        send_back(&worker_ends["b"], back(|_| {}), got_fd.as_fd());
+        // The genuine hand-back, last.
+        send_back(a, back(|_| {}), got_fd.as_fd());
+        let (h, fd) = tokio::time::timeout(Duration::from_secs(5), resumed.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(h.peer, peer);
+        assert_eq!(h.local, local);
+        assert_eq!(h.buffered, back(|_| {}).buffered);
+        let same = |x: &OwnedFd, y: &OwnedFd| {
+            let (x, y) = (rustix::fs::fstat(x).unwrap(), rustix::fs::fstat(y).unwrap());
+            (x.st_dev, x.st_ino) == (y.st_dev, y.st_ino)
+        };
+        assert!(same(&fd, &conn));
+        // Nothing else came through.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert!(resumed.try_recv().is_err());
     }
 }

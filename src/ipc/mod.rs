@@ -30,6 +30,8 @@ pub struct DispatcherInit {
     pub listeners: Vec<ListenerInfo>,
     pub routing: Routing,
     pub limits: ClientLimits,
+    /// Connections that may wait at once for one tenant's worker.
+    pub worker_queue_max: usize,
     pub certificates: Vec<ProviderCertPem>,
     pub proxy_protocol_from: Vec<ipnet::IpNet>,
     /// The Prometheus text the master rewrites every few seconds, served on the admin
@@ -190,6 +192,11 @@ pub struct Handoff {
     pub tls_handshake: bool,
     /// The client's connection is HTTPS (terminated by the dispatcher or the worker).
     pub secure: bool,
+    /// The dispatcher's MAC over this socket's identity, the tenant it went to and the
+    /// fields above but `buffered` (see `dispatcher::seal`). A worker hands it back
+    /// unchanged with the connection; the dispatcher resumes only a connection whose
+    /// seal it can recompute, so a hand-back cannot name another socket or addresses.
+    pub seal: [u8; 32],
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -201,8 +208,9 @@ pub enum DispatcherToWorker {
 
 #[derive(Debug, Serialize, Deserialize)]
 pub enum WorkerToDispatcher {
-    /// The next request on this connection is not for this worker's tenant; `site` is
-    /// empty and `buffered` starts with that request's head.
+    /// The next request on this connection is not for this worker's tenant: the
+    /// connection's `Handoff` as it came (same `seal`), with `buffered` starting with
+    /// that request's head.
     HandBack(Handoff),
     /// The worker is leaving: send nothing more but [`DispatcherToWorker::Retired`].
     Retiring,

@@ -374,6 +374,7 @@ pub async fn start_dispatcher(
         listeners: listeners.iter().map(|l| l.info.clone()).collect(),
         routing: routing(config),
         limits: config.server.limits,
+        worker_queue_max: config.server.worker_queue_max,
         metrics_file: metrics.clone(),
         admin_token: super::admin_token::load(config)?,
         certificates: provider_certificates(config)?,

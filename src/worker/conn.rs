@@ -205,14 +205,17 @@ async fn hand_back(stream: Stream, buf: BytesMut, from: &Handoff, peer: &PeerCha
             return;
         }
     };
+    // Everything as the dispatcher sent it, its seal too: the dispatcher resumes only
+    // the connection it handed over, with the addresses it knew.
     let handoff = Handoff {
-        handover: Handover::Pass,
+        handover: from.handover,
         peer: from.peer,
         local: from.local,
-        site: String::new(),
+        site: from.site.clone(),
         buffered: buf.to_vec(),
-        tls_handshake: false,
-        secure: false,
+        tls_handshake: from.tls_handshake,
+        secure: from.secure,
+        seal: from.seal,
     };
     if let Err(e) = peer
         .send(&WorkerToDispatcher::HandBack(handoff), &[fd.as_fd()])

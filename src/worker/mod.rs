@@ -153,7 +153,11 @@ pub fn run(tenant: &str, ipc_fd: RawFd, threads: usize) -> anyhow::Result<()> {
         .build()
         .context("starting the runtime")?;
     let name = tenant.to_string();
-    runtime.block_on(async move { serve(name, master_fd).await })
+    let result = runtime.block_on(async move { serve(name, master_fd).await });
+    // A read of a tenant file that never returned (given up after its timeout) holds a
+    // blocking-pool thread; dropping the runtime would wait for it forever.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    result
 }
 
 async fn serve(name: String, master_fd: OwnedFd) -> anyhow::Result<()> {
@@ -175,7 +179,7 @@ async fn serve(name: String, master_fd: OwnedFd) -> anyhow::Result<()> {
     // server's log now and into each site's error log once the master hands it over.
     let mut layer_errors: Option<String> = None;
     if let Some(path) = &init.user_config {
-        let layer = user_layer(path, &site_configs, &init.user_config_locked, &init.pool);
+        let layer = user_layer(path, &site_configs, &init.user_config_locked, &init.pool).await;
         let layer = match layer {
             Ok(layer) => {
                 info!(tenant = name, path = %path.display(), sites = layer.len(), "tenant config layer applied");
@@ -211,10 +215,28 @@ async fn serve(name: String, master_fd: OwnedFd) -> anyhow::Result<()> {
             }
         }
     }
-    let sites: Vec<Arc<SiteState>> = site_configs
-        .into_iter()
-        .map(|s| Arc::new(open_site(s)))
+    // Every site's own certificate at once: a file that stalls costs its own timeout,
+    // not one per site after it.
+    let certificates: Vec<_> = site_configs
+        .iter()
+        .map(|s| {
+            let site = s.clone();
+            s.tls
+                .is_some()
+                .then(|| tokio::spawn(async move { site_tls(&site).await }))
+        })
         .collect();
+    let mut sites: Vec<Arc<SiteState>> = Vec::with_capacity(site_configs.len());
+    for (config, certificate) in site_configs.into_iter().zip(certificates) {
+        let tls = match certificate {
+            None => None,
+            Some(job) => Some(match job.await {
+                Ok(result) => result,
+                Err(e) => Err(anyhow::anyhow!("reading it failed: {e}")),
+            }),
+        };
+        sites.push(Arc::new(open_site(config, tls)));
+    }
     for site in &sites {
         for pool in site.fastcgi.iter().flatten() {
             pool.warm(site);
@@ -308,18 +330,23 @@ async fn serve(name: String, master_fd: OwnedFd) -> anyhow::Result<()> {
 }
 
 /// Read and check the tenant's own config file. No file: no layer. `Err`: every
-/// mistake, one per line, as `file:line:column: key: message`.
-fn user_layer(
+/// mistake, one per line, as `file:line:column: key: message`. The file is the
+/// tenant's: read off the runtime threads, bounded in size and time, and refused when
+/// it is not a regular file (a FIFO there must not stall the worker).
+async fn user_layer(
     path: &std::path::Path,
     sites: &[Site],
     locked: &[String],
     pool: &crate::config::Pool,
 ) -> Result<Vec<crate::config::user::SiteLayer>, String> {
-    let text = match std::fs::read_to_string(path) {
-        Ok(t) => t,
+    use crate::tenant_file::{MAX_CONFIG, read};
+    let bytes = match read(path.to_path_buf(), MAX_CONFIG).await {
+        Ok(b) => b,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(format!("{}: cannot read: {e}", path.display())),
+        Err(e) => return Err(e.to_string()),
     };
+    let text = String::from_utf8(bytes)
+        .map_err(|_| format!("{}: cannot read: not UTF-8 text", path.display()))?;
     crate::config::user::parse(path, text, sites, locked, pool)
         .map_err(|diags| crate::config::user::report(&diags))
 }
@@ -372,12 +399,13 @@ async fn flush_usage(tenant: &Tenant, master: &Channel<WorkerToMaster, MasterToW
 }
 
 /// The site's certificate and key, read here with the tenant's permissions: condo's
-/// privileged processes never open them.
-fn site_tls(
-    site: &Site,
-    files: &crate::config::SiteTls,
-) -> anyhow::Result<Arc<rustls::ServerConfig>> {
-    let key = crate::tls::load_certified_key(&files.cert, &files.key)?;
+/// privileged processes never open them. Off the runtime threads and bounded: they
+/// are the tenant's files.
+async fn site_tls(site: &Site) -> anyhow::Result<Arc<rustls::ServerConfig>> {
+    let Some(files) = &site.tls else {
+        anyhow::bail!("the site has no certificate");
+    };
+    let key = crate::tls::load_certified_key_async(&files.cert, &files.key).await?;
     let mut by_name = crate::tls::ByName::default();
     let names = std::iter::once(site.name.clone())
         .chain(site.aliases.iter().cloned())
@@ -386,7 +414,8 @@ fn site_tls(
     crate::tls::server_config(Arc::new(by_name))
 }
 
-fn open_site(config: Site) -> SiteState {
+/// `tls`: the outcome of [`site_tls`], for a site with its own certificate.
+fn open_site(config: Site, tls: Option<anyhow::Result<Arc<rustls::ServerConfig>>>) -> SiteState {
     let files = rustix::fs::open(
         &config.root,
         rustix::fs::OFlags::PATH | rustix::fs::OFlags::DIRECTORY | rustix::fs::OFlags::CLOEXEC,
@@ -405,8 +434,8 @@ fn open_site(config: Site) -> SiteState {
         warn!(site = config.name, "{reason}");
         reason
     });
-    let tls = config.tls.as_ref().map(|files| {
-        site_tls(&config, files).map_err(|e| {
+    let tls = tls.map(|result| {
+        result.map_err(|e| {
             let reason = format!("the site's certificate: {e:#}");
             warn!(site = config.name, "{reason}");
             reason
