@@ -12,6 +12,7 @@ mod h2;
 mod lifecycle;
 pub mod static_files;
 mod stream;
+mod target;
 
 use std::collections::HashMap;
 use std::fs::File;

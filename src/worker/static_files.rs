@@ -143,12 +143,41 @@ pub fn serve(
     query: Option<&str>,
     headers: &dyn RequestHeaders,
 ) -> Response {
+    let path = path::normalize(raw_path);
+    let path = path.as_deref().map_err(|_| 400);
+    answer(site, method, path, query, headers, true)
+}
+
+/// [`serve`] for a path already normalised (decoded: it is never decoded again).
+/// `index`: a directory's index files are still to be looked for; `false` when the
+/// caller looked already ([`find_index`]) and found none, so the directory is listed
+/// or refused — an index file that appeared since is not served without its route.
+pub fn serve_path(
+    site: &SiteFiles,
+    method: Method,
+    path: &str,
+    query: Option<&str>,
+    headers: &dyn RequestHeaders,
+    index: bool,
+) -> Response {
+    answer(site, method, Ok(path), query, headers, index)
+}
+
+/// `path`: normalised, or the status that refuses it.
+fn answer(
+    site: &SiteFiles,
+    method: Method,
+    path: Result<&str, u16>,
+    query: Option<&str>,
+    headers: &dyn RequestHeaders,
+    index: bool,
+) -> Response {
     match method {
-        Method::Get => serve_get(site, method, raw_path, query, headers),
+        Method::Get => serve_get(site, method, path, query, headers, index),
         // HEAD is computed as the GET it mirrors (minus Range), so its headers cannot
         // drift from GET's; only then is the body dropped.
         Method::Head => {
-            let mut response = serve_get(site, method, raw_path, query, headers);
+            let mut response = serve_get(site, method, path, query, headers, index);
             response.head_length = Some(response.body.len());
             response.body = Body::Empty;
             response
@@ -200,21 +229,23 @@ fn reason(status: u16) -> &'static str {
 fn serve_get(
     site: &SiteFiles,
     method: Method,
-    raw_path: &str,
+    path: Result<&str, u16>,
     query: Option<&str>,
     headers: &dyn RequestHeaders,
+    index: bool,
 ) -> Response {
-    let Ok(path) = path::normalize(raw_path) else {
-        return error_response(400);
+    let path = match path {
+        Ok(path) => path,
+        Err(status) => return error_response(status),
     };
-    let (fd, meta) = match open_target(&site.root, &path) {
+    let (fd, meta) = match open_target(&site.root, path) {
         Ok(target) => target,
         Err(status) => return error_response(status),
     };
     match meta.kind {
-        FileType::RegularFile => serve_file(fd, &meta, &path, method, headers),
-        FileType::Directory if !path.ends_with('/') => redirect_to_dir(&path, query),
-        FileType::Directory => serve_directory(site, fd, &path, method, headers),
+        FileType::RegularFile => serve_file(fd, &meta, path, method, headers),
+        FileType::Directory if !path.ends_with('/') => redirect_to_dir(path, query),
+        FileType::Directory => serve_directory(site, fd, path, method, headers, index),
         // FIFOs, sockets and devices: nothing a web server should read from.
         _ => error_response(403),
     }
@@ -344,14 +375,31 @@ fn redirect_to_dir(path: &str, query: Option<&str>) -> Response {
     response
 }
 
+/// The index file a request for directory `path` (normalised, ending in `/`) names:
+/// the first of the site's index names that exists and is not a directory (a FIFO or
+/// an unreadable file counts: serving it answers with its error). `None`: there is
+/// none, or `path` is no directory.
+pub fn find_index(site: &SiteFiles, path: &str) -> Option<String> {
+    site.index.iter().find_map(|name| {
+        let candidate = format!("{path}{name}");
+        match open_target(&site.root, &candidate) {
+            Ok((_, meta)) if meta.kind == FileType::Directory => None,
+            Err(404) => None,
+            _ => Some(candidate),
+        }
+    })
+}
+
 fn serve_directory(
     site: &SiteFiles,
     dir: OwnedFd,
     path: &str,
     method: Method,
     headers: &dyn RequestHeaders,
+    index: bool,
 ) -> Response {
-    for name in &site.index {
+    let names: &[String] = if index { &site.index } else { &[] };
+    for name in names {
         let candidate = format!("{path}{name}");
         match open_target(&site.root, &candidate) {
             Ok((fd, meta)) => match meta.kind {
