@@ -48,7 +48,11 @@ fn b_still_served(condo: &Condo) {
     for addr in [condo.pass, condo.proxy()] {
         let mut c = Client::connect(addr);
         let r = c.get("b.test", "/");
-        assert_eq!((r.status, r.text()), (200, "site B\n".to_string()), "{addr}");
+        assert_eq!(
+            (r.status, r.text()),
+            (200, "site B\n".to_string()),
+            "{addr}"
+        );
     }
 }
 
@@ -74,10 +78,16 @@ fn huge_chunk_sizes_are_answered_at_once() {
             );
             let (status, took, mut c) = status_after(addr, request.as_bytes());
             let status = status.unwrap_or_else(|| {
-                panic!("{addr} {size}: closed without an answer\n{}", condo.log_text())
+                panic!(
+                    "{addr} {size}: closed without an answer\n{}",
+                    condo.log_text()
+                )
             });
             assert!(allowed.contains(&status), "{addr} {size}: {status}");
-            assert!(took < Duration::from_secs(2), "{addr} {size}: took {took:?}");
+            assert!(
+                took < Duration::from_secs(2),
+                "{addr} {size}: took {took:?}"
+            );
             assert!(c.is_closed(), "{addr} {size}: connection left open");
         }
         // A chunked body within the limit still goes through.
@@ -120,7 +130,10 @@ fn a_stalled_body_is_408_not_502() {
                 condo.log_text()
             );
             // body_timeout is 1 s: answered then, not at some later timeout.
-            assert!(took < Duration::from_secs(3), "{addr} {what}: took {took:?}");
+            assert!(
+                took < Duration::from_secs(3),
+                "{addr} {what}: took {took:?}"
+            );
             assert!(c.is_closed(), "{addr} {what}: connection left open");
         }
     }

@@ -88,7 +88,12 @@ fn own_certificate(dir: &Path, t: &TwoTenants) -> (String, String) {
     let cert = tls.join("cert.pem");
     let key = tls.join("key.pem");
     write_owned(&cert, issued.cert.pem().as_bytes(), &t.a, 0o644);
-    write_owned(&key, issued.signing_key.serialize_pem().as_bytes(), &t.a, 0o600);
+    write_owned(
+        &key,
+        issued.signing_key.serialize_pem().as_bytes(),
+        &t.a,
+        0o600,
+    );
     (cert.display().to_string(), key.display().to_string())
 }
 
@@ -109,7 +114,12 @@ fn index_files_run_and_secrets_are_denied_on_every_path() {
              [[site.route]]\nsuffix = \".php\"\nhandler = \"fastcgi\"\ncommand = [\"php-cgi\"]\n"
         ),
     );
-    write_owned(&t.root_a.join("index.php"), INDEX_PHP.as_bytes(), &t.a, 0o644);
+    write_owned(
+        &t.root_a.join("index.php"),
+        INDEX_PHP.as_bytes(),
+        &t.a,
+        0o644,
+    );
     let admin = t.root_a.join("wp-admin");
     std::fs::create_dir(&admin).unwrap();
     chown(&admin, &t.a, 0o755);
@@ -146,7 +156,10 @@ fn index_files_run_and_secrets_are_denied_on_every_path() {
         for path in DENIED {
             let (status, body) = get(addr, "a.test", path);
             assert_eq!(status, 404, "{addr} {path}: {body}");
-            assert!(!body.contains("SECRET") && !body.contains("<?php"), "{addr} {path}: {body}");
+            assert!(
+                !body.contains("SECRET") && !body.contains("<?php"),
+                "{addr} {path}: {body}"
+            );
         }
         // A POST or HEAD is refused the same way.
         let mut c = Client::connect(addr);
@@ -211,7 +224,10 @@ fn index_files_run_and_secrets_are_denied_on_every_path() {
             "{name}"
         );
     }
-    assert_eq!(get(condo.pass, "b.test", "/"), (200, "site B\n".to_string()));
+    assert_eq!(
+        get(condo.pass, "b.test", "/"),
+        (200, "site B\n".to_string())
+    );
 }
 
 /// A site that opts out serves its dotfiles and backups; its index files still run
