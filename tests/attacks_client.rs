@@ -198,6 +198,38 @@ fn tls_setup() -> TwoTenants {
         ),
     )
     .unwrap();
+    // a has its own certificate: its worker does the handshake.
+    let own = t.root_a.parent().unwrap().join("tls");
+    std::fs::create_dir(&own).unwrap();
+    chown(&own, &t.a, 0o700);
+    let issued = rcgen::generate_simple_self_signed(vec!["a.test".to_string()]).unwrap();
+    write_owned(
+        &own.join("c.pem"),
+        issued.cert.pem().as_bytes(),
+        &t.a,
+        0o644,
+    );
+    write_owned(
+        &own.join("k.pem"),
+        issued.signing_key.serialize_pem().as_bytes(),
+        &t.a,
+        0o600,
+    );
+    let site = t.dir.path().join("sites/a.toml");
+    let text = std::fs::read_to_string(&site).unwrap();
+    std::fs::write(
+        &site,
+        text.replacen(
+            "tenant = \"a\"\n",
+            &format!(
+                "tenant = \"a\"\ntls = {{ cert = \"{}\", key = \"{}\" }}\n",
+                own.join("c.pem").display(),
+                own.join("k.pem").display()
+            ),
+            1,
+        ),
+    )
+    .unwrap();
     let site = t.dir.path().join("sites/b.toml");
     let text = std::fs::read_to_string(&site).unwrap();
     std::fs::write(
@@ -287,6 +319,49 @@ fn malformed_client_hellos_get_their_alert() {
     b_still_served(&condo);
 }
 
+/// A real TLS 1.2-only ClientHello for `sni`, from rustls's own client.
+fn real_client_hello(sni: &str) -> Vec<u8> {
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS12])
+        .unwrap()
+        .with_root_certificates(rustls::RootCertStore::empty())
+        .with_no_client_auth();
+    let name = rustls::pki_types::ServerName::try_from(sni.to_string()).unwrap();
+    let mut client = rustls::ClientConnection::new(std::sync::Arc::new(config), name).unwrap();
+    let mut hello = Vec::new();
+    client.write_tls(&mut hello).unwrap();
+    hello
+}
+
+/// A second ClientHello where the server waits for the key exchange: rustls answers
+/// unexpected_message, and that alert must reach the client before the close — on the
+/// dispatcher's handshake (host certificate) and the worker's (own certificate).
+#[test]
+fn an_unexpected_message_gets_its_alert() {
+    if !require_root() {
+        return;
+    }
+    let t = tls_setup();
+    let condo = Condo::start(&config_path(&t));
+    let tls = condo.tls.expect("a TLS listener");
+    for sni in ["b.hosting.test", "a.test"] {
+        let hello = real_client_hello(sni);
+        let twice = [hello.clone(), hello].concat();
+        let (out, took) = answer_to(tls, &twice);
+        let alert = [0x15, 0x03, 0x03, 0x00, 0x02, 0x02, 10];
+        assert!(
+            out.windows(alert.len()).any(|w| w == alert),
+            "{sni}: no unexpected_message alert in {} bytes after {took:?}: {:02x?}",
+            out.len(),
+            &out[out.len().saturating_sub(16)..]
+        );
+        assert!(took < Duration::from_secs(2), "{sni}: {took:?}");
+    }
+    b_over_tls(&condo, &t);
+    b_still_served(&condo);
+}
+
 fn b_over_tls(condo: &Condo, _t: &TwoTenants) {
     let port = condo.tls.unwrap().port();
     let (body, ok) = curl(&[
@@ -346,12 +421,20 @@ fn tls12_renegotiation_gets_its_alert_and_does_not_hang() {
     let t = tls_setup();
     let condo = Condo::start(&config_path(&t));
     let port = condo.tls.unwrap().port();
-    let (out, took) = renegotiate(port, "b.hosting.test");
-    assert!(
-        out.contains("RENEGOTIATING") && out.to_lowercase().contains("no renegotiation"),
-        "{out}"
-    );
-    assert!(took < Duration::from_secs(3), "took {took:?}:\n{out}");
+    // Terminated in the dispatcher (the host's certificate), and in a's worker (its
+    // own certificate).
+    for sni in ["b.hosting.test", "a.test"] {
+        let (out, took) = renegotiate(port, sni);
+        assert!(
+            out.contains("RENEGOTIATING") && out.to_lowercase().contains("no renegotiation"),
+            "{sni}: {out}\n{}",
+            condo.log_text()
+        );
+        assert!(
+            took < Duration::from_secs(3),
+            "{sni}: took {took:?}:\n{out}"
+        );
+    }
     b_over_tls(&condo, &t);
     b_still_served(&condo);
 }
