@@ -393,6 +393,7 @@ fn open_site(config: Site) -> SiteState {
         root,
         index: config.index.clone(),
         autoindex: config.autoindex,
+        deny: config.deny(),
     })
     .map_err(|e| {
         let reason = format!(

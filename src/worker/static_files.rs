@@ -44,6 +44,9 @@ pub struct SiteFiles {
     pub index: Vec<String>,
     /// List a directory that has none of the index files.
     pub autoindex: bool,
+    /// Names the site refuses (`deny_hidden`, `deny_backup`): left out of listings,
+    /// where they could only be links to a 404 that still give their names away.
+    pub deny: path::Deny,
 }
 
 /// The request's header fields, looked up by case-insensitive name.
@@ -415,7 +418,7 @@ fn serve_directory(
     if !site.autoindex {
         return error_response(403);
     }
-    match listing(&site.root, &dir, path) {
+    match listing(&site.root, &dir, path, site.deny) {
         Ok(html) => Response {
             status: 200,
             headers: vec![
@@ -451,7 +454,7 @@ const HREF: &AsciiSet = &NON_ALPHANUMERIC
 /// and so are names that are not UTF-8 or hold control bytes (no request path can
 /// name them), symlinks that do not resolve beneath the root, and anything but
 /// directories and regular files.
-fn listing(root: &OwnedFd, dir: &OwnedFd, path: &str) -> Result<Vec<u8>, u16> {
+fn listing(root: &OwnedFd, dir: &OwnedFd, path: &str, deny: path::Deny) -> Result<Vec<u8>, u16> {
     // `dir` may be an O_PATH descriptor (see `open_target`); reading entries needs a
     // real one, and opening "." relative to it follows no link.
     let readable = rustix::fs::openat(
@@ -467,7 +470,10 @@ fn listing(root: &OwnedFd, dir: &OwnedFd, path: &str) -> Result<Vec<u8>, u16> {
         let Ok(name) = std::str::from_utf8(entry.file_name().to_bytes()) else {
             continue;
         };
-        if name.starts_with('.') || name.bytes().any(|b| b < 0x20 || b == 0x7f) {
+        if name.starts_with('.')
+            || name.bytes().any(|b| b < 0x20 || b == 0x7f)
+            || (deny.backup && path::is_backup_name(name))
+        {
             continue;
         }
         let Ok(fd) = openat2_beneath(root, &format!("{path}{name}"), OFlags::PATH) else {
@@ -1005,6 +1011,10 @@ mod tests {
                     root,
                     index: vec!["index.html".to_string(), "index.htm".to_string()],
                     autoindex: false,
+                    deny: path::Deny {
+                        hidden: true,
+                        backup: true,
+                    },
                 },
             }
         }
@@ -1358,6 +1368,10 @@ mod tests {
             root: f.site.root.try_clone().unwrap(),
             index: vec!["pipe".to_string()],
             autoindex: false,
+            deny: path::Deny {
+                hidden: true,
+                backup: true,
+            },
         };
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
@@ -1463,6 +1477,8 @@ mod tests {
         f.write("list/javascript:alert(1)", b"x");
         f.write("list/zeta.txt", b"x");
         f.write("list/.hidden", b"x");
+        f.write("list/wp-config.php.bak", b"x");
+        f.write("list/notes.txt~", b"x");
         f.write("list/caf\u{e9} ok.txt", b"x");
         f.mkdir("list/subdir");
         f.symlink("../../outside/secret.txt", "list/escape.txt");
@@ -1491,6 +1507,11 @@ mod tests {
         assert!(html.contains("href=\"../\""), "{html}");
         assert!(html.contains(">5<"), "size of the script file: {html}");
         assert!(!html.contains("hidden"), "{html}");
+        // Backups are left out as the site refuses them (deny_backup).
+        assert!(
+            !html.contains("wp-config") && !html.contains("notes"),
+            "{html}"
+        );
         assert!(!html.contains("escape"), "{html}");
         assert!(html.contains("via-link.txt"), "{html}");
         assert!(!html.contains("href=\".\"") && !html.contains("href=\"./\""));
