@@ -140,6 +140,37 @@ fn a_stalled_body_is_408_not_502() {
     b_still_served(&condo);
 }
 
+/// A worker that answers before the body arrived (a static site takes no body) is
+/// heard at once on the proxy listener too, as on the pass one: the dispatcher does
+/// not wait for a body nobody reads (then blaming the backend with a 502).
+#[test]
+fn an_early_answer_is_relayed_at_once() {
+    if !require_root() {
+        return;
+    }
+    let t = TwoTenants::new();
+    // The default body_timeout (60 s): any wait for the body would show.
+    let condo = Condo::start(&t.config(""));
+    for addr in [condo.pass, condo.proxy()] {
+        for (request, expected) in [
+            (
+                "POST / HTTP/1.1\r\nHost: b.test\r\nContent-Length: 10000000\r\n\r\nsome",
+                405,
+            ),
+            (
+                "PUT /x HTTP/1.1\r\nHost: b.test\r\nTransfer-Encoding: chunked\r\n\r\n1000\r\nsome",
+                405,
+            ),
+        ] {
+            let (status, took, mut c) = status_after(addr, request.as_bytes());
+            assert_eq!(status, Some(expected), "{addr} {request:?} after {took:?}");
+            assert!(took < Duration::from_secs(5), "{addr}: took {took:?}");
+            assert!(c.is_closed(), "{addr}: connection left open");
+        }
+    }
+    b_still_served(&condo);
+}
+
 #[test]
 fn scripts_get_no_hop_by_hop_headers() {
     if !require_root() {
