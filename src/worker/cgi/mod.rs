@@ -133,15 +133,19 @@ pub(super) async fn finish(
             )
         }
     };
-    log_error(
-        call.site,
-        &format!(
-            "{} {}: {}",
-            call.head.method.as_str(),
-            call.path,
-            refusal.reason
-        ),
+    let message = format!(
+        "{} {}: {}",
+        call.head.method.as_str(),
+        call.path,
+        refusal.reason
     );
+    if matches!(refusal.status, 400 | 408 | 413) {
+        // A client's fault: the site's own log says so, but condo's log is not for
+        // what any client can cause at will, once per request.
+        log_site(call.site, &message);
+    } else {
+        log_error(call.site, &message);
+    }
     if head_sent {
         // Part of the response is out: closing is the only honest end.
         return Err(io::Error::new(io::ErrorKind::TimedOut, refusal.reason));
@@ -768,6 +772,11 @@ pub(super) fn copy_stderr<R: AsyncRead + Unpin + Send + 'static>(
 
 pub(super) fn log_error(site: &SiteState, message: &str) {
     warn!(site = site.config.name, "cgi: {message}");
+    log_site(site, message);
+}
+
+/// A line in the site's error log only.
+fn log_site(site: &SiteState, message: &str) {
     let line = format!(
         "{} [{}] condo: {message}\n",
         crate::http::http_date(),
