@@ -268,7 +268,8 @@ fn a_site_that_opts_out_serves_dotfiles() {
     }
 }
 
-/// The keys are checked like every other: a wrong type is an error with its place.
+/// The keys are checked like every other: a wrong type is an error with its place, and
+/// so is an index file name the site would refuse.
 #[test]
 fn deny_keys_are_checked() {
     let dir = scratch();
@@ -284,6 +285,11 @@ fn deny_keys_are_checked() {
         "[[site]]\nname = \"a.test\"\ntenant = \"a\"\nroot = \"/tmp\"\ndeny_hidden = \"no\"\n",
     )
     .unwrap();
+    std::fs::write(
+        sites.join("b.toml"),
+        "[[site]]\nname = \"b.test\"\ntenant = \"a\"\nroot = \"/tmp\"\nindex = [\"index.php\", \"index.php.bak\"]\n",
+    )
+    .unwrap();
     let out = Command::new(CONDO)
         .args(["check", "-c"])
         .arg(dir.path().join("condo.toml"))
@@ -297,6 +303,13 @@ fn deny_keys_are_checked() {
     assert!(!out.status.success(), "{text}");
     assert!(
         text.contains("a.toml:5:") && text.contains("expected a boolean"),
+        "{text}"
+    );
+    // An index file the site would refuse to serve is a mistake, said at its place.
+    assert!(
+        text.lines().any(|l| l.contains("b.toml:5:")
+            && l.contains("site.0.index.1")
+            && l.contains("refuses")),
         "{text}"
     );
 }

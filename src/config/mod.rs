@@ -1109,11 +1109,23 @@ fn validate_site(
     let index = s
         .index
         .unwrap_or_else(|| vec!["index.html".into(), "index.htm".into()]);
+    let deny = crate::http::path::Deny {
+        hidden: s.deny_hidden.unwrap_or(true),
+        backup: s.deny_backup.unwrap_or(true),
+    };
     for (j, name) in index.iter().enumerate() {
         if name.is_empty() || name.contains('/') || name == "." || name == ".." {
             diags.push(source.error(
                 &format!("{key}.index.{j}"),
                 "index entries are plain file names",
+            ));
+        } else if crate::http::path::denied(&format!("/{name}"), deny) {
+            diags.push(source.error(
+                &format!("{key}.index.{j}"),
+                format!(
+                    "`{name}` is a hidden or backup file name, which this site refuses to serve \
+                     (deny_hidden, deny_backup)"
+                ),
             ));
         }
     }
