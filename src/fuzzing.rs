@@ -40,6 +40,21 @@ pub fn path(data: &[u8]) {
             // A backslash is an ordinary byte in a Linux file name, never a separator.
             assert!(!segment.contains('\0'), "{normal:?}");
         }
+        // The exposure check takes any normalised path, and never lets a dotfile
+        // through (but the one exception).
+        let deny = crate::http::path::Deny {
+            hidden: true,
+            backup: true,
+        };
+        if !crate::http::path::denied(&normal, deny) {
+            assert!(
+                normal
+                    .split('/')
+                    .skip(2)
+                    .all(|segment| !segment.starts_with('.')),
+                "{normal:?}"
+            );
+        }
         // No idempotence check: the result is decoded, and decoding it again is the
         // double-decoding bug this function must not have (`%252e` stays `%2e`).
     }
@@ -66,7 +81,13 @@ pub fn chunked(data: &[u8]) {
         return;
     };
     let piece = usize::from(step.max(1));
-    let mut decoder = ChunkedDecoder::new();
+    // Odd first bytes also bound the body, as the CGI handler does.
+    let limit = if step % 2 == 1 {
+        u64::from(step) * 16
+    } else {
+        u64::MAX
+    };
+    let mut decoder = ChunkedDecoder::with_limit(limit);
     let mut offset = 0;
     let mut payload = 0usize;
     while offset < input.len() {
@@ -81,6 +102,7 @@ pub fn chunked(data: &[u8]) {
                         Step::Data { start, end } => {
                             assert!(start <= end && end == used);
                             payload += end - start;
+                            assert!(payload as u64 <= limit);
                         }
                         Step::Done { consumed } => {
                             assert_eq!(consumed, used);

@@ -140,13 +140,31 @@ pub struct Hello {
     pub sni: Option<String>,
 }
 
+/// A ClientHello that could not be read: why, and the alert record rustls answers it
+/// with (`decode_error` for a malformed SNI or ALPN extension, ...), to be sent before
+/// the connection closes so the client learns why.
+#[derive(Debug)]
+pub struct BadHello {
+    pub reason: String,
+    pub alert: Vec<u8>,
+}
+
+impl std::fmt::Display for BadHello {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.reason)
+    }
+}
+
 /// Parse a ClientHello from the start of `buf` without consuming it. `Ok(None)`: more
 /// bytes are needed.
-pub fn peek_client_hello(buf: &[u8]) -> Result<Option<Hello>, String> {
+pub fn peek_client_hello(buf: &[u8]) -> Result<Option<Hello>, BadHello> {
     let mut acceptor = Acceptor::default();
     let mut reader: &[u8] = buf;
     while !reader.is_empty() {
-        acceptor.read_tls(&mut reader).map_err(|e| e.to_string())?;
+        acceptor.read_tls(&mut reader).map_err(|e| BadHello {
+            reason: e.to_string(),
+            alert: Vec::new(),
+        })?;
     }
     match acceptor.accept() {
         Ok(Some(accepted)) => Ok(Some(Hello {
@@ -156,8 +174,35 @@ pub fn peek_client_hello(buf: &[u8]) -> Result<Option<Hello>, String> {
                 .map(|s| s.to_ascii_lowercase()),
         })),
         Ok(None) => Ok(None),
-        Err((e, _alert)) => Err(e.to_string()),
+        Err((e, mut alert)) => {
+            let mut bytes = Vec::new();
+            // Into a Vec: cannot fail or block.
+            let _ = alert.write_all(&mut bytes);
+            Err(BadHello {
+                reason: e.to_string(),
+                alert: bytes,
+            })
+        }
     }
+}
+
+/// Read from a TLS stream, then send whatever rustls queued while reading. rustls
+/// answers some records without the application writing anything — a TLS 1.2
+/// renegotiation attempt gets a `no_renegotiation` warning, a TLS 1.3 KeyUpdate its
+/// reply — but tokio-rustls only sends queued records on the next write, and the
+/// client, waiting for that answer, would hang until a timeout.
+pub fn poll_read_flushing<IO: AsyncRead + AsyncWrite + Unpin>(
+    stream: &mut tokio_rustls::server::TlsStream<IO>,
+    cx: &mut Context<'_>,
+    buf: &mut ReadBuf<'_>,
+) -> Poll<io::Result<()>> {
+    let polled = Pin::new(&mut *stream).poll_read(cx, buf);
+    if stream.get_ref().1.wants_write() {
+        // Pending is fine: the waker is registered, and the next read or write sends
+        // the rest. An error surfaces on the next write as well.
+        let _ = Pin::new(&mut *stream).poll_flush(cx);
+    }
+    polled
 }
 
 /// A stream that first yields bytes already read from it (the ClientHello the

@@ -153,6 +153,11 @@ pub struct Site {
     pub root: PathBuf,
     pub index: Vec<String>,
     pub autoindex: bool,
+    /// Refuse (404) every path with a segment starting with `.`, but `/.well-known/`.
+    pub deny_hidden: bool,
+    /// Refuse (404) every path with a backup or editor file's name in it
+    /// ([`crate::http::path::is_backup_name`]).
+    pub deny_backup: bool,
     /// Environment for every handler's processes (CGI scripts).
     pub env: Vec<(String, String)>,
     /// Tried in order; a request no route matches is served as a static file.
@@ -250,6 +255,16 @@ pub enum Handler {
     Cgi,
     FastCgi,
     App,
+}
+
+impl Site {
+    /// The names this site refuses to serve, whichever handler would serve them.
+    pub fn deny(&self) -> crate::http::path::Deny {
+        crate::http::path::Deny {
+            hidden: self.deny_hidden,
+            backup: self.deny_backup,
+        }
+    }
 }
 
 impl RouteConfig {
@@ -604,6 +619,8 @@ struct SiteSection {
     index: Option<Vec<String>>,
     #[serde(default)]
     autoindex: bool,
+    deny_hidden: Option<bool>,
+    deny_backup: Option<bool>,
     #[serde(default)]
     env: BTreeMap<String, String>,
     #[serde(default)]
@@ -1222,11 +1239,23 @@ fn validate_site(
     let index = s
         .index
         .unwrap_or_else(|| vec!["index.html".into(), "index.htm".into()]);
+    let deny = crate::http::path::Deny {
+        hidden: s.deny_hidden.unwrap_or(true),
+        backup: s.deny_backup.unwrap_or(true),
+    };
     for (j, name) in index.iter().enumerate() {
         if name.is_empty() || name.contains('/') || name == "." || name == ".." {
             diags.push(source.error(
                 &format!("{key}.index.{j}"),
                 "index entries are plain file names",
+            ));
+        } else if crate::http::path::denied(&format!("/{name}"), deny) {
+            diags.push(source.error(
+                &format!("{key}.index.{j}"),
+                format!(
+                    "`{name}` is a hidden or backup file name, which this site refuses to serve \
+                     (deny_hidden, deny_backup)"
+                ),
             ));
         }
     }
@@ -1350,6 +1379,9 @@ fn validate_site(
         root: s.root,
         index,
         autoindex: s.autoindex,
+        // On unless the admin says otherwise: what is not meant to be served is not.
+        deny_hidden: s.deny_hidden.unwrap_or(true),
+        deny_backup: s.deny_backup.unwrap_or(true),
         env: s.env.into_iter().collect(),
         routes,
         max_clients: s.max_clients,

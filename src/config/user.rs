@@ -215,6 +215,8 @@ mod tests {
             root: "/srv/a".into(),
             index: vec!["index.html".into()],
             autoindex: false,
+            deny_hidden: true,
+            deny_backup: true,
             env: vec![("APP_ENV".into(), "prod".into())],
             routes: vec![],
             max_clients: None,

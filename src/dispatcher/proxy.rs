@@ -23,7 +23,7 @@ use tracing::debug;
 use super::workers::Workers;
 use crate::config::{ClientLimits, Handover};
 use crate::http::head::{BodyFraming, RequestHead};
-use crate::http::io::relay_body;
+use crate::http::io::{client_fault, relay_body};
 use crate::http::response::{ResponseBody, ResponseHead, parse_response_head};
 use crate::ipc::{Handoff, Route};
 
@@ -164,31 +164,53 @@ async fn relay(
             .map_err(|_| 400u16)?;
     }
     up.stream.write_all(&head_bytes).await.map_err(|_| 502u16)?;
-    relay_body(
-        client,
-        client_buf,
-        Some(&mut up.stream),
-        &head.body,
-        req.limits.body_timeout,
-    )
-    .await
-    .map_err(|e| {
-        if e.kind() == std::io::ErrorKind::InvalidData {
-            400u16
-        } else {
-            502
+    // The body goes up while the worker's answer is awaited: a worker may answer before
+    // it read the body (a static file, a 413 for a chunk over the limit, a script that
+    // does not read its input), and that answer is the client's at once. A body that
+    // stops arriving is the client's fault, answered as such (408 after body_timeout),
+    // never a 502: the backend did nothing wrong.
+    let (response, body_left) = {
+        let (mut up_read, mut up_write) = up.stream.split();
+        let body = relay_body(
+            client,
+            client_buf,
+            Some(&mut up_write),
+            &head.body,
+            req.limits.body_timeout,
+        );
+        let answer = read_final_head(&mut up_read, &mut up.buf, head.is_head());
+        tokio::pin!(body, answer);
+        let mut body_left = !matches!(head.body, BodyFraming::None);
+        let mut relaying = body_left;
+        // The worker's time to answer counts from the end of the body.
+        let mut deadline = (!relaying).then(|| tokio::time::Instant::now() + UPSTREAM_TIMEOUT);
+        let far = tokio::time::Instant::now() + Duration::from_secs(86_400 * 365);
+        loop {
+            tokio::select! {
+                relayed = &mut body, if relaying => {
+                    relaying = false;
+                    if let Err(e) = relayed {
+                        if let Some(status) = client_fault(&e) {
+                            debug!("request body: {e}");
+                            return Err(status);
+                        }
+                        // The worker stopped reading: it may have answered (below); if
+                        // it did not, reading its answer fails with 502. The rest of the
+                        // body stays unread, so the connection ends after the answer.
+                        debug!("relaying a request body to the worker: {e}");
+                    } else {
+                        body_left = false;
+                    }
+                    deadline = Some(tokio::time::Instant::now() + UPSTREAM_TIMEOUT);
+                }
+                answer = &mut answer => break (answer?, body_left),
+                _ = tokio::time::sleep_until(deadline.unwrap_or(far)) => return Err(504),
+            }
         }
-    })?;
-
-    let response = loop {
-        let response = read_response_head(up, head.is_head()).await?;
-        if (100..200).contains(&response.status) && response.status != 101 {
-            // Interim responses were already covered by our own 100 Continue.
-            up.buf.advance(response.len);
-            continue;
-        }
-        break response;
     };
+    // The rest of the body is still in the client connection: it cannot carry another
+    // request, so it ends after this response.
+    let body_unread = body_left;
     if response.status == 101 && head.header("upgrade").is_none() {
         // Switching protocols the client never asked for would turn its connection
         // into a tunnel to this tenant for every later request.
@@ -205,6 +227,12 @@ async fn relay(
         // one send instead of two.
         let sent = client.write_all(&up.buf[..whole]).await;
         up.buf.advance(whole);
+        if body_unread {
+            // The client may still be sending: a plain close would answer its bytes
+            // with a reset that can destroy the response in flight.
+            crate::http::io::close_gracefully(client).await;
+            return Ok(false);
+        }
         return Ok(sent.is_ok() && head.keep_alive && !response.close);
     }
     if client.write_all(&up.buf[..response.len]).await.is_err() {
@@ -247,26 +275,36 @@ async fn relay(
             return Ok(false);
         }
     }
+    if body_unread {
+        crate::http::io::close_gracefully(client).await;
+        return Ok(false);
+    }
     Ok(head.keep_alive && !response.close)
 }
 
-async fn read_response_head(
-    up: &mut Upstream,
+/// The worker's final response head (interim 1xx other than 101 are skipped: the
+/// client got the dispatcher's own 100 Continue). No deadline here: the caller's
+/// starts when the request body is through.
+async fn read_final_head(
+    stream: &mut tokio::net::unix::ReadHalf<'_>,
+    buf: &mut BytesMut,
     request_was_head: bool,
 ) -> Result<ResponseHead, u16> {
-    let deadline = tokio::time::Instant::now() + UPSTREAM_TIMEOUT;
     loop {
-        if let Some(head) = parse_response_head(&up.buf, request_was_head)? {
+        if let Some(head) = parse_response_head(buf, request_was_head)? {
+            if (100..200).contains(&head.status) && head.status != 101 {
+                buf.advance(head.len);
+                continue;
+            }
             return Ok(head);
         }
-        if up.buf.len() > MAX_RESPONSE_HEAD {
+        if buf.len() > MAX_RESPONSE_HEAD {
             return Err(502);
         }
-        up.buf.reserve(16 * 1024);
-        match tokio::time::timeout_at(deadline, up.stream.read_buf(&mut up.buf)).await {
-            Err(_) => return Err(504),
-            Ok(Ok(0)) | Ok(Err(_)) => return Err(502),
-            Ok(Ok(_)) => {}
+        buf.reserve(16 * 1024);
+        match stream.read_buf(buf).await {
+            Ok(0) | Err(_) => return Err(502),
+            Ok(_) => {}
         }
     }
 }

@@ -54,7 +54,7 @@ impl AsyncRead for ClientConn {
     ) -> Poll<io::Result<()>> {
         match self.get_mut() {
             ClientConn::Tcp(s) => Pin::new(s).poll_read(cx, buf),
-            ClientConn::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            ClientConn::Tls(s) => tls::poll_read_flushing(s.as_mut(), cx, buf),
         }
     }
 }
@@ -104,6 +104,7 @@ impl Dispatcher {
                 Ok(None) => return,
                 Err(e) => {
                     debug!(%peer, "not a TLS ClientHello: {e}");
+                    send_alert(&mut stream, &e.alert).await;
                     return;
                 }
             }
@@ -165,7 +166,9 @@ impl Dispatcher {
             .map(<[String]>::to_vec)
             .unwrap_or_default();
         if tls.get_ref().1.alpn_protocol() == Some(b"h2") {
-            self.serve_h2(tls, peer, local, Some(names)).await;
+            // Through ClientConn, whose reads send what rustls queued meanwhile.
+            let conn = ClientConn::Tls(Box::new(tls));
+            self.serve_h2(conn, peer, local, Some(names)).await;
             return;
         }
         let idle = self.limits.header_timeout;
@@ -179,6 +182,32 @@ impl Dispatcher {
             Some(names),
         )
         .await;
+    }
+}
+
+/// Send the alert that refuses a ClientHello, then close: briefly, the client may be
+/// gone or not reading (the alert is a few bytes, so a fresh socket takes it at once).
+async fn send_alert(stream: &mut TcpStream, alert: &[u8]) {
+    use tokio::io::AsyncWriteExt;
+    if alert.is_empty() {
+        return;
+    }
+    let sent = tokio::time::timeout(std::time::Duration::from_secs(1), async {
+        stream.write_all(alert).await?;
+        stream.shutdown().await
+    })
+    .await;
+    if !matches!(sent, Ok(Ok(()))) {
+        return;
+    }
+    // Read what the client still sends for a moment, so closing with unread bytes
+    // does not turn into a reset that destroys the alert before the client reads it.
+    let mut sink = [0u8; 1024];
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_millis(500);
+    while let Ok(Ok(n)) = tokio::time::timeout_at(deadline, stream.read(&mut sink)).await {
+        if n == 0 {
+            break;
+        }
     }
 }
 

@@ -12,6 +12,9 @@ use std::fmt;
 pub const MAX_CHUNK_LINE: usize = 4096;
 /// Most bytes of trailer fields (with their CRLFs, without the final empty line).
 pub const MAX_TRAILER_BYTES: usize = 8192;
+/// The largest chunk size taken at all: a body length must fit a signed 64-bit offset
+/// (as Content-Length must for most peers), so `ffffffffffffffff` is malformed, not big.
+pub const MAX_CHUNK_SIZE: u64 = i64::MAX as u64;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ChunkedError {
@@ -32,12 +35,18 @@ pub enum ChunkedError {
     /// NUL or another control character in a trailer value.
     InvalidTrailerValue,
     TrailersTooLarge,
+    /// The chunk sizes announced so far add up to more than the decoder's limit (the
+    /// whole body is refused as soon as its size line says so, before any data).
+    TooLarge,
 }
 
 impl ChunkedError {
-    /// Every malformed body is the client's fault.
+    /// Every malformed body is the client's fault; one over the limit is 413.
     pub fn status(&self) -> u16 {
-        400
+        match self {
+            ChunkedError::TooLarge => 413,
+            _ => 400,
+        }
     }
 }
 
@@ -55,6 +64,7 @@ impl fmt::Display for ChunkedError {
             ChunkedError::TrailerObsFold => "trailer line starts with whitespace",
             ChunkedError::InvalidTrailerValue => "control character in trailer value",
             ChunkedError::TrailersTooLarge => "trailer section too large",
+            ChunkedError::TooLarge => "chunked body over the size limit",
         })
     }
 }
@@ -113,6 +123,10 @@ pub struct ChunkedDecoder {
     size: u64,
     line_len: usize,
     trailer_len: usize,
+    /// Most payload bytes the whole body may have.
+    limit: u64,
+    /// Payload bytes announced by the chunk sizes read so far.
+    announced: u64,
 }
 
 impl Default for ChunkedDecoder {
@@ -122,13 +136,35 @@ impl Default for ChunkedDecoder {
 }
 
 impl ChunkedDecoder {
+    /// A decoder for a body of any size (up to [`MAX_CHUNK_SIZE`] a chunk).
     pub fn new() -> Self {
+        Self::with_limit(u64::MAX)
+    }
+
+    /// A decoder that fails with [`ChunkedError::TooLarge`] at the first chunk-size
+    /// digit that takes the body past `limit` payload bytes: a client announcing a
+    /// huge chunk is answered at once, not after it sent (or stalled on) the data.
+    pub fn with_limit(limit: u64) -> Self {
         ChunkedDecoder {
             state: State::SizeStart,
             size: 0,
             line_len: 0,
             trailer_len: 0,
+            limit,
+            announced: 0,
         }
+    }
+
+    /// A chunk size as its digits arrive: too large to be a size (400), or taking
+    /// the body past the limit (413).
+    fn check_size(&self) -> Result<(), ChunkedError> {
+        if self.size > MAX_CHUNK_SIZE {
+            return Err(ChunkedError::ChunkSizeOverflow);
+        }
+        if self.size > self.limit.saturating_sub(self.announced) {
+            return Err(ChunkedError::TooLarge);
+        }
+        Ok(())
     }
 
     /// Decode from `input` (bytes not yet consumed). Returns how many input bytes were
@@ -204,6 +240,7 @@ impl ChunkedDecoder {
         self.state = match (self.state, b) {
             (S::SizeStart, _) => {
                 self.size = u64::from(hex_value(b).ok_or(E::InvalidChunkSize)?);
+                self.check_size()?;
                 S::Size
             }
             (S::Size, _) if hex_value(b).is_some() => {
@@ -213,6 +250,7 @@ impl ChunkedDecoder {
                     .checked_mul(16)
                     .and_then(|s| s.checked_add(digit))
                     .ok_or(E::ChunkSizeOverflow)?;
+                self.check_size()?;
                 S::Size
             }
             (S::Size | S::ExtName | S::ExtToken | S::ExtQuotedEnd, b'\r') => S::SizeLf,
@@ -256,6 +294,7 @@ impl ChunkedDecoder {
 
             (S::SizeLf, b'\n') => {
                 self.line_len = 0;
+                self.announced += self.size;
                 if self.size == 0 {
                     S::TrailerStart
                 } else {
@@ -489,9 +528,35 @@ mod tests {
         assert_eq!(decoder.decode(b"ef"), Err(ChunkedError::MissingDataCrlf));
         let mut decoder = ChunkedDecoder::new();
         assert_eq!(
-            decoder.decode(b"ffffffffffffffff\r\nxy"),
+            decoder.decode(b"7fffffffffffffff\r\nxy"),
             Ok((20, Step::Data { start: 18, end: 20 }))
         );
+    }
+
+    #[test]
+    fn a_chunk_past_the_limit_is_refused_at_its_size() {
+        // No data needs to follow: the size alone decides, digit by digit.
+        for size in ["ffffffffffffffff", "100001", "7fffffffffffffff"] {
+            let mut decoder = ChunkedDecoder::with_limit(0x10_0000);
+            let e = decoder.decode(size.as_bytes()).unwrap_err();
+            assert_eq!(e, ChunkedError::TooLarge, "{size}");
+            assert_eq!(e.status(), 413);
+        }
+        // The limit counts the whole body, over all chunks.
+        let mut decoder = ChunkedDecoder::with_limit(5);
+        let mut input = &b"3\r\nabc\r\n"[..];
+        while !input.is_empty() {
+            let (used, _) = decoder.decode(input).unwrap();
+            input = &input[used..];
+        }
+        assert_eq!(decoder.decode(b"3\r\n"), Err(ChunkedError::TooLarge));
+        let mut decoder = ChunkedDecoder::with_limit(5);
+        let body = b"3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n";
+        let mut input = &body[..];
+        while !decoder.is_done() {
+            let (used, _) = decoder.decode(input).unwrap();
+            input = &input[used..];
+        }
     }
 
     #[test]
@@ -504,6 +569,9 @@ mod tests {
         assert_eq!(error("5 \r\nhello\r\n0\r\n\r\n"), InvalidChunkSize);
         assert_eq!(error("10000000000000000\r\n"), ChunkSizeOverflow);
         assert_eq!(error("fffffffffffffffff\r\n"), ChunkSizeOverflow);
+        // Past a signed 64-bit length: no body can be that long.
+        assert_eq!(error("ffffffffffffffff\r\n"), ChunkSizeOverflow);
+        assert_eq!(error("8000000000000000\r\n"), ChunkSizeOverflow);
     }
 
     #[test]
@@ -602,6 +670,7 @@ mod tests {
             TrailerObsFold,
             InvalidTrailerValue,
             TrailersTooLarge,
+            TooLarge,
         ];
         let messages: std::collections::HashSet<String> =
             all.iter().map(|e| e.to_string()).collect();

@@ -7,7 +7,7 @@ use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::{Instant, timeout_at};
 
-use super::chunked::{ChunkedDecoder, Step};
+use super::chunked::{ChunkedDecoder, ChunkedError, Step};
 use super::head::{BodyFraming, HeadError, Limits, RequestHead, parse_request};
 use crate::config::ClientLimits;
 
@@ -95,7 +95,7 @@ where
                 }
                 let n = (src_buf.len() as u64).min(left) as usize;
                 if let Some(d) = dst.as_mut() {
-                    d.write_all(&src_buf[..n]).await?;
+                    d.write_all(&src_buf[..n]).await.map_err(sink_failed)?;
                 }
                 src_buf.advance(n);
                 left -= n as u64;
@@ -108,15 +108,13 @@ where
                 if src_buf.is_empty() {
                     fill(src, src_buf, idle, CHUNKED_READ).await?;
                 }
-                let (consumed, step) = decoder.decode(src_buf).map_err(|e| {
-                    io::Error::new(io::ErrorKind::InvalidData, format!("bad chunked body: {e}"))
-                })?;
+                let (consumed, step) = decoder.decode(src_buf).map_err(chunked_error)?;
                 let (take, done) = match step {
                     Step::Done { consumed } => (consumed, true),
                     _ => (consumed, false),
                 };
                 if let Some(d) = dst.as_mut() {
-                    d.write_all(&src_buf[..take]).await?;
+                    d.write_all(&src_buf[..take]).await.map_err(sink_failed)?;
                 }
                 src_buf.advance(take);
                 total += take as u64;
@@ -130,9 +128,51 @@ where
         }
     }
     if let Some(d) = dst {
-        d.flush().await?;
+        d.flush().await.map_err(sink_failed)?;
     }
     Ok(total)
+}
+
+/// The destination of a relayed body failed, not its source: kept inside the
+/// `io::Error` (whose kind stays the destination's) so a caller can tell a client's
+/// fault from the far side's.
+#[derive(Debug)]
+struct SinkFailed(io::Error);
+
+impl std::fmt::Display for SinkFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "writing the body on: {}", self.0)
+    }
+}
+
+impl std::error::Error for SinkFailed {}
+
+fn sink_failed(e: io::Error) -> io::Error {
+    io::Error::new(e.kind(), SinkFailed(e))
+}
+
+fn chunked_error(e: ChunkedError) -> io::Error {
+    let kind = match e {
+        ChunkedError::TooLarge => io::ErrorKind::FileTooLarge,
+        _ => io::ErrorKind::InvalidData,
+    };
+    io::Error::new(kind, format!("bad chunked body: {e}"))
+}
+
+/// The status that answers a body relay's failure when the client caused it: 408 for
+/// a body that stopped arriving (`body_timeout`), 400 for a malformed one or a client
+/// that closed in the middle, 413 for one over the limit. `None`: the failure is the
+/// destination's (a script, an app, a worker that stopped reading) or the socket's.
+pub fn client_fault(e: &io::Error) -> Option<u16> {
+    if e.get_ref().is_some_and(|inner| inner.is::<SinkFailed>()) {
+        return None;
+    }
+    match e.kind() {
+        io::ErrorKind::TimedOut => Some(408),
+        io::ErrorKind::InvalidData | io::ErrorKind::UnexpectedEof => Some(400),
+        io::ErrorKind::FileTooLarge => Some(413),
+        _ => None,
+    }
 }
 
 /// Read a whole chunked body and return its payload (for consumers that need the
@@ -143,22 +183,15 @@ pub async fn read_chunked_payload<R: AsyncRead + Unpin>(
     limit: usize,
     idle: Duration,
 ) -> io::Result<Vec<u8>> {
-    let mut decoder = ChunkedDecoder::new();
+    // The decoder refuses a chunk size past the limit as soon as it reads it.
+    let mut decoder = ChunkedDecoder::with_limit(limit as u64);
     let mut payload = Vec::new();
     loop {
         if src_buf.is_empty() {
             fill(src, src_buf, idle, CHUNKED_READ).await?;
         }
-        let (consumed, step) = decoder.decode(src_buf).map_err(|e| {
-            io::Error::new(io::ErrorKind::InvalidData, format!("bad chunked body: {e}"))
-        })?;
+        let (consumed, step) = decoder.decode(src_buf).map_err(chunked_error)?;
         if let Step::Data { start, end } = step {
-            if payload.len() + (end - start) > limit {
-                return Err(io::Error::new(
-                    io::ErrorKind::FileTooLarge,
-                    "request body over the limit",
-                ));
-            }
             payload.extend_from_slice(&src_buf[start..end]);
         }
         src_buf.advance(consumed);

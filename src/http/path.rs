@@ -85,6 +85,50 @@ pub fn normalize(raw_path: &str) -> Result<String, PathError> {
     Ok(out)
 }
 
+/// What a site refuses to serve by name, whichever handler would serve it (see
+/// [`denied`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Deny {
+    /// Names starting with `.` (`.git`, `.env`, `.htaccess`, editors' `.x.swp`), but
+    /// `/.well-known/` at the root (RFC 8615: ACME challenges, security.txt).
+    pub hidden: bool,
+    /// Backup and editor leftovers ([`is_backup_name`]).
+    pub backup: bool,
+}
+
+/// Suffixes of backup copies and editor swap files, compared without regard to case.
+const BACKUP_SUFFIXES: &[&str] = &[".bak", ".orig", ".old", ".save", ".swp", ".swo", ".swx"];
+
+/// A backup or editor file by its name: `x~` (Emacs, vim's backup, gedit), `#x#`
+/// (Emacs autosave), and `x.bak`, `x.orig` (patch, merge), `x.old`, `x.save` (nano),
+/// `x.swp`/`.swo`/`.swx` (vim). These hold a copy of a script's source (a
+/// `wp-config.php.bak` is the database password), served as text because no script
+/// route claims their name.
+pub fn is_backup_name(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    if name.ends_with('~') || (bytes.len() >= 2 && name.starts_with('#') && name.ends_with('#')) {
+        return true;
+    }
+    BACKUP_SUFFIXES.iter().any(|suffix| {
+        bytes.len() > suffix.len()
+            && bytes[bytes.len() - suffix.len()..].eq_ignore_ascii_case(suffix.as_bytes())
+    })
+}
+
+/// Whether `path` (as [`normalize`] returns it) names something the site does not
+/// serve: any segment, directories and a PATH_INFO tail included, that `deny` refuses.
+/// Decided on the decoded name alone, before any file is looked up, so the answer is
+/// the same whether the file exists or not.
+pub fn denied(path: &str, deny: Deny) -> bool {
+    path.split('/')
+        .filter(|segment| !segment.is_empty())
+        .enumerate()
+        .any(|(i, segment)| {
+            (deny.hidden && segment.starts_with('.') && !(i == 0 && segment == ".well-known"))
+                || (deny.backup && is_backup_name(segment))
+        })
+}
+
 fn decode_segment(raw: &str) -> Result<String, PathError> {
     let bytes = raw.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
@@ -259,6 +303,69 @@ mod tests {
         assert_eq!(err("*"), PathError::NotAbsolute);
         assert_eq!(err("a/b"), PathError::NotAbsolute);
         assert_eq!(err("http://x/"), PathError::NotAbsolute);
+    }
+
+    #[test]
+    fn hidden_and_backup_names_are_denied_anywhere_in_the_path() {
+        let both = Deny {
+            hidden: true,
+            backup: true,
+        };
+        for path in [
+            "/.env",
+            "/.htaccess",
+            "/.git/config",
+            "/sub/.htpasswd",
+            "/.index.php.swp",
+            "/wp-config.php.bak",
+            "/wp-config.php.BAK",
+            "/index.php~",
+            "/#x#",
+            "/a.orig",
+            "/a.old/x.html",
+            "/nano.save",
+            "/index.php/.env",
+            "/.well-known/.git/config",
+            "/x/.well-known/y",
+            "/ünï.swo",
+        ] {
+            assert!(denied(path, both), "{path}");
+        }
+        for path in [
+            "/",
+            "/index.php",
+            "/.well-known/acme-challenge/x",
+            "/.well-known/",
+            "/a.b/c",
+            "/a~b",
+            "/#x",
+            "/x#",
+            "/bak",
+            "/café.old.html",
+            "/ü",
+        ] {
+            assert!(!denied(path, both), "{path}");
+        }
+        // Each half can be turned off alone.
+        let hidden_only = Deny {
+            hidden: true,
+            backup: false,
+        };
+        assert!(denied("/.env", hidden_only) && !denied("/x.bak", hidden_only));
+        let backup_only = Deny {
+            hidden: false,
+            backup: true,
+        };
+        assert!(!denied("/.env", backup_only) && denied("/x.bak", backup_only));
+        let none = Deny {
+            hidden: false,
+            backup: false,
+        };
+        assert!(!denied("/.git/x.bak~", none));
+        // What reaches `denied` is decoded: %2e is a dot.
+        assert!(denied(&ok("/%2eenv"), both));
+        assert!(denied(&ok("/%23x%23"), both));
+        assert!(denied(&ok("/a/%2Egit/config"), both));
     }
 
     #[test]

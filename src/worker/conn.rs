@@ -12,6 +12,7 @@ use tracing::{debug, warn};
 
 use super::static_files::{self, Body, Method, RequestHeaders, Response};
 use super::stream::Stream;
+use super::target::Target;
 use super::{PeerChannel, SiteState, Tenant, access_log, app, cgi, fastcgi};
 use crate::config::Handler;
 use crate::config::Handover;
@@ -260,21 +261,9 @@ async fn respond(
     let mut request = std::borrow::Cow::Borrowed(head);
     let mut redirects = 0;
     let (status, sent, keep_alive) = loop {
-        // Most sites have no routes: do not normalise the path twice for them (the
-        // static handler does it again).
-        let routed = !site.config.routes.is_empty();
-        let route = routed
-            .then(|| crate::http::path::normalize(&request.path).ok())
-            .flatten()
-            .and_then(|path| {
-                site.config
-                    .routes
-                    .iter()
-                    .find(|r| r.matches(&path))
-                    .map(|r| (r, path))
-            });
-        match route {
-            Some((route, path)) if route.handler == Handler::App => {
+        let target = super::target::resolve(site, &request.path);
+        match target {
+            Target::Route(route, path) if route.handler == Handler::App => {
                 let call = cgi::CgiCall {
                     tenant,
                     site,
@@ -287,7 +276,7 @@ async fn respond(
                 };
                 break app::serve(call, stream, buf).await?;
             }
-            Some((route, path)) if matches!(route.handler, Handler::Cgi | Handler::FastCgi) => {
+            Target::Route(route, path) => {
                 let call = cgi::CgiCall {
                     tenant,
                     site,
@@ -338,7 +327,23 @@ async fn respond(
                     }
                 }
             }
-            _ => break serve_static(tenant, site, stream, buf, &request, handoff.secure).await?,
+            Target::Static { path, index } => {
+                let target = Ok((path.as_str(), index));
+                break serve_static(tenant, site, stream, buf, &request, target, handoff.secure)
+                    .await?;
+            }
+            Target::Refused(status) => {
+                break serve_static(
+                    tenant,
+                    site,
+                    stream,
+                    buf,
+                    &request,
+                    Err(status),
+                    handoff.secure,
+                )
+                .await?;
+            }
         }
     };
     log_access(tenant, site, head, handoff, status, sent, started);
@@ -489,12 +494,16 @@ pub(super) fn record_request(site: &SiteState, entry: &access_log::Entry<'_>, re
     }
 }
 
+/// The static handler, for `target`: the normalised path and whether it still has to
+/// look for an index file (see [`super::target`]), or the status that refuses the
+/// request before any file is looked at.
 async fn serve_static(
     tenant: &Tenant,
     site: &SiteState,
     stream: &mut Stream,
     buf: &mut BytesMut,
     head: &RequestHead,
+    target: Result<(&str, bool), u16>,
     secure: bool,
 ) -> std::io::Result<(u16, u64, bool)> {
     let mut keep_alive = head.keep_alive;
@@ -502,14 +511,24 @@ async fn serve_static(
     match head.body {
         BodyFraming::None => {}
         BodyFraming::Length(n) if n <= MAX_DISCARDED_BODY && !head.expect_continue => {
-            relay_body(
+            let discarded = relay_body(
                 stream,
                 buf,
                 None::<&mut Stream>,
                 &head.body,
                 tenant.limits.body_timeout,
             )
-            .await?;
+            .await;
+            if let Err(e) = discarded {
+                // A body that stalls or breaks off is the client's fault, and said so
+                // (408, 400) before the connection closes.
+                let Some(status) = crate::http::io::client_fault(&e) else {
+                    return Err(e);
+                };
+                let page = http::error_response(status, false, head.is_head());
+                stream.write_all(&page).await?;
+                return Ok((status, 0, false));
+            }
         }
         _ => keep_alive = false,
     }
@@ -518,15 +537,17 @@ async fn serve_static(
         head::Method::Head => Method::Head,
         _ => Method::Other,
     };
-    let response = match &site.files {
-        Ok(files) => static_files::serve(
+    let response = match (&site.files, target) {
+        (_, Err(status)) => static_files::error_response(status),
+        (Ok(files), Ok((path, index))) => static_files::serve_path(
             files,
             method,
-            &head.path,
+            path,
             head.query.as_deref(),
             &Headers(head),
+            index,
         ),
-        Err(_) => static_files::error_response(500),
+        (Err(_), _) => static_files::error_response(500),
     };
     let status = response.status;
     let sent = write_response(

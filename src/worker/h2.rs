@@ -55,8 +55,8 @@ pub(super) async fn serve(
             else {
                 return h2::error(StatusCode::MISDIRECTED_REQUEST);
             };
-            if is_static(&site, &req) {
-                return serve_static(&tenant, &site, &req, &handoff).await;
+            if let Some(target) = static_target(&site, &req) {
+                return serve_static(&tenant, &site, &req, &handoff, target).await;
             }
             let site = handoff.site.clone();
             let open = || async move {
@@ -86,18 +86,18 @@ pub(super) async fn serve(
     h2::serve(stream, &limits, backend).await;
 }
 
-/// A bodiless GET or HEAD that no route of the site claims: the static handler's.
-fn is_static(site: &SiteState, req: &Request<Incoming>) -> bool {
+/// A bodiless GET or HEAD that no route of the site claims (or one refused by name):
+/// the static handler's, with the path [`super::target::resolve`] chose for it.
+fn static_target(site: &SiteState, req: &Request<Incoming>) -> Option<Result<(String, bool), u16>> {
     if !(req.method() == Method::GET || req.method() == Method::HEAD) || !req.body().is_end_stream()
     {
-        return false;
+        return None;
     }
-    if site.config.routes.is_empty() {
-        return true;
+    match super::target::resolve(site, req.uri().path()) {
+        super::target::Target::Static { path, index } => Some(Ok((path, index))),
+        super::target::Target::Refused(status) => Some(Err(status)),
+        super::target::Target::Route(..) => None,
     }
-    // A path that does not normalise is refused by the static handler, as in HTTP/1.1.
-    crate::http::path::normalize(req.uri().path())
-        .is_ok_and(|path| !site.config.routes.iter().any(|r| r.matches(&path)))
 }
 
 struct H2Headers<'a>(&'a HeaderMap);
@@ -113,6 +113,7 @@ async fn serve_static(
     site: &SiteState,
     req: &Request<Incoming>,
     handoff: &Handoff,
+    target: Result<(String, bool), u16>,
 ) -> Response<Body> {
     let started = Instant::now();
     let head_only = req.method() == Method::HEAD;
@@ -143,15 +144,17 @@ async fn serve_static(
     } else {
         static_files::Method::Get
     };
-    let answer = match &site.files {
-        Ok(files) => static_files::serve(
+    let answer = match (&site.files, target) {
+        (_, Err(status)) => static_files::error_response(status),
+        (Ok(files), Ok((path, index))) => static_files::serve_path(
             files,
             method,
-            req.uri().path(),
+            &path,
             req.uri().query(),
             &H2Headers(req.headers()),
+            index,
         ),
-        Err(_) => static_files::error_response(500),
+        (Err(_), _) => static_files::error_response(500),
     };
     let status = answer.status;
     let length = answer.content_length();

@@ -12,6 +12,7 @@ mod h2;
 mod lifecycle;
 pub mod static_files;
 mod stream;
+mod target;
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -425,6 +426,7 @@ fn open_site(config: Site, tls: Option<anyhow::Result<Arc<rustls::ServerConfig>>
         root,
         index: config.index.clone(),
         autoindex: config.autoindex,
+        deny: config.deny(),
     })
     .map_err(|e| {
         let reason = format!(

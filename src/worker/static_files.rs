@@ -44,6 +44,9 @@ pub struct SiteFiles {
     pub index: Vec<String>,
     /// List a directory that has none of the index files.
     pub autoindex: bool,
+    /// Names the site refuses (`deny_hidden`, `deny_backup`): left out of listings,
+    /// where they could only be links to a 404 that still give their names away.
+    pub deny: path::Deny,
 }
 
 /// The request's header fields, looked up by case-insensitive name.
@@ -143,12 +146,41 @@ pub fn serve(
     query: Option<&str>,
     headers: &dyn RequestHeaders,
 ) -> Response {
+    let path = path::normalize(raw_path);
+    let path = path.as_deref().map_err(|_| 400);
+    answer(site, method, path, query, headers, true)
+}
+
+/// [`serve`] for a path already normalised (decoded: it is never decoded again).
+/// `index`: a directory's index files are still to be looked for; `false` when the
+/// caller looked already ([`find_index`]) and found none, so the directory is listed
+/// or refused — an index file that appeared since is not served without its route.
+pub fn serve_path(
+    site: &SiteFiles,
+    method: Method,
+    path: &str,
+    query: Option<&str>,
+    headers: &dyn RequestHeaders,
+    index: bool,
+) -> Response {
+    answer(site, method, Ok(path), query, headers, index)
+}
+
+/// `path`: normalised, or the status that refuses it.
+fn answer(
+    site: &SiteFiles,
+    method: Method,
+    path: Result<&str, u16>,
+    query: Option<&str>,
+    headers: &dyn RequestHeaders,
+    index: bool,
+) -> Response {
     match method {
-        Method::Get => serve_get(site, method, raw_path, query, headers),
+        Method::Get => serve_get(site, method, path, query, headers, index),
         // HEAD is computed as the GET it mirrors (minus Range), so its headers cannot
         // drift from GET's; only then is the body dropped.
         Method::Head => {
-            let mut response = serve_get(site, method, raw_path, query, headers);
+            let mut response = serve_get(site, method, path, query, headers, index);
             response.head_length = Some(response.body.len());
             response.body = Body::Empty;
             response
@@ -200,21 +232,23 @@ fn reason(status: u16) -> &'static str {
 fn serve_get(
     site: &SiteFiles,
     method: Method,
-    raw_path: &str,
+    path: Result<&str, u16>,
     query: Option<&str>,
     headers: &dyn RequestHeaders,
+    index: bool,
 ) -> Response {
-    let Ok(path) = path::normalize(raw_path) else {
-        return error_response(400);
+    let path = match path {
+        Ok(path) => path,
+        Err(status) => return error_response(status),
     };
-    let (fd, meta) = match open_target(&site.root, &path) {
+    let (fd, meta) = match open_target(&site.root, path) {
         Ok(target) => target,
         Err(status) => return error_response(status),
     };
     match meta.kind {
-        FileType::RegularFile => serve_file(fd, &meta, &path, method, headers),
-        FileType::Directory if !path.ends_with('/') => redirect_to_dir(&path, query),
-        FileType::Directory => serve_directory(site, fd, &path, method, headers),
+        FileType::RegularFile => serve_file(fd, &meta, path, method, headers),
+        FileType::Directory if !path.ends_with('/') => redirect_to_dir(path, query),
+        FileType::Directory => serve_directory(site, fd, path, method, headers, index),
         // FIFOs, sockets and devices: nothing a web server should read from.
         _ => error_response(403),
     }
@@ -344,14 +378,31 @@ fn redirect_to_dir(path: &str, query: Option<&str>) -> Response {
     response
 }
 
+/// The index file a request for directory `path` (normalised, ending in `/`) names:
+/// the first of the site's index names that exists and is not a directory (a FIFO or
+/// an unreadable file counts: serving it answers with its error). `None`: there is
+/// none, or `path` is no directory.
+pub fn find_index(site: &SiteFiles, path: &str) -> Option<String> {
+    site.index.iter().find_map(|name| {
+        let candidate = format!("{path}{name}");
+        match open_target(&site.root, &candidate) {
+            Ok((_, meta)) if meta.kind == FileType::Directory => None,
+            Err(404) => None,
+            _ => Some(candidate),
+        }
+    })
+}
+
 fn serve_directory(
     site: &SiteFiles,
     dir: OwnedFd,
     path: &str,
     method: Method,
     headers: &dyn RequestHeaders,
+    index: bool,
 ) -> Response {
-    for name in &site.index {
+    let names: &[String] = if index { &site.index } else { &[] };
+    for name in names {
         let candidate = format!("{path}{name}");
         match open_target(&site.root, &candidate) {
             Ok((fd, meta)) => match meta.kind {
@@ -367,7 +418,7 @@ fn serve_directory(
     if !site.autoindex {
         return error_response(403);
     }
-    match listing(&site.root, &dir, path) {
+    match listing(&site.root, &dir, path, site.deny) {
         Ok(html) => Response {
             status: 200,
             headers: vec![
@@ -403,7 +454,7 @@ const HREF: &AsciiSet = &NON_ALPHANUMERIC
 /// and so are names that are not UTF-8 or hold control bytes (no request path can
 /// name them), symlinks that do not resolve beneath the root, and anything but
 /// directories and regular files.
-fn listing(root: &OwnedFd, dir: &OwnedFd, path: &str) -> Result<Vec<u8>, u16> {
+fn listing(root: &OwnedFd, dir: &OwnedFd, path: &str, deny: path::Deny) -> Result<Vec<u8>, u16> {
     // `dir` may be an O_PATH descriptor (see `open_target`); reading entries needs a
     // real one, and opening "." relative to it follows no link.
     let readable = rustix::fs::openat(
@@ -419,7 +470,10 @@ fn listing(root: &OwnedFd, dir: &OwnedFd, path: &str) -> Result<Vec<u8>, u16> {
         let Ok(name) = std::str::from_utf8(entry.file_name().to_bytes()) else {
             continue;
         };
-        if name.starts_with('.') || name.bytes().any(|b| b < 0x20 || b == 0x7f) {
+        if name.starts_with('.')
+            || name.bytes().any(|b| b < 0x20 || b == 0x7f)
+            || (deny.backup && path::is_backup_name(name))
+        {
             continue;
         }
         let Ok(fd) = openat2_beneath(root, &format!("{path}{name}"), OFlags::PATH) else {
@@ -957,6 +1011,10 @@ mod tests {
                     root,
                     index: vec!["index.html".to_string(), "index.htm".to_string()],
                     autoindex: false,
+                    deny: path::Deny {
+                        hidden: true,
+                        backup: true,
+                    },
                 },
             }
         }
@@ -1310,6 +1368,10 @@ mod tests {
             root: f.site.root.try_clone().unwrap(),
             index: vec!["pipe".to_string()],
             autoindex: false,
+            deny: path::Deny {
+                hidden: true,
+                backup: true,
+            },
         };
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
@@ -1415,6 +1477,8 @@ mod tests {
         f.write("list/javascript:alert(1)", b"x");
         f.write("list/zeta.txt", b"x");
         f.write("list/.hidden", b"x");
+        f.write("list/wp-config.php.bak", b"x");
+        f.write("list/notes.txt~", b"x");
         f.write("list/caf\u{e9} ok.txt", b"x");
         f.mkdir("list/subdir");
         f.symlink("../../outside/secret.txt", "list/escape.txt");
@@ -1443,6 +1507,11 @@ mod tests {
         assert!(html.contains("href=\"../\""), "{html}");
         assert!(html.contains(">5<"), "size of the script file: {html}");
         assert!(!html.contains("hidden"), "{html}");
+        // Backups are left out as the site refuses them (deny_backup).
+        assert!(
+            !html.contains("wp-config") && !html.contains("notes"),
+            "{html}"
+        );
         assert!(!html.contains("escape"), "{html}");
         assert!(html.contains("via-link.txt"), "{html}");
         assert!(!html.contains("href=\".\"") && !html.contains("href=\"./\""));

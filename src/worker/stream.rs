@@ -260,7 +260,7 @@ impl AsyncRead for Stream {
         match &mut this.inner {
             Inner::Tcp(s) => Pin::new(s).poll_read(cx, buf),
             Inner::Unix(s) => Pin::new(s).poll_read(cx, buf),
-            Inner::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            Inner::Tls(s) => crate::tls::poll_read_flushing(s.as_mut(), cx, buf),
             _ => Poll::Ready(Err(gone())),
         }
     }

@@ -126,7 +126,28 @@ async fn run(call: &CgiCall<'_>, stream: &mut Stream, buf: &mut BytesMut) -> Out
             relay_body(stream, buf, Some(&mut app_w), &head.body, idle).await
         };
         let read = read_head(&mut app_r, &mut abuf, head.is_head());
-        tokio::join!(feed, read)
+        tokio::pin!(feed, read);
+        // Both run together (an app may answer before it read the body), but a
+        // client's fault in the body ends the exchange at once: the app, still
+        // waiting for the rest, would otherwise hold the request to its timeout.
+        let mut fed = None;
+        let response = loop {
+            tokio::select! {
+                f = &mut feed, if fed.is_none() => {
+                    let fault = f.as_ref().err().and_then(crate::http::io::client_fault);
+                    fed = Some(f);
+                    if fault.is_some() {
+                        break Err("the client's body failed".to_string());
+                    }
+                }
+                r = &mut read => break r,
+            }
+        };
+        let fed = match fed {
+            Some(f) => f,
+            None => feed.await,
+        };
+        (fed, response)
     };
     let (fed, response) = match tokio::time::timeout_at(deadline, exchange).await {
         Ok(r) => r,
@@ -136,10 +157,10 @@ async fn run(call: &CgiCall<'_>, stream: &mut Stream, buf: &mut BytesMut) -> Out
     // in the client connection, which therefore ends after this response.
     let mut keep_alive = head.keep_alive;
     if let Err(e) = fed {
-        if app_closed(&e) {
+        if let Some(status) = crate::http::io::client_fault(&e) {
+            return refused(status, format!("reading the request body: {e}"));
+        } else if app_closed(&e) {
             keep_alive = false;
-        } else if e.kind() == io::ErrorKind::InvalidData {
-            return refused(400, e.to_string());
         } else {
             return Err(Err(e));
         }

@@ -84,9 +84,9 @@ use crate::worker::DEFAULT_PATH;
 ///    default is `/usr/local/bin:/usr/bin:/bin`). Names must match
 ///    `[A-Za-z_][A-Za-z0-9_]*`; among duplicates the last one wins.
 ///
-/// Headers that are not exported as `HTTP_*`: `Proxy` (httpoxy: `HTTP_PROXY`
-/// is read as a proxy setting by many HTTP clients), `Content-Type` and
-/// `Content-Length` (exported as `CONTENT_*`), and names containing anything
+/// Headers that are not exported as `HTTP_*`: those in [`NOT_EXPORTED`] (`Proxy`
+/// for httpoxy, `Content-*` exported as `CONTENT_*`, hop-by-hop fields such as
+/// `Transfer-Encoding`), and names containing anything
 /// but ASCII letters, digits and '-' — in particular '_', since `X_Foo` would
 /// otherwise be indistinguishable from `X-Foo` and could spoof headers set by
 /// a trusted proxy. Values containing NUL cannot be passed through `execve`
@@ -175,14 +175,31 @@ pub fn meta_variables(req: &CgiRequest<'_>) -> Vec<(OsString, OsString)> {
         .collect()
 }
 
+/// Request headers never exported as `HTTP_*`. `Proxy`: httpoxy (`HTTP_PROXY` is
+/// read as a proxy setting by many HTTP clients). `Content-Type`, `Content-Length`:
+/// exported as `CONTENT_*`. The hop-by-hop fields (RFC 9110 §7.6.1) describe the
+/// client's connection to condo, not the request the script gets: its body arrives
+/// de-chunked with `CONTENT_LENGTH`, so an `HTTP_TRANSFER_ENCODING=chunked` beside it
+/// would be a second, false framing for a script or framework to trust.
+const NOT_EXPORTED: &[&str] = &[
+    "proxy",
+    "content-type",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "keep-alive",
+    "te",
+    "trailer",
+    "upgrade",
+    "proxy-connection",
+];
+
 fn http_variables(headers: &[(String, Vec<u8>)]) -> BTreeMap<String, Vec<u8>> {
     let mut out: BTreeMap<String, Vec<u8>> = BTreeMap::new();
     for (name, value) in headers {
         let exported = !name.is_empty()
             && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-            && !["proxy", "content-type", "content-length"]
-                .iter()
-                .any(|n| name.eq_ignore_ascii_case(n));
+            && !NOT_EXPORTED.iter().any(|n| name.eq_ignore_ascii_case(n));
         if !exported || value.contains(&0) {
             continue;
         }
@@ -421,6 +438,35 @@ mod tests {
         // Nor can the site configuration reintroduce it.
         let site = [s("HTTP_PROXY", "http://evil:3128")];
         assert!(!env(&base(&[], &site)).contains_key("HTTP_PROXY"));
+    }
+
+    #[test]
+    fn hop_by_hop_headers_never_exported() {
+        let headers = [
+            h("Transfer-Encoding", b"chunked"),
+            h("Connection", b"keep-alive, Upgrade"),
+            h("Keep-Alive", b"timeout=5"),
+            h("TE", b"trailers"),
+            h("Trailer", b"X-Sum"),
+            h("Upgrade", b"websocket"),
+            h("Proxy-Connection", b"keep-alive"),
+            h("X-Kept", b"yes"),
+        ];
+        let m = env(&base(&headers, &[]));
+        for name in [
+            "HTTP_TRANSFER_ENCODING",
+            "HTTP_CONNECTION",
+            "HTTP_KEEP_ALIVE",
+            "HTTP_TE",
+            "HTTP_TRAILER",
+            "HTTP_UPGRADE",
+            "HTTP_PROXY_CONNECTION",
+        ] {
+            assert!(!m.contains_key(name), "{name} exported");
+        }
+        assert_eq!(get(&m, "HTTP_X_KEPT"), Some("yes"));
+        // The de-chunked length is the only framing the script sees.
+        assert_eq!(get(&m, "CONTENT_LENGTH"), Some("11"));
     }
 
     #[test]

@@ -133,15 +133,19 @@ pub(super) async fn finish(
             )
         }
     };
-    log_error(
-        call.site,
-        &format!(
-            "{} {}: {}",
-            call.head.method.as_str(),
-            call.path,
-            refusal.reason
-        ),
+    let message = format!(
+        "{} {}: {}",
+        call.head.method.as_str(),
+        call.path,
+        refusal.reason
     );
+    if matches!(refusal.status, 400 | 408 | 413) {
+        // A client's fault: the site's own log says so, but condo's log is not for
+        // what any client can cause at will, once per request.
+        log_site(call.site, &message);
+    } else {
+        log_error(call.site, &message);
+    }
     if head_sent {
         // Part of the response is out: closing is the only honest end.
         return Err(io::Error::new(io::ErrorKind::TimedOut, refusal.reason));
@@ -263,9 +267,11 @@ async fn run(
         }
     };
     let mut out = BytesMut::with_capacity(8 * 1024);
-    let (fed, cgi_head) = tokio::join!(feed, read_cgi_head(&mut stdout, &mut out));
-    fed?;
-    let cgi_head = cgi_head?;
+    let cgi_head = feed_then_head(
+        async { feed.await.map_err(body_failure) },
+        read_cgi_head(&mut stdout, &mut out),
+    )
+    .await?;
     // The flag lives in the slot, so a timeout that drops this future mid-body still
     // sees that the head went out.
     let running = slot.as_mut().expect("set when the script started");
@@ -309,16 +315,50 @@ pub(super) async fn read_body(
             let idle = call.tenant.limits.body_timeout;
             match read_chunked_payload(stream, buf, MAX_CHUNKED_BODY, idle).await {
                 Ok(body) => (Some(body.len() as u64), Some(body)),
-                Err(e) if e.kind() == io::ErrorKind::FileTooLarge => {
-                    return Err(refuse(413, "chunked request body over 8 MiB").into());
-                }
-                Err(e) if e.kind() == io::ErrorKind::InvalidData => {
-                    return Err(refuse(400, e.to_string()).into());
-                }
-                Err(e) => return Err(e.into()),
+                Err(e) => return Err(body_failure(e)),
             }
         }
     })
+}
+
+/// Feed the request body and read the response head together (a script may answer
+/// before it read its input). A failed feed ends both at once: a client whose body
+/// stalls gets its 408 now, not when the script, still waiting for input, times out.
+pub(super) async fn feed_then_head<T>(
+    feed: impl std::future::Future<Output = Result<(), Failure>>,
+    read: impl std::future::Future<Output = Result<T, Failure>>,
+) -> Result<T, Failure> {
+    tokio::pin!(feed, read);
+    let mut fed = false;
+    loop {
+        tokio::select! {
+            f = &mut feed, if !fed => {
+                f?;
+                fed = true;
+            }
+            r = &mut read => {
+                // The body's failure, if it has one, says more than the head's.
+                if !fed {
+                    feed.await?;
+                }
+                return r;
+            }
+        }
+    }
+}
+
+/// A request body that could not be read: the client's fault is answered as such
+/// (408 stalled, 400 malformed, 413 over the limit), anything else ends the connection.
+pub(super) fn body_failure(e: io::Error) -> Failure {
+    match crate::http::io::client_fault(&e) {
+        Some(413) => refuse(
+            413,
+            format!("chunked request body over {} MiB", MAX_CHUNKED_BODY >> 20),
+        )
+        .into(),
+        Some(status) => refuse(status, format!("reading the request body: {e}")).into(),
+        None => e.into(),
+    }
 }
 
 /// The CGI meta-variables for `script` (environment for CGI, FCGI_PARAMS for FastCGI).
@@ -735,6 +775,11 @@ pub(super) fn copy_stderr<R: AsyncRead + Unpin + Send + 'static>(
 
 pub(super) fn log_error(site: &SiteState, message: &str) {
     warn!(site = site.config.name, "cgi: {message}");
+    log_site(site, message);
+}
+
+/// A line in the site's error log only.
+fn log_site(site: &SiteState, message: &str) {
     let line = format!(
         "{} [{}] condo: {}\n",
         crate::http::http_date(),

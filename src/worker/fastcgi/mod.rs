@@ -22,8 +22,8 @@ use tokio::time::Instant;
 
 use super::SiteState;
 use super::cgi::{
-    CgiCall, CgiOutcome, Failure, ScriptRules, answer, finish, locate, log_error, meta_variables,
-    read_body, read_cgi_head, refuse,
+    CgiCall, CgiOutcome, Failure, ScriptRules, answer, body_failure, feed_then_head, finish,
+    locate, log_error, meta_variables, read_body, read_cgi_head, refuse,
 };
 use super::stream::Stream;
 use crate::config::{FastCgiApp, RouteMatch};
@@ -170,9 +170,7 @@ async fn run(
         }
     };
     let mut out = BytesMut::with_capacity(8 * 1024);
-    let (fed, cgi_head) = tokio::join!(feed, read_cgi_head(&mut body, &mut out));
-    fed?;
-    let cgi_head = cgi_head?;
+    let cgi_head = feed_then_head(feed, read_cgi_head(&mut body, &mut out)).await?;
     let outcome = answer(
         call.head,
         crate::worker::conn::site_headers(call.site, call.secure),
@@ -312,7 +310,7 @@ async fn feed_stdin(
             }
         };
         let (relayed, forwarded) = tokio::join!(relay, forward);
-        relayed?;
+        relayed.map_err(body_failure)?;
         if forwarded? {
             return Ok(());
         }
