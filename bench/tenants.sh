@@ -162,8 +162,9 @@ wrk_p() {   # wrk summary: "p50 p99 errors requests"
 }
 QUIET=$(wrk_p 8s)
 ( sleep 1; for _ in 1 2 3; do kill -HUP "$CONDO_PID"; sleep 2; done ) &
+RELOADER=$!
 RELOADING=$(wrk_p 8s)
-wait
+wait "$RELOADER"   # not a bare `wait`: that would wait for condo serve too
 
 cat <<EOF
 
