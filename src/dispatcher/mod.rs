@@ -178,15 +178,17 @@ async fn serve(
                 .map(Arc::new),
         ),
     });
+    // Before the first accept: the master reads nothing else from us until this, and
+    // a connection accepted first would ask it for a worker ahead of it.
+    master_for_ready
+        .send(&DispatcherToMaster::Ready, &[])
+        .await
+        .context("telling the master the config was taken")?;
     let mut accepting = Vec::new();
     for (fd, info) in listeners.into_iter().zip(init.listeners) {
         rustix::io::ioctl_fionbio(&fd, true)?;
         accepting.push(tokio::spawn(accept_loop(dispatcher.clone(), fd, info)).abort_handle());
     }
-    master_for_ready
-        .send(&DispatcherToMaster::Ready, &[])
-        .await
-        .context("telling the master the config was taken")?;
     let drain_target = dispatcher.clone();
     let on_drain: workers::DrainFn = Arc::new(move |grace| {
         // Dropping the accept loops closes this process's copies of the listening

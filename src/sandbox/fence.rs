@@ -205,19 +205,33 @@ impl OpenedPaths {
     /// whose root is missing answers 404), one a tenant could have redirected is an
     /// error naming it.
     pub fn open(paths: &TenantPaths) -> anyhow::Result<Self> {
-        let uid = paths.uid.or_else(|| {
-            let me = rustix::process::geteuid();
-            (!me.is_root()).then(|| me.as_raw())
-        });
-        let open = |list: &mut dyn Iterator<Item = &Path>| -> anyhow::Result<Vec<Resolved>> {
-            let mut found = Vec::new();
-            for p in list {
-                if let Some(r) = open_trusted(p, uid)? {
-                    found.push(r);
-                }
-            }
-            Ok(found)
-        };
+        let (read_files, own, allow_read, allow_write) = Self::open_tenants(paths)?;
+        let uid = effective_uid(paths);
+        Ok(Self {
+            system: open_all(&mut SYSTEM_READ.iter().map(Path::new), uid)?,
+            allow_read,
+            read_files,
+            exe: open_all(&mut std::iter::once(paths.exe), uid)?,
+            dev: open_all(&mut std::iter::once(Path::new("/dev")), uid)?,
+            proc: open_all(&mut std::iter::once(Path::new("/proc")), uid)?,
+            scratch: open_all(&mut SCRATCH.iter().map(Path::new), uid)?,
+            own,
+            allow_write,
+        })
+    }
+
+    /// Only what differs between tenants (their own paths, key files, `allow_*`): what
+    /// `condo check` tests per tenant — the system paths are the same for all of them.
+    pub fn check_tenants(paths: &TenantPaths) -> anyhow::Result<()> {
+        Self::open_tenants(paths).map(drop)
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn open_tenants(
+        paths: &TenantPaths,
+    ) -> anyhow::Result<(Vec<Resolved>, Vec<Resolved>, Vec<Resolved>, Vec<Resolved>)> {
+        let uid = effective_uid(paths);
+        let open = |list: &mut dyn Iterator<Item = &Path>| open_all(list, uid);
         let read_files = open(&mut paths.read_files.iter().map(PathBuf::as_path))?;
         // A key or certificate that is a directory, a FIFO or a device would fence in
         // more than a file, or hang whoever reads it.
@@ -243,18 +257,32 @@ impl OpenedPaths {
                 );
             }
         }
-        Ok(Self {
-            system: open(&mut SYSTEM_READ.iter().map(Path::new))?,
-            allow_read: open(&mut paths.allow_read.iter().map(PathBuf::as_path))?,
-            read_files,
-            exe: open(&mut std::iter::once(paths.exe))?,
-            dev: open(&mut std::iter::once(Path::new("/dev")))?,
-            proc: open(&mut std::iter::once(Path::new("/proc")))?,
-            scratch: open(&mut SCRATCH.iter().map(Path::new))?,
-            own,
-            allow_write: open(&mut paths.allow_write.iter().map(PathBuf::as_path))?,
-        })
+        let allow_read = open(&mut paths.allow_read.iter().map(PathBuf::as_path))?;
+        let allow_write = open(&mut paths.allow_write.iter().map(PathBuf::as_path))?;
+        Ok((read_files, own, allow_read, allow_write))
     }
+}
+
+/// The uid whose files count as the tenant's: the tenant's, or when condo runs
+/// unprivileged the running uid (root's are trusted anyway).
+fn effective_uid(paths: &TenantPaths) -> Option<u32> {
+    paths.uid.or_else(|| {
+        let me = rustix::process::geteuid();
+        (!me.is_root()).then(|| me.as_raw())
+    })
+}
+
+fn open_all(
+    list: &mut dyn Iterator<Item = &Path>,
+    uid: Option<u32>,
+) -> anyhow::Result<Vec<Resolved>> {
+    let mut found = Vec::new();
+    for p in list {
+        if let Some(r) = open_trusted(p, uid)? {
+            found.push(r);
+        }
+    }
+    Ok(found)
 }
 
 /// Rules granting `access` on each opened path (file rights only on a file, as the

@@ -102,7 +102,7 @@ impl TenantFence {
 /// Whether every path of a tenant's fence opens under the rule of [`resolve`] (what
 /// [`TenantFence::new`] would refuse, without building anything).
 pub fn check_paths(paths: &TenantPaths) -> anyhow::Result<()> {
-    fence::OpenedPaths::open(paths).map(drop)
+    fence::OpenedPaths::check_tenants(paths)
 }
 
 /// The paths that are the tenant's own (its home, its sites' roots) and the files its

@@ -327,6 +327,13 @@ impl Condo {
 
 impl Drop for Condo {
     fn drop(&mut self) {
+        if std::thread::panicking() {
+            // Whatever assertion failed, condo's own account of it is the evidence.
+            eprintln!(
+                "--- condo's log ---\n{}\n--- end of condo's log ---",
+                self.log_text()
+            );
+        }
         let pid = rustix::process::Pid::from_raw(self.child.id() as i32).unwrap();
         let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
         let deadline = Instant::now() + Duration::from_secs(10);
