@@ -232,15 +232,20 @@ impl OpenedPaths {
     ) -> anyhow::Result<(Vec<Resolved>, Vec<Resolved>, Vec<Resolved>, Vec<Resolved>)> {
         let uid = effective_uid(paths);
         let open = |list: &mut dyn Iterator<Item = &Path>| open_all(list, uid);
-        let read_files = open(&mut paths.read_files.iter().map(PathBuf::as_path))?;
         // A key or certificate that is a directory, a FIFO or a device would fence in
-        // more than a file, or hang whoever reads it.
-        if let Some(bad) = read_files.iter().find(|r| !r.is_file) {
-            anyhow::bail!(
-                "refusing {}: not a regular file (a site's key or certificate)",
-                bad.real.display()
-            );
-        }
+        // more than a file, or hang whoever reads it: it gets no rule. The worker then
+        // fails to read it (a regular file only, see `tenant_file`) and that site's HTTPS
+        // fails, while its HTTP and the tenant's other sites keep serving.
+        let mut read_files = open(&mut paths.read_files.iter().map(PathBuf::as_path))?;
+        read_files.retain(|r| {
+            if !r.is_file {
+                tracing::warn!(
+                    path = %r.real.display(),
+                    "a site's key or certificate is not a regular file: left out of the tenant's fence"
+                );
+            }
+            r.is_file
+        });
         let own = open(&mut paths.own.iter().map(PathBuf::as_path))?;
         // Read, write and execute beneath it: only ever the tenant's own (or a
         // directory root made for it), never the whole tree.
