@@ -568,11 +568,18 @@ impl Master {
         let mut usr1 = signal(SignalKind::user_defined1())?;
         for slot in 0..self.dispatchers.len() {
             // A start that cannot serve is a failed start: `condo serve` exits non-zero
-            // with the reason, and systemd is never told READY. (Later restarts of a
-            // dispatcher that died retry with backoff instead.)
-            self.start_dispatcher(slot)
-                .await
-                .context("starting the dispatcher")?;
+            // with the reason, and systemd is never told READY. A dispatcher that died
+            // on its way up (killed, say) is tried twice more first; later restarts of
+            // one that died retry with backoff instead.
+            let mut attempt = 0;
+            while let Err(e) = self.start_dispatcher(slot).await {
+                attempt += 1;
+                if attempt == 3 {
+                    return Err(e.context("starting the dispatcher (3 attempts)"));
+                }
+                warn!("starting the dispatcher: {e:#}; trying again");
+                tokio::time::sleep(Duration::from_millis(100 * attempt)).await;
+            }
         }
         self.start_removals();
         self.keep_warm().await;
