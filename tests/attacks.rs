@@ -8,7 +8,6 @@
 
 mod common;
 
-use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -201,32 +200,6 @@ impl Matrix {
             &format!("http://{}/", self.condo.pass),
         ]);
         assert!(ok && body == "site B\n", "B is down: {body}");
-    }
-}
-
-/// A directory outside the scratch tree (which lives under /tmp, where every tenant
-/// may write): where a careless host keeps sites, world-readable. Removed on drop.
-struct Outside(PathBuf);
-
-impl Outside {
-    fn new(base: &str) -> Self {
-        let dir = PathBuf::from(format!(
-            "{base}/condo-attack-{}-{}",
-            std::process::id(),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .subsec_nanos()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-        Self(dir)
-    }
-}
-
-impl Drop for Outside {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 

@@ -35,32 +35,6 @@ except OSError as e:
 const B_PUBLIC: &str = "B's world-readable file";
 const B_PAGE: &str = "B's world-readable page";
 
-/// A directory outside the scratch tree (which lives under /tmp): where a careless
-/// host keeps sites, world-readable. Removed on drop.
-struct Outside(PathBuf);
-
-impl Outside {
-    fn new(base: &str) -> Self {
-        let dir = PathBuf::from(format!(
-            "{base}/condo-symlink-{}-{}",
-            std::process::id(),
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .subsec_nanos()
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
-        Self(dir)
-    }
-}
-
-impl Drop for Outside {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 /// Run `script` with `sh -c` as `user` (its uid and gid, no other groups).
 fn as_tenant(user: &TestUser, script: &str) -> String {
     let out = Command::new("setpriv")

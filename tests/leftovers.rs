@@ -9,25 +9,6 @@ use std::time::{Duration, Instant};
 use common::*;
 
 const PHP: &str = "<?php usleep(300000); echo 'php ok';";
-const APP: &str = r#"
-import socket, socketserver, http.server
-class Handler(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    def do_GET(self):
-        body = b"app ok"
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-    def log_message(self, *args):
-        pass
-class Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
-    daemon_threads = True
-server = Server("unused", Handler, bind_and_activate=False)
-server.socket.close()
-server.socket = socket.socket(fileno=3)
-server.serve_forever()
-"#;
 
 /// Pids of the live (not zombie) processes whose real uid is `uid`.
 fn processes_of(uid: u32) -> Vec<u32> {
@@ -95,7 +76,7 @@ impl Setup {
         let t = TwoTenants::new();
         let config = t.config_tenants("", extra_a, "");
         write_owned(&t.root_a.join("slow.php"), PHP.as_bytes(), &t.a, 0o644);
-        write_owned(&t.root_a.join("app.py"), APP.as_bytes(), &t.a, 0o644);
+        write_owned(&t.root_a.join("app.py"), UNIX_APP.as_bytes(), &t.a, 0o644);
         t.append_site("a", &site_a(&t, 0));
         let condo = Condo::start(&config);
         Self { condo, t }

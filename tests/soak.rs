@@ -26,25 +26,6 @@ const VICTIM: usize = TENANTS - 1;
 
 const CGI: &str = "#!/usr/bin/python3\nprint(\"Content-Type: text/plain\\n\\ncgi ok\")\n";
 const PHP: &str = "<?php echo 'php ok';";
-const APP: &str = r#"
-import os, socket, socketserver, http.server
-class Handler(http.server.BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    def do_GET(self):
-        body = b"app ok"
-        self.send_response(200)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-    def log_message(self, *args):
-        pass
-class Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
-    daemon_threads = True
-server = Server("unused", Handler, bind_and_activate=False)
-server.socket.close()
-server.socket = socket.socket(fileno=3)
-server.serve_forever()
-"#;
 
 fn soak_secs() -> u64 {
     std::env::var("SOAK_SECS")
@@ -344,7 +325,7 @@ fn soak_twenty_tenants_mixed_traffic_reloads_and_kills() {
         write_owned(&root.join("cgi-bin/hello.py"), CGI.as_bytes(), user, 0o755);
         chown(&root.join("cgi-bin"), user, 0o755);
         write_owned(&root.join("i.php"), PHP.as_bytes(), user, 0o644);
-        write_owned(&root.join("app.py"), APP.as_bytes(), user, 0o644);
+        write_owned(&root.join("app.py"), UNIX_APP.as_bytes(), user, 0o644);
         std::fs::write(
             base.join(format!("sites/t{i}.toml")),
             site_file(i, &root, 0),

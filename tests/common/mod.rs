@@ -599,3 +599,51 @@ pub fn unix_connect_as(user: &TestUser, socket: &Path) -> String {
         String::from_utf8_lossy(&out.stderr).trim()
     )
 }
+
+/// A directory outside the scratch tree (which lives under /tmp, where every tenant
+/// may write): where a careless host keeps sites, world-readable. Removed on drop.
+pub struct Outside(pub PathBuf);
+
+impl Outside {
+    pub fn new(base: &str) -> Self {
+        let dir = PathBuf::from(format!(
+            "{base}/condo-outside-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .subsec_nanos()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        Self(dir)
+    }
+}
+
+impl Drop for Outside {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A minimal HTTP/1.1 app server for `handler = "app"`: Python's http.server on the
+/// listening unix socket condo passes as fd 3; answers "app ok".
+pub const UNIX_APP: &str = r#"
+import socket, socketserver, http.server
+class Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    def do_GET(self):
+        body = b"app ok"
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+    def log_message(self, *args):
+        pass
+class Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    daemon_threads = True
+server = Server("unused", Handler, bind_and_activate=False)
+server.socket.close()
+server.socket = socket.socket(fileno=3)
+server.serve_forever()
+"#;
