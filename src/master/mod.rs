@@ -575,6 +575,9 @@ impl Master {
             while let Err(e) = self.start_dispatcher(slot).await {
                 attempt += 1;
                 if attempt == 3 {
+                    // Leave nothing behind: the other dispatchers, the cgroup parent
+                    // (and its lock), the pid file.
+                    self.stop().await;
                     return Err(e.context("starting the dispatcher (3 attempts)"));
                 }
                 warn!("starting the dispatcher: {e:#}; trying again");
