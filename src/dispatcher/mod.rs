@@ -3,6 +3,7 @@
 //! tenant's worker. It never opens a tenant's file.
 
 mod admin;
+mod client;
 mod proxy;
 mod seal;
 mod tls;
@@ -31,7 +32,7 @@ use crate::ipc::{
     Routing,
 };
 use crate::sandbox;
-use tls::ClientConn;
+use client::ClientConn;
 use workers::{MasterChannel, Workers};
 
 struct Dispatcher {

@@ -17,7 +17,7 @@ use tokio::net::UnixStream;
 use crate::http::io::SendTimeout;
 
 /// The client connection as the relay writes to it: with the send timeout.
-pub type Client = SendTimeout<super::tls::ClientConn>;
+pub type Client = SendTimeout<super::client::ClientConn>;
 use tracing::debug;
 
 use super::workers::Workers;

@@ -2,19 +2,17 @@
 //! the worker of a site with its own certificate, or terminate TLS with one of the
 //! host's certificates and proxy each request (see [`crate::tls`]).
 
-use std::io;
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
-use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 
 use bytes::BytesMut;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 use tokio::net::TcpStream;
 use tracing::debug;
 
 use super::Dispatcher;
+use super::client::ClientConn;
 use crate::ipc::{Handoff, ProviderCertPem};
 use crate::tls::{self, ByName, Prefixed};
 
@@ -37,52 +35,6 @@ impl Provider {
         let by_name = Arc::new(by_name);
         let config = tls::server_config(by_name.clone())?;
         Ok(Some(Self { by_name, config }))
-    }
-}
-
-/// A client connection as the dispatcher serves it: plain, or TLS it terminated.
-pub enum ClientConn {
-    Tcp(TcpStream),
-    Tls(Box<tokio_rustls::server::TlsStream<Prefixed<TcpStream>>>),
-}
-
-impl AsyncRead for ClientConn {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            ClientConn::Tcp(s) => Pin::new(s).poll_read(cx, buf),
-            ClientConn::Tls(s) => tls::poll_read_flushing(s.as_mut(), cx, buf),
-        }
-    }
-}
-
-impl AsyncWrite for ClientConn {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        match self.get_mut() {
-            ClientConn::Tcp(s) => Pin::new(s).poll_write(cx, buf),
-            ClientConn::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
-        }
-    }
-
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            ClientConn::Tcp(s) => Pin::new(s).poll_flush(cx),
-            ClientConn::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
-        }
-    }
-
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match self.get_mut() {
-            ClientConn::Tcp(s) => Pin::new(s).poll_shutdown(cx),
-            ClientConn::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
-        }
     }
 }
 
