@@ -181,16 +181,7 @@ impl Matrix {
 
     /// GET `path` from site `host`: (body, status).
     fn get(&self, host: &str, path: &str) -> (String, String) {
-        let (out, _) = curl(&[
-            "-s",
-            "-w",
-            "\n%{http_code}",
-            "-H",
-            &format!("Host: {host}"),
-            &format!("http://{}{path}", self.condo.pass),
-        ]);
-        let (body, code) = out.rsplit_once('\n').unwrap_or(("", &out));
-        (body.to_string(), code.to_string())
+        self.condo.get(host, path)
     }
 
     fn b_still_served(&self) {

@@ -77,6 +77,21 @@ fn message(tenant: &str, h: &Handoff, (dev, ino): (u64, u64)) -> Vec<u8> {
     postcard::to_stdvec(&fields).unwrap_or_default()
 }
 
+/// A pass-mode hand-off for `a.test`, unsealed: the tests' common fixture.
+#[cfg(test)]
+pub(super) fn test_handoff(peer: std::net::SocketAddr, local: std::net::SocketAddr) -> Handoff {
+    Handoff {
+        handover: crate::config::Handover::Pass,
+        peer,
+        local,
+        site: "a.test".into(),
+        buffered: b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n".to_vec(),
+        tls_handshake: false,
+        secure: false,
+        seal: [0; 32],
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -84,16 +99,7 @@ mod tests {
     use std::net::{SocketAddr, TcpListener, TcpStream};
 
     fn handoff(peer: SocketAddr, local: SocketAddr) -> Handoff {
-        Handoff {
-            handover: Handover::Pass,
-            peer,
-            local,
-            site: "a.test".into(),
-            buffered: b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n".to_vec(),
-            tls_handshake: false,
-            secure: false,
-            seal: [0; 32],
-        }
+        test_handoff(peer, local)
     }
 
     #[test]

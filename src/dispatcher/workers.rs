@@ -433,21 +433,7 @@ impl Workers {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Handover;
     use crate::ipc::{MasterToDispatcher, raw_pair};
-
-    fn handoff(peer: std::net::SocketAddr, local: std::net::SocketAddr) -> Handoff {
-        Handoff {
-            handover: Handover::Pass,
-            peer,
-            local,
-            site: "a.test".into(),
-            buffered: b"GET / HTTP/1.1\r\nHost: a.test\r\n\r\n".to_vec(),
-            tls_handshake: false,
-            secure: false,
-            seal: [0; 32],
-        }
-    }
 
     /// A master that never answers: every connection for a tenant waits, each at most
     /// the deadline, and no more than `max` at once.
@@ -461,7 +447,7 @@ mod tests {
         let workers = Workers::new(Arc::new(Channel::new(ours).unwrap()), queue).unwrap();
         let (fd, _other) = std::os::unix::net::UnixStream::pair().unwrap();
         let fd = OwnedFd::from(fd);
-        let h = handoff(
+        let h = super::super::seal::test_handoff(
             "127.0.0.1:1".parse().unwrap(),
             "127.0.0.1:2".parse().unwrap(),
         );
@@ -540,7 +526,7 @@ mod tests {
         let conn = OwnedFd::from(conn);
         assert!(
             workers
-                .hand_over("a", &handoff(peer, local), &conn)
+                .hand_over("a", &super::super::seal::test_handoff(peer, local), &conn)
                 .await
                 .is_ok()
         );

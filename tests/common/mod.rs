@@ -270,6 +270,20 @@ impl Condo {
         self.proxy.expect("config has a proxy listener")
     }
 
+    /// GET `path` from site `host` on the pass listener: (body, status code).
+    pub fn get(&self, host: &str, path: &str) -> (String, String) {
+        let (out, _) = curl(&[
+            "-s",
+            "-w",
+            "\n%{http_code}",
+            "-H",
+            &format!("Host: {host}"),
+            &format!("http://{}{path}", self.pass),
+        ]);
+        let (body, code) = out.rsplit_once('\n').unwrap_or(("", &out));
+        (body.to_string(), code.to_string())
+    }
+
     pub fn log_text(&self) -> String {
         self.log.lock().unwrap().join("\n")
     }
