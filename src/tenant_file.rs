@@ -40,6 +40,16 @@ pub fn read_bounded(path: &Path, max: u64) -> io::Result<Vec<u8>> {
         let e = io::Error::from(e);
         named(e.kind(), format!("cannot open: {e}"))
     })?;
+    read_opened(fd, path, max)
+}
+
+/// The whole of an opened file (`path` only names it in errors): refused unless `fstat`
+/// of the fd says regular file and it holds at most `max` bytes, checked before and
+/// during the read (it may grow after fstat).
+pub fn read_opened(fd: rustix::fd::OwnedFd, path: &Path, max: u64) -> io::Result<Vec<u8>> {
+    let named = |kind: io::ErrorKind, what: String| {
+        io::Error::new(kind, format!("{}: {what}", path.display()))
+    };
     let stat = rustix::fs::fstat(&fd).map_err(|e| named(io::ErrorKind::Other, e.to_string()))?;
     let kind = FileType::from_raw_mode(stat.st_mode);
     if kind != FileType::RegularFile {

@@ -226,9 +226,9 @@ pub fn open_trusted(path: &Path, tenant: Option<u32>) -> Result<Option<Resolved>
 /// Read a whole regular file that [`open_trusted`] opens, at most `limit` bytes: what
 /// root reads of a file that sits where someone other than root could change it.
 pub fn read_trusted(path: &Path, tenant: Option<u32>, limit: u64) -> anyhow::Result<Vec<u8>> {
-    use std::io::Read;
     let r = open_trusted(path, tenant)?
         .ok_or_else(|| anyhow::anyhow!("{}: no such file", path.display()))?;
+    // Checked before the open, too: opening a device node can itself do things.
     if !r.is_file {
         anyhow::bail!("{}: not a regular file", path.display());
     }
@@ -240,15 +240,7 @@ pub fn read_trusted(path: &Path, tenant: Option<u32>, limit: u64) -> anyhow::Res
         Mode::empty(),
     )
     .map_err(|e| anyhow::anyhow!("opening {}: {e}", path.display()))?;
-    let mut data = Vec::new();
-    std::fs::File::from(file)
-        .take(limit + 1)
-        .read_to_end(&mut data)
-        .map_err(|e| anyhow::anyhow!("reading {}: {e}", path.display()))?;
-    if data.len() as u64 > limit {
-        anyhow::bail!("{}: larger than {limit} bytes", path.display());
-    }
-    Ok(data)
+    Ok(crate::tenant_file::read_opened(file, path, limit)?)
 }
 
 /// The names to walk in `path`; `.` is dropped, `..` kept (checked when walked).
