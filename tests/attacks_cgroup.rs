@@ -642,6 +642,16 @@ fn a_stopped_worker_never_stalls_the_master() {
         since.elapsed()
     );
     assert!(condo.log_text().contains("unread"), "{}", condo.log_text());
+    // A request sent between the kill and the master's handling of the exit may go to
+    // the dead worker's link and be lost with it (the tenant stopped its own worker);
+    // once the master has seen the exit, a's next request starts a new worker.
+    assert!(
+        eventually(Duration::from_secs(10), || condo
+            .log_text()
+            .contains("worker exited (signal: 9")),
+        "the master never saw a's worker exit; log:\n{}",
+        condo.log_text()
+    );
     get_ok(condo.pass, "a.test", "/");
 }
 
