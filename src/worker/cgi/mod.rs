@@ -34,6 +34,12 @@ use response::{CgiHead, Location, parse_cgi_head};
 /// A chunked request body is read whole before the script starts (it must know
 /// CONTENT_LENGTH); past this size the request gets 413.
 const MAX_CHUNKED_BODY: usize = 8 * 1024 * 1024;
+/// A Content-Length body up to this size is read whole before the script starts, as
+/// nginx buffers request bodies: a client that sends its form slowly (R-U-Dead-Yet)
+/// then holds a socket and a buffer, not a script process or a slot of the tenant's
+/// FastCGI pool, and gets its 408 on time however slowly processes start. Larger
+/// bodies (uploads) stream into the script as they arrive, so memory stays bounded.
+const BUFFERED_BODY_MAX: u64 = 1024 * 1024;
 const MAX_CGI_HEAD: usize = 64 * 1024;
 
 pub struct CgiCall<'a> {
@@ -297,9 +303,10 @@ async fn run(
     Ok(outcome)
 }
 
-/// The request body for a script: `(CONTENT_LENGTH, the whole body if it had to be
-/// read first)`. A Content-Length body is left in the stream, to be relayed; a chunked
-/// one is read whole (CONTENT_LENGTH must be known before the script starts).
+/// The request body for a script: `(CONTENT_LENGTH, the whole body if it was read
+/// first)`. A small Content-Length body is read whole (see `BUFFERED_BODY_MAX`), a
+/// larger one is left in the stream, to be relayed; a chunked one is read whole
+/// (CONTENT_LENGTH must be known before the script starts).
 pub(super) async fn read_body(
     call: &CgiCall<'_>,
     stream: &mut Stream,
@@ -310,6 +317,14 @@ pub(super) async fn read_body(
     }
     Ok(match &call.head.body {
         BodyFraming::None => (None, None),
+        BodyFraming::Length(n) if *n <= BUFFERED_BODY_MAX => {
+            let idle = call.tenant.limits.body_timeout;
+            let mut body = Vec::with_capacity(*n as usize);
+            relay_body(stream, buf, Some(&mut body), &call.head.body, idle)
+                .await
+                .map_err(body_failure)?;
+            (Some(*n), Some(body))
+        }
         BodyFraming::Length(n) => (Some(*n), None),
         BodyFraming::Chunked => {
             let idle = call.tenant.limits.body_timeout;
