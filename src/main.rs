@@ -316,14 +316,19 @@ fn top(
     let dir = run_dir(config)?;
     let interval = std::time::Duration::from_secs_f64(interval.clamp(0.2, 3600.0));
     let mut before = fetch_status(&dir)?;
+    let mut taken = std::time::Instant::now();
+    let mut rates = condo::control::TopRates::default();
+    condo::control::render_top(&before, &before, interval, sort, &mut rates);
     let mut shown = 0;
     while iterations.is_none_or(|n| shown < n) {
         std::thread::sleep(interval);
         let now = fetch_status(&dir)?;
+        let elapsed = taken.elapsed();
+        taken = std::time::Instant::now();
         // Clear the screen and go home, as top does.
         print!(
             "\x1b[H\x1b[2J{}",
-            condo::control::render_top(&before, &now, interval, sort)
+            condo::control::render_top(&before, &now, elapsed, sort, &mut rates)
         );
         std::io::stdout().flush()?;
         before = now;
