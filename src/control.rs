@@ -62,9 +62,17 @@ impl Response {
     }
 }
 
+/// The version of `condo status --json`'s shape. Control panels parse it, so it is
+/// a contract: fields may be added within a version; a field removed, renamed or given
+/// another meaning takes the next version.
+pub const STATUS_SCHEMA: u32 = 1;
+
 /// What `condo status` shows: PHP-FPM's status page, for every tenant.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Status {
+    /// [`STATUS_SCHEMA`] of the master that answered.
+    #[serde(default)]
+    pub schema: u32,
     pub pid: u32,
     pub version: String,
     pub config: PathBuf,

@@ -80,6 +80,9 @@ enum Command {
         /// CSV instead of a table.
         #[arg(long)]
         csv: bool,
+        /// Only this tenant (a control panel's view of one customer).
+        #[arg(long)]
+        tenant: Option<String>,
     },
     /// Run a demo: two isolated tenants on 127.0.0.1 (creates system users as root).
     Demo {
@@ -162,7 +165,12 @@ fn main() -> ExitCode {
             interval,
             iterations,
         } => top(&cli.config, sort, interval, iterations),
-        Command::Usage { since, json, csv } => usage(&cli.config, since.as_deref(), json, csv),
+        Command::Usage {
+            since,
+            json,
+            csv,
+            tenant,
+        } => usage(&cli.config, since.as_deref(), tenant.as_deref(), json, csv),
         Command::Demo { clean: true, .. } => condo::demo::clean(),
         Command::Demo { clean: false, port } => condo::demo::run(port),
         Command::Dispatcher {
@@ -406,6 +414,7 @@ fn check(path: &std::path::Path, json: bool) -> ExitCode {
 fn usage(
     config: &std::path::Path,
     since: Option<&str>,
+    tenant: Option<&str>,
     json: bool,
     csv: bool,
 ) -> anyhow::Result<()> {
@@ -429,7 +438,15 @@ fn usage(
         );
     }
     let ledger = Ledger::load(&path).context("reading the usage ledger")?;
-    let totals = ledger.totals(since);
+    let mut totals = ledger.totals(since);
+    if let Some(tenant) = tenant {
+        if !config.tenants.contains_key(tenant) && !totals.contains_key(tenant) {
+            anyhow::bail!("no tenant named {tenant:?} in the config or the usage ledger");
+        }
+        // A configured tenant with nothing recorded yet gets its row of zeros.
+        let own = totals.remove(tenant).unwrap_or_default();
+        totals = std::iter::once((tenant.to_string(), own)).collect();
+    }
     let rows = report::rows(&totals);
     let out = if json {
         report::json(&rows)

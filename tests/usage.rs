@@ -154,6 +154,22 @@ fn usage_counts_survive_scale_to_zero_reload_and_restart() {
         csv.lines().any(|l| l.starts_with("a,7,0,6,0,1,0,")),
         "{csv}"
     );
+    // One tenant's view, for a control panel: its row alone; a name that is no
+    // tenant is an error that names it.
+    let only_b = usage_json(&config, &["--json", "--tenant", "b"]);
+    assert_eq!(only_b.as_array().unwrap().len(), 1, "{only_b}");
+    assert_eq!(row(&only_b, "b")["requests"], 3, "{only_b}");
+    let unknown = Command::new(CONDO)
+        .args(["usage", "--tenant", "nosuch", "-c"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!unknown.status.success());
+    assert!(
+        String::from_utf8_lossy(&unknown.stderr).contains("\"nosuch\""),
+        "{}",
+        String::from_utf8_lossy(&unknown.stderr)
+    );
     let bad = Command::new(CONDO)
         .args(["usage", "--since", "yesterday-ish", "-c"])
         .arg(&config)

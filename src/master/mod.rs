@@ -1580,6 +1580,7 @@ impl Master {
             })
             .collect();
         Status {
+            schema: crate::control::STATUS_SCHEMA,
             pid: std::process::id(),
             version: env!("CARGO_PKG_VERSION").to_string(),
             config: self.config.file.clone(),
