@@ -109,9 +109,12 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
-    /// Print the man page (roff) to stdout: `condo man > condo.8`.
-    #[command(hide = true)]
-    Man,
+    /// Print a manual page (roff): `condo man > condo.8`, `condo man --section 5 > condo.toml.5`.
+    Man {
+        /// 8: the commands (condo(8)); 5: every config key (condo.toml(5)).
+        #[arg(long, default_value = "8", value_parser = ["8", "5"])]
+        section: String,
+    },
     /// Internal: the dispatcher process, started by the master.
     #[command(hide = true)]
     Dispatcher {
@@ -151,7 +154,7 @@ fn main() -> ExitCode {
             &cli.config,
             condo::control::Request::RestartTenant { tenant },
         ),
-        Command::Man => man(),
+        Command::Man { section } => man(&section),
         Command::Import {
             from,
             files,
@@ -229,47 +232,15 @@ fn import(
     Ok(())
 }
 
-/// The man page: clap's description of every command (so it never drifts from the
-/// binary), plus the files and signals it cannot know.
-fn man() -> anyhow::Result<()> {
+/// A manual page, generated from the binary's own command and key definitions.
+fn man(section: &str) -> anyhow::Result<()> {
     use clap::CommandFactory;
     use std::io::Write as _;
-    let mut out = Vec::new();
-    clap_mangen::Man::new(Cli::command())
-        .section("8")
-        .render(&mut out)?;
-    out.extend_from_slice(
-        br#".SH SIGNALS
-.TP
-BTERMR, BINTR
-stop: children get TERM, then KILL after 5 s.
-.TP
-BHUPR
-reload the configuration; changed tenants' workers are replaced without dropping a connection.
-.TP
-BUSR1R
-reopen the error log and every site log (logrotate).
-.SH FILES
-.TP
-I/etc/condo/condo.tomlR
-the admin's configuration; site files are included from it.
-.TP
-Irun_dir/condo.pidR, Irun_dir/control.sockR
-the master's pid and its root-only control socket (status, top, restart-tenant, reload --tenant, upgrade).
-.TP
-Ilog_dir/error.logR, Ilog_dir/SITE.access.logR, Ilog_dir/SITE.error.logR
-the server's and each site's logs.
-.TP
-Istate_dir/usage.jsonR
-the usage ledger (condo usage).
-.TP
-Istate_dir/admin.tokenR
-the bearer token that /metrics on admin_listen asks for (made 0600 when missing; server.admin_token_file names another file).
-.SH SEE ALSO
-README.md and SECURITY.md in /usr/share/doc/condo.
-"#,
-    );
-    std::io::stdout().write_all(&out)?;
+    let page = match section {
+        "5" => condo::config::keys::man_page(env!("CARGO_PKG_VERSION")),
+        _ => condo::manual::condo_8(&Cli::command()),
+    };
+    std::io::stdout().write_all(page.as_bytes())?;
     Ok(())
 }
 

@@ -77,11 +77,12 @@ impl Source {
             serde_ignored::deserialize(de, |path| unknown.push(path.to_string()));
         let mut diags: Vec<Diagnostic> = unknown
             .iter()
-            .map(|key| {
-                self.error(
+            .map(|key| match super::keys::suggest(key) {
+                Some(known) => self.error(key, format!("unknown key; did you mean `{known}`?")),
+                None => self.error(
                     key,
-                    "unknown key (check the spelling; README.md lists every key)",
-                )
+                    "unknown key (check the spelling; `man condo.toml` lists every key)",
+                ),
             })
             .collect();
         match value {

@@ -7,6 +7,7 @@
 mod accounts;
 mod diag;
 mod isolation;
+pub mod keys;
 mod limits;
 mod pool;
 pub mod user;
@@ -1729,6 +1730,31 @@ mod tests {
 
     const SITE: &str =
         "[[site]]\nname = \"a.test\"\ntenant = \"a\"\nroot = \"/srv\"\n\n[[site.route]]\n";
+
+    /// An unknown key names the known key of its section it is closest to, at its line.
+    #[test]
+    fn a_typo_names_the_key_meant() {
+        let text = "[[site]]\nname = \"a.test\"\ntenant = \"a\"\nroot = \"/srv\"\ndeny_hiden = true\n\n\
+                    [[site.route]]\nsuffix = \".php\"\nhandler = \"fastcgi\"\nprocesses = 2\ncomand = [\"php-cgi\"]\n";
+        let source = Source::from_text(Path::new("site.toml"), text.to_string());
+        let (_, diags) = source.deserialize::<SiteFile>();
+        let mut msgs: Vec<String> = diags.iter().map(ToString::to_string).collect();
+        msgs.sort();
+        assert_eq!(
+            msgs,
+            [
+                "site.toml:10:1: key `site.0.route.0.processes`: unknown key; did you mean `processes_max`?",
+                "site.toml:11:1: key `site.0.route.0.comand`: unknown key; did you mean `command`?",
+                "site.toml:5:1: key `site.0.deny_hiden`: unknown key; did you mean `deny_hidden`?",
+            ]
+        );
+        let source = Source::from_text(Path::new("main.toml"), "[server]\nzzzzzz = 1\n".into());
+        let (_, diags) = source.deserialize::<MainFile>();
+        assert_eq!(
+            diags[0].message,
+            "unknown key (check the spelling; `man condo.toml` lists every key)"
+        );
+    }
 
     #[test]
     fn fastcgi_routes_are_validated() {
