@@ -547,6 +547,7 @@ struct TenantSection {
     workers_max: Option<usize>,
     idle_timeout: Option<String>,
     max_requests: Option<u64>,
+    worker_max_requests: Option<u64>,
     request_timeout: Option<String>,
     worker_memory_max: Option<String>,
     memory_max: Option<String>,
@@ -582,6 +583,7 @@ impl TenantSection {
             workers_max: self.workers_max,
             idle_timeout: self.idle_timeout.clone(),
             max_requests: self.max_requests,
+            worker_max_requests: self.worker_max_requests,
             request_timeout: self.request_timeout.clone(),
             worker_memory_max: self.worker_memory_max.clone(),
         }

@@ -1186,7 +1186,7 @@ impl Master {
     /// SIGHUP: read the config again. On errors in the main file keep the running
     /// config. Otherwise switch to the new one: dispatchers get the new routes, the
     /// workers of tenants whose settings or sites changed are replaced the way
-    /// `max_requests` replaces them (no connection lost), the others stay untouched.
+    /// `worker_max_requests` replaces them (no connection lost), the others stay untouched.
     /// Read the config again and apply it; `only`: apply just that tenant's part (its
     /// section and its sites), keeping everything else as it runs. `Err`: why nothing
     /// was applied.
