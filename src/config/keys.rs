@@ -100,6 +100,8 @@ pub const KEYS: &[Key] = &[
         "Dispatcher processes; above 1 each has its own SO_REUSEPORT sockets."),
     key(Server, "worker_queue_max", "N", "256",
         "Connections that may wait at once for one tenant's worker (per dispatcher); beyond it 503."),
+    key(Server, "tenant_relays_max", "N", "a quarter of max_connections",
+        "Connections of one tenant's sites a dispatcher relays at once (proxy hand-over, the host's certificates, h2); beyond it 503."),
     key(Server, "admin_listen", "\"127.0.0.1:PORT\"", "",
         "Loopback only: /metrics (Prometheus, bearer token) and /health. Off when absent."),
     key(Server, "admin_token_file", "\"PATH\"", "\"<state_dir>/admin.token\"",

@@ -100,6 +100,10 @@ pub struct Server {
     /// started, or not taking them); beyond it they get 503 at once, so one tenant
     /// cannot hold what all share (`max_connections`).
     pub worker_queue_max: usize,
+    /// Connections of one tenant's sites a dispatcher relays at once (proxy hand-over,
+    /// the host's certificates, h2): past it 503, so one site under a slow-read flood
+    /// cannot take the `max_connections` every tenant shares.
+    pub tenant_relays_max: usize,
     /// Loopback address for `/metrics` (Prometheus) and `/health`; off when `None`.
     pub admin_listen: Option<SocketAddr>,
     /// The bearer token `/metrics` asks for (tenants' code reaches loopback too):
@@ -490,6 +494,7 @@ struct ServerSection {
     dispatchers: usize,
     #[serde(default = "default_worker_queue_max")]
     worker_queue_max: usize,
+    tenant_relays_max: Option<usize>,
     admin_listen: Option<String>,
     admin_token_file: Option<PathBuf>,
     #[serde(default)]
@@ -1130,6 +1135,16 @@ fn validate_server(
             diags.push(source.error(key, format!("must be between {min} and {max}")));
         }
     }
+    // A quarter of what all share: one tenant's flood leaves three quarters to the rest.
+    let tenant_relays_max = s
+        .tenant_relays_max
+        .unwrap_or((limits.max_connections / 4).max(1));
+    if !(1..=1 << 20).contains(&tenant_relays_max) {
+        diags.push(source.error(
+            "server.tenant_relays_max",
+            format!("must be between 1 and {}", 1 << 20),
+        ));
+    }
     if diags.len() > before {
         return None;
     }
@@ -1144,6 +1159,7 @@ fn validate_server(
         worker_threads: s.worker_threads,
         dispatchers: s.dispatchers,
         worker_queue_max: s.worker_queue_max,
+        tenant_relays_max,
         admin_listen,
         admin_token_file,
         cgroup: s.cgroup,
