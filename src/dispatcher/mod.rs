@@ -112,7 +112,7 @@ pub fn run(ipc_fd: RawFd, listener_fds: &[RawFd], run_dir: &std::path::Path) -> 
         // The master may send a routing table of any size (sealed memfd).
         let master: Arc<MasterChannel> = Arc::new(Channel::new(master_fd)?.accept_sealed());
         let init = match master.recv().await? {
-            Some((MasterToDispatcher::Init(init), _)) => init,
+            Some((MasterToDispatcher::Init(init), _)) => *init,
             other => bail!("expected Init from the master, got {other:?}"),
         };
         if init.listeners.len() != listeners.len() {
