@@ -252,7 +252,7 @@ async fn accept_loop(dispatcher: Arc<Dispatcher>, listener: OwnedFd, info: Liste
         .ok()
         .and_then(|a| SocketAddr::try_from(a).ok())
         .unwrap_or(info.addr);
-    let listener = match crate::sys::async_fd(listener, Interest::READABLE) {
+    let listener = match crate::sandbox::sys::async_fd(listener, Interest::READABLE) {
         Ok(l) => l,
         Err(e) => {
             warn!("listener {}: {e}", info.addr);
