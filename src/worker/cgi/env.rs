@@ -35,6 +35,22 @@ pub struct CgiRequest<'a> {
     pub content_length: Option<u64>,
     /// Admin-configured per-site variables.
     pub site_env: &'a [(String, String)],
+    /// Set when the script serves an error page for another request.
+    pub redirect: Option<Redirect<'a>>,
+}
+
+/// The failed request an error page answers, for its `REDIRECT_*` variables (what
+/// Apache sets for an ErrorDocument).
+#[derive(Debug, Clone)]
+pub struct Redirect<'a> {
+    /// The failed request's status: `REDIRECT_STATUS`.
+    pub status: u16,
+    /// Its path, without the query: `REDIRECT_URL`.
+    pub url: &'a str,
+    /// Its query: `REDIRECT_QUERY_STRING`.
+    pub query: Option<&'a str>,
+    /// Its method: `REDIRECT_REQUEST_METHOD`.
+    pub method: &'a str,
 }
 
 /// Names the server owns, whether or not a given request sets them, so that
@@ -44,19 +60,25 @@ const RESERVED: &[&str] = &[
     "AUTH_TYPE",
     "CONTENT_LENGTH",
     "CONTENT_TYPE",
+    "CONTEXT_DOCUMENT_ROOT",
+    "CONTEXT_PREFIX",
     "DOCUMENT_ROOT",
     "GATEWAY_INTERFACE",
     "HTTPS",
     "PATH_INFO",
     "PATH_TRANSLATED",
     "QUERY_STRING",
+    "REDIRECT_QUERY_STRING",
+    "REDIRECT_REQUEST_METHOD",
     "REDIRECT_STATUS",
+    "REDIRECT_URL",
     "REMOTE_ADDR",
     "REMOTE_HOST",
     "REMOTE_IDENT",
     "REMOTE_PORT",
     "REMOTE_USER",
     "REQUEST_METHOD",
+    "REQUEST_SCHEME",
     "REQUEST_URI",
     "SCRIPT_FILENAME",
     "SCRIPT_NAME",
@@ -119,6 +141,12 @@ pub fn meta_variables(req: &CgiRequest<'_>) -> Vec<(OsString, OsString)> {
         req.script_filename.as_os_str().as_bytes(),
     );
     set("DOCUMENT_ROOT", req.document_root.as_os_str().as_bytes());
+    // Apache's (2.4) for the URL prefix a root is mapped at; a site's root is at "/".
+    set("CONTEXT_PREFIX", b"");
+    set(
+        "CONTEXT_DOCUMENT_ROOT",
+        req.document_root.as_os_str().as_bytes(),
+    );
     if !req.path_info.is_empty() {
         set("PATH_INFO", req.path_info.as_bytes());
         set(
@@ -146,8 +174,23 @@ pub fn meta_variables(req: &CgiRequest<'_>) -> Vec<(OsString, OsString)> {
     if req.https {
         set("HTTPS", b"on");
     }
-    // php-cgi refuses to run without it when cgi.force_redirect is on.
-    set("REDIRECT_STATUS", b"200");
+    // Apache 2.4 sets it; apps build absolute URLs from it.
+    set(
+        "REQUEST_SCHEME",
+        if req.https { b"https" } else { b"http" },
+    );
+    match &req.redirect {
+        Some(r) => {
+            set("REDIRECT_STATUS", r.status.to_string().as_bytes());
+            set("REDIRECT_URL", r.url.as_bytes());
+            set("REDIRECT_REQUEST_METHOD", r.method.as_bytes());
+            if let Some(q) = r.query {
+                set("REDIRECT_QUERY_STRING", q.as_bytes());
+            }
+        }
+        // php-cgi refuses to run without it when cgi.force_redirect is on.
+        None => set("REDIRECT_STATUS", b"200"),
+    }
 
     for (name, value) in http_variables(req.headers) {
         vars.entry(name).or_insert(value);
@@ -271,6 +314,7 @@ mod tests {
             path_info: "",
             content_length: Some(11),
             site_env,
+            redirect: None,
         }
     }
 
@@ -313,6 +357,9 @@ mod tests {
             ("REMOTE_PORT", "51234"),
             ("CONTENT_LENGTH", "11"),
             ("REDIRECT_STATUS", "200"),
+            ("REQUEST_SCHEME", "http"),
+            ("CONTEXT_PREFIX", ""),
+            ("CONTEXT_DOCUMENT_ROOT", "/srv/example.org/htdocs"),
             ("PATH", "/usr/local/bin:/usr/bin:/bin"),
         ];
         for (name, value) in expect {
@@ -409,8 +456,29 @@ mod tests {
     fn https_only_when_secure() {
         let mut req = base(&[], &[]);
         assert!(!env(&req).contains_key("HTTPS"));
+        assert_eq!(get(&env(&req), "REQUEST_SCHEME"), Some("http"));
         req.https = true;
         assert_eq!(get(&env(&req), "HTTPS"), Some("on"));
+        assert_eq!(get(&env(&req), "REQUEST_SCHEME"), Some("https"));
+    }
+
+    #[test]
+    fn error_page_gets_apaches_redirect_variables() {
+        let mut req = base(&[], &[s("REDIRECT_URL", "/forged")]);
+        req.redirect = Some(Redirect {
+            status: 404,
+            url: "/missing/page",
+            query: Some("x=1"),
+            method: "POST",
+        });
+        let m = env(&req);
+        assert_eq!(get(&m, "REDIRECT_STATUS"), Some("404"));
+        assert_eq!(get(&m, "REDIRECT_URL"), Some("/missing/page"));
+        assert_eq!(get(&m, "REDIRECT_QUERY_STRING"), Some("x=1"));
+        assert_eq!(get(&m, "REDIRECT_REQUEST_METHOD"), Some("POST"));
+        // Without a redirect, a site variable cannot fake one.
+        req.redirect = None;
+        assert!(!env(&req).contains_key("REDIRECT_URL"));
     }
 
     #[test]

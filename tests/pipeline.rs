@@ -1,0 +1,490 @@
+//! The worker's request pipeline as real PHP sites meet it (issues 16 and 22): the
+//! front-controller `fallback`, `max_body` for Content-Length and chunked bodies,
+//! `error_pages` (a file or a PHP script), `no_scripts` for upload directories, and
+//! the CGI variables Apache gives (REQUEST_SCHEME). Real php-cgi, real sockets.
+
+mod common;
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// What the front controller and the error page scripts report, one `KEY=value` a line.
+const REPORT: &str = r#"<?php
+header('Content-Type: text/plain');
+foreach (['REQUEST_URI', 'QUERY_STRING', 'SCRIPT_NAME', 'SCRIPT_FILENAME', 'PATH_INFO',
+          'REQUEST_METHOD', 'REQUEST_SCHEME', 'REDIRECT_STATUS', 'REDIRECT_URL',
+          'REDIRECT_QUERY_STRING', 'CONTEXT_DOCUMENT_ROOT', 'SERVER_NAME'] as $k) {
+    echo $k, '=', $_SERVER[$k] ?? 'unset', "\n";
+}
+echo 'x=', $_GET['x'] ?? 'unset', "\n";
+echo 'post=', $_POST['p'] ?? 'unset', "\n";
+"#;
+
+/// Counts and hashes its input; leaves a marker so a test sees it ran at all.
+const UPLOAD: &str = r#"<?php
+file_put_contents(__DIR__ . '/../ran/' . getmypid() . '-' . mt_rand(), 'x');
+$body = file_get_contents('php://input');
+echo strlen($body), ' ', md5($body);
+"#;
+
+fn php_route(home: &Path, timeout: &str) -> String {
+    format!(
+        "[[site.route]]\nsuffix = \".php\"\nhandler = \"fastcgi\"\n\
+         command = [\"php-cgi\", \"-d\", \"session.save_path={}\"]\n\
+         processes_max = 2\nidle_timeout = \"5s\"\ntimeout = \"{timeout}\"\n",
+        home.display()
+    )
+}
+
+/// Two tenants with PHP; `a_keys`/`b_keys` are site keys for a.test and b.test (they
+/// go before the route table). Each docroot has `REPORT` as index.php, `UPLOAD` as
+/// upload.php, a style.css, and a `ran/` directory beside it for markers.
+fn setup(a_keys: &str, b_keys: &str, timeout: &str) -> (TwoTenants, std::path::PathBuf) {
+    let t = TwoTenants::new();
+    let config = t.config("");
+    for (name, root, user, keys) in [
+        ("a", &t.root_a, &t.a, a_keys),
+        ("b", &t.root_b, &t.b, b_keys),
+    ] {
+        let home = root.parent().unwrap().to_path_buf();
+        write_owned(&root.join("index.php"), REPORT.as_bytes(), user, 0o644);
+        write_owned(&root.join("upload.php"), UPLOAD.as_bytes(), user, 0o644);
+        write_owned(&root.join("style.css"), b"body{}\n", user, 0o644);
+        let ran = home.join("ran");
+        std::fs::create_dir_all(&ran).unwrap();
+        chown(&ran, user, 0o700);
+        t.append_site(name, &format!("{keys}\n{}", php_route(&home, timeout)));
+    }
+    (t, config)
+}
+
+fn field(text: &str, key: &str) -> String {
+    text.lines()
+        .find_map(|l| l.strip_prefix(&format!("{key}=")))
+        .unwrap_or_else(|| panic!("no {key} in {text}"))
+        .to_string()
+}
+
+fn markers(root: &Path) -> usize {
+    std::fs::read_dir(root.parent().unwrap().join("ran"))
+        .unwrap()
+        .count()
+}
+
+fn md5_hex(data: &[u8]) -> String {
+    let mut child = Command::new("md5sum")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(data).unwrap();
+    let out = child.wait_with_output().unwrap();
+    String::from_utf8_lossy(&out.stdout)[..32].to_string()
+}
+
+#[test]
+fn front_controller_fallback_serves_pretty_urls_with_the_original_request() {
+    if !require_root() {
+        return;
+    }
+    let (t, config) = setup(
+        "index = [\"index.php\"]\nfallback = \"/index.php\"",
+        "index = [\"index.php\"]",
+        "10s",
+    );
+    let condo = Condo::start(&config);
+    for addr in [condo.pass, condo.proxy()] {
+        let mut c = Client::connect(addr);
+        let r = c.get("a.test", "/some/pretty/url?x=1");
+        let text = r.text();
+        assert_eq!(r.status, 200, "{text}\n{}", condo.log_text());
+        assert_eq!(field(&text, "REQUEST_URI"), "/some/pretty/url?x=1");
+        assert_eq!(field(&text, "QUERY_STRING"), "x=1");
+        assert_eq!(field(&text, "x"), "1");
+        assert_eq!(field(&text, "SCRIPT_NAME"), "/index.php");
+        assert_eq!(
+            field(&text, "SCRIPT_FILENAME"),
+            t.root_a.join("index.php").display().to_string()
+        );
+        assert_eq!(field(&text, "PATH_INFO"), "unset");
+        assert_eq!(field(&text, "REQUEST_SCHEME"), "http");
+        assert_eq!(field(&text, "REDIRECT_STATUS"), "200");
+        // Any method, with its body.
+        let body = "p=posted";
+        c.send(
+            format!(
+                "POST /wp-json/wp/v2/posts HTTP/1.1\r\nHost: a.test\r\n\
+                 Content-Type: application/x-www-form-urlencoded\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+            .as_bytes(),
+        );
+        let r = c.read_response(false).unwrap();
+        let text = r.text();
+        assert_eq!(r.status, 200, "{text}");
+        assert_eq!(field(&text, "REQUEST_METHOD"), "POST");
+        assert_eq!(field(&text, "REQUEST_URI"), "/wp-json/wp/v2/posts");
+        assert_eq!(field(&text, "post"), "posted");
+        // A missing directory path and a missing .php go there too (Apache's
+        // `!-f`/`!-d` rules in WordPress's .htaccess send them to index.php).
+        for path in ["/feed/", "/gone.php"] {
+            let r = c.get("a.test", path);
+            assert_eq!(r.status, 200, "{path}");
+            assert_eq!(field(&r.text(), "REQUEST_URI"), path);
+        }
+        // What exists is served as it is: a static file, the directory's index.
+        let r = c.get("a.test", "/style.css");
+        assert_eq!((r.status, r.text().as_str()), (200, "body{}\n"));
+        let r = c.get("a.test", "/");
+        assert_eq!(field(&r.text(), "REQUEST_URI"), "/");
+        // The alias the client used is SERVER_NAME, as Apache's UseCanonicalName Off.
+        let r = c.get("www.a.test", "/pretty");
+        assert_eq!(field(&r.text(), "SERVER_NAME"), "www.a.test");
+        // Names the site refuses stay refused, fallback or not.
+        for path in ["/.env", "/wp-config.php.bak"] {
+            assert_eq!(c.get("a.test", path).status, 404, "{path}");
+        }
+        // Without a fallback a missing path is still 404.
+        let mut c = Client::connect(addr);
+        for path in ["/some/pretty/url?x=1", "/gone.php"] {
+            let r = c.get("b.test", path);
+            assert_eq!(r.status, 404, "{path}: {}", r.text());
+        }
+        assert_eq!(c.get("b.test", "/style.css").status, 200);
+    }
+}
+
+/// Send a request head (and whatever `body` yields, from a thread) and read the
+/// answer while the body may still be going out. Returns the response, the time from
+/// the end of the head to the response, and the body bytes the thread got out.
+fn send_racing(
+    addr: std::net::SocketAddr,
+    head: &str,
+    body: impl FnOnce(&mut TcpStream) -> u64 + Send + 'static,
+) -> (Response, Duration, u64) {
+    let mut c = Client::connect(addr);
+    c.stream
+        .set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    c.send(head.as_bytes());
+    let started = Instant::now();
+    let mut writer = c.stream.try_clone().unwrap();
+    let thread = std::thread::spawn(move || body(&mut writer));
+    let r = c.read_response(false).expect("a response before the close");
+    let elapsed = started.elapsed();
+    // The server closes after a 413; the writer then fails and stops.
+    let _ = c.stream.shutdown(std::net::Shutdown::Both);
+    let sent = thread.join().unwrap();
+    (r, elapsed, sent)
+}
+
+#[test]
+fn max_body_refuses_large_bodies_at_once_and_no_script_runs() {
+    if !require_root() {
+        return;
+    }
+    // a.test: the default max_body (64M); b.test: 2M.
+    let (t, config) = setup("", "max_body = \"2M\"", "20s");
+    let condo = Condo::start(&config);
+    // 200 MB announced, nothing sent: 413 at once, no script started.
+    let head = "POST /upload.php HTTP/1.1\r\nHost: a.test\r\nContent-Type: application/octet-stream\r\nContent-Length: 209715200\r\n\r\n";
+    let (r, elapsed, _) = send_racing(condo.pass, head, |_| 0);
+    assert_eq!(r.status, 413, "{}", r.text());
+    assert_eq!(r.header("connection"), Some("close"));
+    eprintln!("413 for a 200 MB Content-Length after {elapsed:?}");
+    assert!(elapsed < Duration::from_secs(5), "{elapsed:?}");
+    // The same while the client really streams it (bounded: at most 200 MB, and it
+    // stops at the first failed write once condo closes).
+    let (r, elapsed, sent) = send_racing(condo.pass, head, |w| {
+        let chunk = vec![b'x'; 1 << 20];
+        let mut sent = 0u64;
+        while sent < 200 << 20 && w.write_all(&chunk).is_ok() {
+            sent += chunk.len() as u64;
+        }
+        sent
+    });
+    assert_eq!(r.status, 413);
+    eprintln!("413 for a streamed 200 MB upload after {elapsed:?}, {sent} bytes out");
+    // A chunked body whose first chunk announces more than 64M: 413 at its size line.
+    let chunked = "POST /upload.php HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: chunked\r\n\r\n";
+    let (r, elapsed, _) = send_racing(condo.pass, chunked, |w| {
+        let _ = w.write_all(b"4000001\r\n");
+        0
+    });
+    assert_eq!(r.status, 413, "{}", r.text());
+    eprintln!("413 for a 64M+1 chunk size after {elapsed:?}");
+    // Crossing the limit chunk by chunk (b.test: 2M): 413 once it is crossed; the
+    // client gets the answer while it still sends.
+    let chunked_b = chunked.replace("a.test", "b.test");
+    let (r, _, sent) = send_racing(condo.pass, &chunked_b, |w| {
+        let mut sent = 0u64;
+        let chunk = vec![b'y'; 256 << 10];
+        while sent < 64 << 20 {
+            let mut piece = format!("{:x}\r\n", chunk.len()).into_bytes();
+            piece.extend_from_slice(&chunk);
+            piece.extend_from_slice(b"\r\n");
+            if w.write_all(&piece).is_err() {
+                break;
+            }
+            sent += chunk.len() as u64;
+        }
+        sent
+    });
+    assert_eq!(r.status, 413, "{}", r.text());
+    assert!(sent < 64 << 20, "the whole body went out: {sent}");
+    eprintln!("413 for a chunked body over 2M after {sent} payload bytes out");
+    // Not one PHP process was started for any of these, nor did a script run.
+    let worker = condo.wait_child("worker", Some("a"));
+    assert!(children_named(worker, "php-cgi").is_empty());
+    assert_eq!(markers(&t.root_a), 0);
+    assert_eq!(markers(&t.root_b), 0);
+    assert!(t.error_log("a.test").contains("max_body"));
+
+    // Under the limit, both framings work; a chunked body past the in-memory part
+    // (1 MiB) is spooled and arrives whole.
+    let body: Vec<u8> = (0..(1536 << 10)).map(|i| (i % 251) as u8).collect();
+    let want = format!("{} {}", body.len(), md5_hex(&body));
+    for host in ["a.test", "b.test"] {
+        let mut c = Client::connect(condo.pass);
+        c.send(
+            format!(
+                "POST /upload.php HTTP/1.1\r\nHost: {host}\r\nContent-Length: {}\r\n\r\n",
+                body.len()
+            )
+            .as_bytes(),
+        );
+        c.send(&body);
+        let r = c.read_response(false).unwrap();
+        assert_eq!((r.status, r.text()), (200, want.clone()), "{host}");
+        c.send(
+            format!("POST /upload.php HTTP/1.1\r\nHost: {host}\r\nTransfer-Encoding: chunked\r\n\r\n")
+                .as_bytes(),
+        );
+        for piece in body.chunks(100_000) {
+            c.send(format!("{:x}\r\n", piece.len()).as_bytes());
+            c.send(piece);
+            c.send(b"\r\n");
+        }
+        c.send(b"0\r\n\r\n");
+        let r = c.read_response(false).unwrap();
+        assert_eq!((r.status, r.text()), (200, want.clone()), "{host} chunked");
+    }
+}
+
+#[test]
+fn error_pages_are_served_from_a_file_or_a_php_script_keeping_the_status() {
+    if !require_root() {
+        return;
+    }
+    let (t, config) = setup(
+        "no_scripts = [\"/uploads/\"]\n\
+         error_pages = { 404 = \"/errors/404.html\", 403 = \"/errors/page.php\", 504 = \"/errors/page.php\" }",
+        "error_pages = { 404 = \"/errors/missing.php\" }",
+        "3s",
+    );
+    let errors = t.root_a.join("errors");
+    std::fs::create_dir_all(&errors).unwrap();
+    chown(&errors, &t.a, 0o755);
+    write_owned(&errors.join("404.html"), b"<h1>our 404</h1>\n", &t.a, 0o644);
+    write_owned(&errors.join("page.php"), REPORT.as_bytes(), &t.a, 0o644);
+    write_owned(
+        &t.root_a.join("sleep.php"),
+        b"<?php sleep(30);",
+        &t.a,
+        0o644,
+    );
+    let uploads = t.root_a.join("uploads");
+    std::fs::create_dir_all(&uploads).unwrap();
+    chown(&uploads, &t.a, 0o755);
+    write_owned(&uploads.join("probe.php"), b"<?php echo 'RAN';", &t.a, 0o644);
+    let condo = Condo::start(&config);
+    let mut c = Client::connect(condo.pass);
+    // A static page for a static 404, with the 404 kept, and on keep-alive.
+    let r = c.get("a.test", "/nothing/here.html?q=1");
+    assert_eq!((r.status, r.text().as_str()), (404, "<h1>our 404</h1>\n"));
+    assert!(r.header("etag").is_none());
+    let r = c.get("a.test", "/missing.php");
+    assert_eq!((r.status, r.text().as_str()), (404, "<h1>our 404</h1>\n"));
+    c.send(b"HEAD /nothing HTTP/1.1\r\nHost: a.test\r\n\r\n");
+    let r = c.read_response(true).unwrap();
+    assert_eq!(r.status, 404);
+    assert_eq!(r.header("content-length"), Some("17"));
+    // A PHP page with Apache's REDIRECT_* variables, for a 403 (a script where none
+    // may run) and for a 504 (a script past its timeout).
+    let r = c.get("a.test", "/uploads/probe.php?y=2");
+    let text = r.text();
+    assert_eq!(r.status, 403, "{text}\n{}", condo.log_text());
+    assert_eq!(field(&text, "REDIRECT_STATUS"), "403");
+    assert_eq!(field(&text, "REDIRECT_URL"), "/uploads/probe.php");
+    assert_eq!(field(&text, "REDIRECT_QUERY_STRING"), "y=2");
+    assert_eq!(field(&text, "REQUEST_URI"), "/uploads/probe.php?y=2");
+    assert_eq!(field(&text, "SCRIPT_NAME"), "/errors/page.php");
+    assert_eq!(field(&text, "REQUEST_METHOD"), "GET");
+    assert!(!text.contains("RAN"));
+    let mut c = Client::connect(condo.pass);
+    let started = Instant::now();
+    c.send(b"POST /sleep.php HTTP/1.1\r\nHost: a.test\r\nContent-Length: 3\r\n\r\np=1");
+    let r = c.read_response(false).unwrap();
+    let text = r.text();
+    assert_eq!(r.status, 504, "{text}");
+    assert_eq!(field(&text, "REDIRECT_STATUS"), "504");
+    assert_eq!(field(&text, "REQUEST_METHOD"), "GET");
+    eprintln!("504 page after {:?}", started.elapsed());
+    // An error page that fails itself gives condo's plain page, with the status of
+    // the first error (no loop).
+    let mut c = Client::connect(condo.pass);
+    let r = c.get("b.test", "/nothing");
+    assert_eq!(r.status, 404);
+    assert!(r.text().contains("404 Not Found") && r.text().contains("condo"));
+    // Without an error page for the status, the plain page as before.
+    let r = c.get("b.test", "/.htaccess");
+    assert_eq!(r.status, 404);
+}
+
+#[test]
+fn no_scripts_keeps_an_uploaded_php_file_from_running_or_being_read() {
+    if !require_root() {
+        return;
+    }
+    let (t, config) = setup(
+        "index = [\"index.php\", \"index.html\"]\nfallback = \"/index.php\"\n\
+         no_scripts = [\"/uploads/\", \"/wp-content/uploads/\"]",
+        "",
+        "10s",
+    );
+    let condo = Condo::start(&config);
+    // The tenant's app takes an upload and stores it where uploads go, as it was sent.
+    let uploads = t.root_a.join("wp-content/uploads/2026");
+    std::fs::create_dir_all(&uploads).unwrap();
+    for dir in [
+        t.root_a.join("wp-content"),
+        t.root_a.join("wp-content/uploads"),
+        uploads.clone(),
+    ] {
+        chown(&dir, &t.a, 0o755);
+    }
+    let plain = t.root_a.join("uploads");
+    std::fs::create_dir_all(&plain).unwrap();
+    chown(&plain, &t.a, 0o755);
+    let probe = b"<?php file_put_contents(__DIR__ . '/../ran/probe', 'x'); echo 'EXECUTED';";
+    for dir in [&uploads, &plain] {
+        write_owned(&dir.join("probe.php"), probe, &t.a, 0o644);
+        write_owned(&dir.join("index.php"), probe, &t.a, 0o644);
+        write_owned(&dir.join("photo.txt"), b"a photo\n", &t.a, 0o644);
+    }
+    for addr in [condo.pass, condo.proxy()] {
+        let mut c = Client::connect(addr);
+        for path in [
+            "/uploads/probe.php",
+            "/uploads/probe.php/x.jpg",
+            "/uploads/",
+            "/uploads/not-there.php",
+            "/wp-content/uploads/2026/probe.php",
+            "/wp-content/uploads/2026/probe.php?x=1",
+            "/wp-content/uploads/2026/",
+            "/wp-content/uploads/%32026/probe.php",
+        ] {
+            let r = c.get("a.test", path);
+            let text = r.text();
+            assert_eq!(r.status, 403, "{path}: {text}");
+            assert!(
+                !text.contains("EXECUTED") && !text.contains("<?php"),
+                "{path}: {text}"
+            );
+        }
+        // The other files there are served; scripts elsewhere still run.
+        let r = c.get("a.test", "/wp-content/uploads/2026/photo.txt");
+        assert_eq!((r.status, r.text().as_str()), (200, "a photo\n"));
+        let r = c.get("a.test", "/upload.php");
+        assert_eq!(r.status, 200, "{}", r.text());
+    }
+    assert_eq!(markers(&t.root_a), 1, "only /upload.php ran");
+    assert!(!t.root_a.parent().unwrap().join("ran/probe").exists());
+}
+
+/// The new keys are checked like every other, each mistake at its file and line.
+#[test]
+fn pipeline_keys_are_checked_with_their_place() {
+    let dir = scratch();
+    let sites = dir.path().join("sites");
+    std::fs::create_dir(&sites).unwrap();
+    std::fs::write(
+        dir.path().join("condo.toml"),
+        "[server]\nlisten = [\"127.0.0.1:0\"]\nuser = \"nobody\"\n\n[tenant.a]\nuser = \"nobody\"\n",
+    )
+    .unwrap();
+    let cases = [
+        ("fallback = \"/.env.php\"", "site.0.fallback", "hidden"),
+        ("fallback = \"index.php\"", "site.0.fallback", "below the site root"),
+        ("fallback = \"/a/../../x.php\"", "site.0.fallback", "below the site root"),
+        ("max_body = \"0\"", "site.0.max_body", "unlimited"),
+        ("max_body = \"lots\"", "site.0.max_body", "not a size"),
+        ("max_body = \"17G\"", "site.0.max_body", "not a size"),
+        (
+            "error_pages = { 200 = \"/ok.html\" }",
+            "site.0.error_pages.200",
+            "not an error status",
+        ),
+        (
+            "error_pages = { 404 = \"/errors/\" }",
+            "site.0.error_pages.404",
+            "below the site root",
+        ),
+        ("no_scripts = [\"uploads\"]", "site.0.no_scripts.0", "ending in /"),
+    ];
+    for (i, (line, _, _)) in cases.iter().enumerate() {
+        std::fs::write(
+            sites.join(format!("s{i}.toml")),
+            format!(
+                "[[site]]\nname = \"s{i}.test\"\ntenant = \"a\"\nroot = \"/tmp\"\n{line}\n"
+            ),
+        )
+        .unwrap();
+    }
+    let out = Command::new(CONDO)
+        .args(["check", "-c"])
+        .arg(dir.path().join("condo.toml"))
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!out.status.success(), "{text}");
+    for (i, (_, key, words)) in cases.iter().enumerate() {
+        assert!(
+            text.lines().any(|l| l.contains(&format!("s{i}.toml:5:"))
+                && l.contains(key)
+                && l.contains(words)),
+            "case {i} ({key}): {text}"
+        );
+    }
+    // A good set of keys is no mistake (the account checks may still fail here).
+    for i in 0..cases.len() {
+        std::fs::remove_file(sites.join(format!("s{i}.toml"))).unwrap();
+    }
+    std::fs::write(
+        sites.join("ok.toml"),
+        "[[site]]\nname = \"ok.test\"\ntenant = \"a\"\nroot = \"/tmp\"\nfallback = \"/index.php\"\n\
+         max_body = \"16G\"\nerror_pages = { 404 = \"/e/404.html\", 500 = \"/e/500.php\" }\n\
+         no_scripts = [\"/uploads/\"]\n",
+    )
+    .unwrap();
+    let out = Command::new(CONDO)
+        .args(["check", "-c"])
+        .arg(dir.path().join("condo.toml"))
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!text.contains("ok.toml"), "{text}");
+}
