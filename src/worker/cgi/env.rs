@@ -464,7 +464,8 @@ mod tests {
 
     #[test]
     fn error_page_gets_apaches_redirect_variables() {
-        let mut req = base(&[], &[s("REDIRECT_URL", "/forged")]);
+        let site = [s("REDIRECT_URL", "/forged")];
+        let mut req = base(&[], &site);
         req.redirect = Some(Redirect {
             status: 404,
             url: "/missing/page",
