@@ -263,8 +263,10 @@ fn max_body_refuses_large_bodies_at_once_and_no_script_runs() {
         let r = c.read_response(false).unwrap();
         assert_eq!((r.status, r.text()), (200, want.clone()), "{host}");
         c.send(
-            format!("POST /upload.php HTTP/1.1\r\nHost: {host}\r\nTransfer-Encoding: chunked\r\n\r\n")
-                .as_bytes(),
+            format!(
+                "POST /upload.php HTTP/1.1\r\nHost: {host}\r\nTransfer-Encoding: chunked\r\n\r\n"
+            )
+            .as_bytes(),
         );
         for piece in body.chunks(100_000) {
             c.send(format!("{:x}\r\n", piece.len()).as_bytes());
@@ -302,7 +304,12 @@ fn error_pages_are_served_from_a_file_or_a_php_script_keeping_the_status() {
     let uploads = t.root_a.join("uploads");
     std::fs::create_dir_all(&uploads).unwrap();
     chown(&uploads, &t.a, 0o755);
-    write_owned(&uploads.join("probe.php"), b"<?php echo 'RAN';", &t.a, 0o644);
+    write_owned(
+        &uploads.join("probe.php"),
+        b"<?php echo 'RAN';",
+        &t.a,
+        0o644,
+    );
     let condo = Condo::start(&config);
     let mut c = Client::connect(condo.pass);
     // A static page for a static 404, with the 404 kept, and on keep-alive.
@@ -406,7 +413,11 @@ fn no_scripts_keeps_an_uploaded_php_file_from_running_or_being_read() {
         let r = c.get("a.test", "/upload.php");
         assert_eq!(r.status, 200, "{}", r.text());
     }
-    assert_eq!(markers(&t.root_a), 2, "only /upload.php ran, once per listener");
+    assert_eq!(
+        markers(&t.root_a),
+        2,
+        "only /upload.php ran, once per listener"
+    );
     assert!(!t.root_a.parent().unwrap().join("ran/probe").exists());
 }
 
@@ -424,8 +435,16 @@ fn pipeline_keys_are_checked_with_their_place() {
     .unwrap();
     let cases = [
         ("fallback = \"/.env.php\"", "site.0.fallback", "hidden"),
-        ("fallback = \"index.php\"", "site.0.fallback", "below the site root"),
-        ("fallback = \"/a/../../x.php\"", "site.0.fallback", "below the site root"),
+        (
+            "fallback = \"index.php\"",
+            "site.0.fallback",
+            "below the site root",
+        ),
+        (
+            "fallback = \"/a/../../x.php\"",
+            "site.0.fallback",
+            "below the site root",
+        ),
         ("max_body = \"0\"", "site.0.max_body", "unlimited"),
         ("max_body = \"lots\"", "site.0.max_body", "not a size"),
         ("max_body = \"17G\"", "site.0.max_body", "not a size"),
@@ -439,14 +458,16 @@ fn pipeline_keys_are_checked_with_their_place() {
             "site.0.error_pages.404",
             "below the site root",
         ),
-        ("no_scripts = [\"uploads\"]", "site.0.no_scripts.0", "ending in /"),
+        (
+            "no_scripts = [\"uploads\"]",
+            "site.0.no_scripts.0",
+            "ending in /",
+        ),
     ];
     for (i, (line, _, _)) in cases.iter().enumerate() {
         std::fs::write(
             sites.join(format!("s{i}.toml")),
-            format!(
-                "[[site]]\nname = \"s{i}.test\"\ntenant = \"a\"\nroot = \"/tmp\"\n{line}\n"
-            ),
+            format!("[[site]]\nname = \"s{i}.test\"\ntenant = \"a\"\nroot = \"/tmp\"\n{line}\n"),
         )
         .unwrap();
     }

@@ -321,8 +321,10 @@ async fn respond(
                         keep_alive,
                     } => break (status, sent, keep_alive),
                     cgi::CgiOutcome::Failed(status) => {
-                        break error_page(tenant, site, stream, buf, &request, handoff, status, false)
-                            .await?;
+                        break error_page(
+                            tenant, site, stream, buf, &request, handoff, status, false,
+                        )
+                        .await?;
                     }
                     cgi::CgiOutcome::LocalRedirect(target) if redirects < MAX_LOCAL_REDIRECTS => {
                         // RFC 3875 §6.2.2: serve the new location as a GET, body already consumed.

@@ -64,7 +64,10 @@ pub(super) fn page<'a>(site: &'a SiteState, path: &str) -> Target<'a> {
 
 /// `path` lies where the site runs no scripts (`no_scripts`).
 fn no_scripts(config: &Site, path: &str) -> bool {
-    config.no_scripts.iter().any(|p| path.starts_with(p.as_str()))
+    config
+        .no_scripts
+        .iter()
+        .any(|p| path.starts_with(p.as_str()))
 }
 
 /// The target of a normalised path, before the fallback.

@@ -175,10 +175,7 @@ pub fn meta_variables(req: &CgiRequest<'_>) -> Vec<(OsString, OsString)> {
         set("HTTPS", b"on");
     }
     // Apache 2.4 sets it; apps build absolute URLs from it.
-    set(
-        "REQUEST_SCHEME",
-        if req.https { b"https" } else { b"http" },
-    );
+    set("REQUEST_SCHEME", if req.https { b"https" } else { b"http" });
     match &req.redirect {
         Some(r) => {
             set("REDIRECT_STATUS", r.status.to_string().as_bytes());
