@@ -513,3 +513,122 @@ fn pipeline_keys_are_checked_with_their_place() {
     );
     assert!(out.status.success(), "{text}");
 }
+
+/// The CGI variables of the same requests on Apache 2.4.71 (Debian, mod_cgid,
+/// `UseCanonicalName Off`, an `env | sort` script), recorded side by side with condo
+/// on this machine: `{root}` is the document root, the host is renamed `a.test`.
+/// Names condo leaves out on purpose: `SERVER_ADMIN` (condo has no admin address per
+/// site), `SERVER_SIGNATURE` (a footer for Apache's own pages); values that differ on
+/// purpose: `SERVER_SOFTWARE`, `PATH` (Apache passes its own), and condo's
+/// `REDIRECT_STATUS=200`, which php-cgi needs.
+const APACHE: [(&str, &[(&str, &str)]); 3] = [
+    (
+        "POST /cgi/env.cgi/extra/x%20y?a=1&b=%2F HTTP/1.1\r\nHost: a.test\r\n\
+         Content-Type: application/x-www-form-urlencoded\r\nContent-Length: 3\r\n\r\np=1",
+        &[
+            ("CONTENT_LENGTH", "3"),
+            ("CONTENT_TYPE", "application/x-www-form-urlencoded"),
+            ("CONTEXT_DOCUMENT_ROOT", "{root}"),
+            ("CONTEXT_PREFIX", ""),
+            ("DOCUMENT_ROOT", "{root}"),
+            ("GATEWAY_INTERFACE", "CGI/1.1"),
+            ("HTTP_HOST", "a.test"),
+            ("PATH_INFO", "/extra/x y"),
+            ("PATH_TRANSLATED", "{root}/extra/x y"),
+            ("QUERY_STRING", "a=1&b=%2F"),
+            ("REMOTE_ADDR", "127.0.0.1"),
+            ("REQUEST_METHOD", "POST"),
+            ("REQUEST_SCHEME", "http"),
+            ("REQUEST_URI", "/cgi/env.cgi/extra/x%20y?a=1&b=%2F"),
+            ("SCRIPT_FILENAME", "{root}/cgi/env.cgi"),
+            ("SCRIPT_NAME", "/cgi/env.cgi"),
+            ("SERVER_ADDR", "127.0.0.1"),
+            ("SERVER_NAME", "a.test"),
+            ("SERVER_PORT", "80"),
+            ("SERVER_PROTOCOL", "HTTP/1.1"),
+        ],
+    ),
+    (
+        "GET /cgi/env.cgi/a%20b/c%3Fd/%C3%A9?q=%20x&r HTTP/1.1\r\nHost: a.test:8099\r\n\r\n",
+        &[
+            ("PATH_INFO", "/a b/c?d/é"),
+            ("PATH_TRANSLATED", "{root}/a b/c?d/é"),
+            ("QUERY_STRING", "q=%20x&r"),
+            ("REQUEST_URI", "/cgi/env.cgi/a%20b/c%3Fd/%C3%A9?q=%20x&r"),
+            ("SCRIPT_NAME", "/cgi/env.cgi"),
+            ("SERVER_NAME", "a.test"),
+            ("SERVER_PORT", "8099"),
+            ("REQUEST_METHOD", "GET"),
+        ],
+    ),
+    (
+        "GET /cgi//env.cgi/x HTTP/1.1\r\nHost: www.a.test\r\n\r\n",
+        &[
+            ("PATH_INFO", "/x"),
+            ("REQUEST_URI", "/cgi//env.cgi/x"),
+            ("SCRIPT_NAME", "/cgi/env.cgi"),
+            ("SERVER_NAME", "www.a.test"),
+            ("QUERY_STRING", ""),
+        ],
+    ),
+];
+
+#[test]
+fn cgi_variables_are_apaches() {
+    if !require_root() {
+        return;
+    }
+    let t = TwoTenants::new();
+    let config = t.config("");
+    t.script(
+        "a",
+        "cgi/env.cgi",
+        "#!/bin/sh\nprintf 'Content-Type: text/plain\\n\\n'\nenv | sort\n",
+    );
+    t.append_site("a", "[[site.route]]\npath = \"/cgi/\"\nhandler = \"cgi\"\n");
+    let condo = Condo::start(&config);
+    let root = t.root_a.display().to_string();
+    for (request, expected) in APACHE {
+        let mut c = Client::connect(condo.pass);
+        c.send(request.as_bytes());
+        let r = c.read_response(false).unwrap();
+        let text = r.text();
+        assert_eq!(r.status, 200, "{request}: {text}");
+        for (name, value) in expected {
+            let value = value.replace("{root}", &root);
+            assert_eq!(field(&text, name), value, "{name} for {request}");
+        }
+        // Every name Apache sets for these requests, but the two left out on purpose.
+        let names: Vec<&str> = text
+            .lines()
+            .filter_map(|l| l.split_once('='))
+            .map(|(n, _)| n)
+            .collect();
+        for name in [
+            "CONTEXT_DOCUMENT_ROOT",
+            "CONTEXT_PREFIX",
+            "DOCUMENT_ROOT",
+            "GATEWAY_INTERFACE",
+            "HTTP_HOST",
+            "PATH",
+            "QUERY_STRING",
+            "REMOTE_ADDR",
+            "REMOTE_PORT",
+            "REQUEST_METHOD",
+            "REQUEST_SCHEME",
+            "REQUEST_URI",
+            "SCRIPT_FILENAME",
+            "SCRIPT_NAME",
+            "SERVER_ADDR",
+            "SERVER_NAME",
+            "SERVER_PORT",
+            "SERVER_PROTOCOL",
+            "SERVER_SOFTWARE",
+        ] {
+            assert!(
+                names.contains(&name),
+                "{name} missing for {request}: {text}"
+            );
+        }
+    }
+}

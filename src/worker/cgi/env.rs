@@ -130,7 +130,7 @@ pub fn meta_variables(req: &CgiRequest<'_>) -> Vec<(OsString, OsString)> {
         "SERVER_ADDR",
         req.local.ip().to_canonical().to_string().as_bytes(),
     );
-    set("SERVER_PORT", req.local.port().to_string().as_bytes());
+    set("SERVER_PORT", server_port(req).to_string().as_bytes());
     set("SERVER_PROTOCOL", req.protocol.as_bytes());
     set("REQUEST_METHOD", req.method.as_bytes());
     set("REQUEST_URI", req.request_uri.as_bytes());
@@ -264,6 +264,32 @@ fn http_variables(headers: &[(String, Vec<u8>)]) -> BTreeMap<String, Vec<u8>> {
     out
 }
 
+/// `SERVER_PORT` as Apache 2.4 gives it (`UseCanonicalName Off`): the port the client
+/// named (absolute-form target, else Host), else the scheme's default. Scripts build
+/// their own URLs from it, so it is the port the client reached, which behind a port
+/// mapping or a balancer is not the one condo listens on.
+fn server_port(req: &CgiRequest<'_>) -> u16 {
+    let absolute = ["http://", "https://"]
+        .iter()
+        .find_map(|scheme| req.request_uri.strip_prefix(scheme))
+        .map(|rest| rest.split(['/', '?']).next().unwrap_or("").as_bytes());
+    let host = absolute.or_else(|| {
+        req.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case("host"))
+            .map(|(_, v)| v.as_slice())
+    });
+    let port = host.and_then(|h| {
+        // After the last ':' unless that is inside an IPv6 literal's brackets.
+        let colon = h.iter().rposition(|&b| b == b':')?;
+        let digits = &h[colon + 1..];
+        (!h[colon..].contains(&b']') && !digits.is_empty())
+            .then(|| std::str::from_utf8(digits).ok()?.parse::<u16>().ok())
+            .flatten()
+    });
+    port.unwrap_or(if req.https { 443 } else { 80 })
+}
+
 /// `Path::join` would discard the root because `path_info` is absolute.
 fn translate(root: &Path, path_info: &str) -> Vec<u8> {
     let mut out = root.as_os_str().as_bytes().to_vec();
@@ -342,7 +368,8 @@ mod tests {
             ("SERVER_SOFTWARE", "condo"),
             ("SERVER_NAME", "example.org"),
             ("SERVER_ADDR", "198.51.100.1"),
-            ("SERVER_PORT", "8080"),
+            // No Host port: the scheme's (Apache's UseCanonicalName Off).
+            ("SERVER_PORT", "80"),
             ("SERVER_PROTOCOL", "HTTP/1.1"),
             ("REQUEST_METHOD", "POST"),
             ("REQUEST_URI", "/cgi-bin/env.pl/extra/x%20y?a=1&b=%2F"),
@@ -621,7 +648,28 @@ mod tests {
         assert_eq!(get(&m, "REMOTE_ADDR"), Some("2001:db8::1"));
         assert_eq!(get(&m, "REMOTE_PORT"), Some("4433"));
         assert_eq!(get(&m, "SERVER_ADDR"), Some("::1"));
-        assert_eq!(get(&m, "SERVER_PORT"), Some("443"));
+    }
+
+    #[test]
+    fn server_port_is_the_one_the_client_named() {
+        let cases: [(&[u8], bool, &str); 6] = [
+            (b"example.org:8443", false, "8443"),
+            (b"example.org", false, "80"),
+            (b"example.org", true, "443"),
+            (b"[2001:db8::1]", true, "443"),
+            (b"[2001:db8::1]:8080", false, "8080"),
+            (b"example.org:", false, "80"),
+        ];
+        for (host, https, port) in cases {
+            let headers = [h("Host", host)];
+            let mut req = base(&headers, &[]);
+            req.https = https;
+            assert_eq!(get(&env(&req), "SERVER_PORT"), Some(port), "{host:?}");
+        }
+        let headers = [h("Host", b"example.org")];
+        let mut req = base(&headers, &[]);
+        req.request_uri = "http://example.org:81/x?y";
+        assert_eq!(get(&env(&req), "SERVER_PORT"), Some("81"));
     }
 
     #[test]
