@@ -463,6 +463,12 @@ fn pipeline_keys_are_checked_with_their_place() {
             "site.0.no_scripts.0",
             "ending in /",
         ),
+        (
+            "fallback = \"/app/index.php\"\nno_scripts = [\"/app/\"]\n\
+             [[site.route]]\nsuffix = \".php\"\nhandler = \"cgi\"",
+            "site.0.fallback",
+            "where none may run",
+        ),
     ];
     for (i, (line, _, _)) in cases.iter().enumerate() {
         std::fs::write(

@@ -1454,6 +1454,30 @@ fn validate_site(
             ));
         }
     }
+    // A script the site names itself but would refuse to run (no_scripts): every
+    // request it should answer would get 403 instead.
+    let pages = fallback
+        .iter()
+        .map(|f| (format!("{key}.fallback"), f))
+        .chain(
+            error_pages
+                .iter()
+                .map(|(status, page)| (format!("{key}.error_pages.{status}"), page)),
+        );
+    for (k, page) in pages {
+        let script = routes
+            .iter()
+            .find(|r| r.matches(page))
+            .is_some_and(|r| r.handler != Handler::Static);
+        if let Some(prefix) = no_scripts.iter().find(|p| page.starts_with(p.as_str()))
+            && script
+        {
+            diags.push(source.error(
+                &k,
+                format!("`{page}` is a script under no_scripts `{prefix}`, where none may run"),
+            ));
+        }
+    }
     if diags.len() > before {
         return None;
     }
