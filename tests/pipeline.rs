@@ -638,3 +638,95 @@ fn cgi_variables_are_apaches() {
         }
     }
 }
+
+/// A tenant's HTTP app that counts a POST body, chunked or with a length.
+const COUNTING_APP: &str = r#"
+import http.server, os, socket, socketserver
+
+class Handler(http.server.BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, *args):
+        pass
+
+    def do_POST(self):
+        total = 0
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            while True:
+                size = int(self.rfile.readline().split(b";")[0], 16)
+                if size == 0:
+                    self.rfile.readline()
+                    break
+                total += len(self.rfile.read(size))
+                self.rfile.readline()
+        else:
+            total = len(self.rfile.read(int(self.headers.get("Content-Length") or 0)))
+        data = str(total).encode()
+        self.send_response(200)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+class Server(socketserver.ThreadingMixIn, socketserver.UnixStreamServer):
+    daemon_threads = True
+
+server = Server("unused", Handler, bind_and_activate=False)
+server.socket.close()
+server.socket = socket.socket(fileno=3)
+server.serve_forever()
+"#;
+
+#[test]
+fn max_body_binds_the_app_proxy_too() {
+    if !require_root() {
+        return;
+    }
+    let t = TwoTenants::new();
+    let config = t.config("");
+    let appdir = t.root_a.parent().unwrap().join("app");
+    write_owned(&appdir.join("app.py"), COUNTING_APP.as_bytes(), &t.a, 0o644);
+    chown(&appdir, &t.a, 0o755);
+    t.append_site(
+        "a",
+        &format!(
+            "max_body = \"1M\"\n[[site.route]]\npath = \"/app/\"\nhandler = \"app\"\n\
+             workdir = \"{}\"\ncommand = [\"python3\", \"app.py\"]\ntimeout = \"20s\"\n",
+            appdir.display()
+        ),
+    );
+    let condo = Condo::start(&config);
+    // Under the limit, both framings reach the app whole.
+    let mut c = Client::connect(condo.pass);
+    let body = vec![b'z'; 1 << 20];
+    c.send(b"POST /app/up HTTP/1.1\r\nHost: a.test\r\nContent-Length: 1048576\r\n\r\n");
+    c.send(&body);
+    let r = c.read_response(false).unwrap();
+    assert_eq!(
+        (r.status, r.text().as_str()),
+        (200, "1048576"),
+        "{}",
+        condo.log_text()
+    );
+    c.send(b"POST /app/up HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: chunked\r\n\r\n");
+    for piece in body.chunks(300_000) {
+        c.send(format!("{:x}\r\n", piece.len()).as_bytes());
+        c.send(piece);
+        c.send(b"\r\n");
+    }
+    c.send(b"0\r\n\r\n");
+    let r = c.read_response(false).unwrap();
+    assert_eq!((r.status, r.text().as_str()), (200, "1048576"));
+    // One byte over: 413, at once for a length, at the crossing chunk for chunked.
+    let head = "POST /app/up HTTP/1.1\r\nHost: a.test\r\nContent-Length: 1048577\r\n\r\n";
+    let (r, _, _) = send_racing(condo.pass, head, |_| 0);
+    assert_eq!(r.status, 413);
+    let head = "POST /app/up HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: chunked\r\n\r\n";
+    let (r, _, _) = send_racing(condo.pass, head, |w| {
+        let mut piece = b"100000\r\n".to_vec();
+        piece.extend_from_slice(&[b'z'; 1 << 20]);
+        piece.extend_from_slice(b"\r\n1\r\n");
+        let _ = w.write_all(&piece);
+        0
+    });
+    assert_eq!(r.status, 413, "{}", r.text());
+}
