@@ -730,3 +730,48 @@ fn max_body_binds_the_app_proxy_too() {
     });
     assert_eq!(r.status, 413, "{}", r.text());
 }
+
+/// A chunked body past the 1 MiB kept in memory is spooled to an unnamed file, which
+/// is the CGI script's stdin itself; under isolation "cage" too (a private /tmp).
+#[test]
+fn a_spooled_chunked_body_reaches_a_cgi_script_whole() {
+    if !require_root() {
+        return;
+    }
+    let t = TwoTenants::new();
+    let config = t.config_tenants("", "", "isolation = \"cage\"");
+    for name in ["a", "b"] {
+        t.script(
+            name,
+            "cgi/count.cgi",
+            "#!/bin/sh\nprintf 'Content-Type: text/plain\\n\\n'\nmd5sum | cut -c1-32\n",
+        );
+        t.append_site(
+            name,
+            "max_body = \"3M\"\n[[site.route]]\npath = \"/cgi/\"\nhandler = \"cgi\"\n",
+        );
+    }
+    let condo = Condo::start(&config);
+    let body: Vec<u8> = (0..(2600 << 10)).map(|i| (i % 253) as u8).collect();
+    let want = md5_hex(&body);
+    for host in ["a.test", "b.test"] {
+        let mut c = Client::connect(condo.pass);
+        c.send(
+            format!(
+                "POST /cgi/count.cgi HTTP/1.1\r\nHost: {host}\r\nTransfer-Encoding: chunked\r\n\r\n"
+            )
+            .as_bytes(),
+        );
+        for piece in body.chunks(70_000) {
+            c.send(format!("{:x}\r\n", piece.len()).as_bytes());
+            c.send(piece);
+            c.send(b"\r\n");
+        }
+        c.send(b"0\r\n\r\n");
+        let r = c.read_response(false).unwrap();
+        assert_eq!(r.status, 200, "{host}: {}\n{}", r.text(), condo.log_text());
+        assert_eq!(r.text().trim(), want, "{host}");
+        // And on the same connection, the next request is served.
+        assert_eq!(c.get(host, "/index.html").status, 200);
+    }
+}
