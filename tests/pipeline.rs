@@ -345,6 +345,25 @@ fn error_pages_are_served_from_a_file_or_a_php_script_keeping_the_status() {
     assert_eq!(field(&text, "REDIRECT_STATUS"), "504");
     assert_eq!(field(&text, "REQUEST_METHOD"), "GET");
     eprintln!("504 page after {:?}", started.elapsed());
+    // The same over h2 (h2c here): a static error straight from the h2 path, the
+    // script page through the HTTP/1 pipeline its stream is bridged to.
+    for (path, body, end) in [
+        ("/nothing/here.html", "<h1>our 404</h1>", "\n2 404"),
+        ("/uploads/probe.php", "REDIRECT_STATUS=403", "\n2 403"),
+    ] {
+        let (out, ok) = curl(&[
+            "--http2-prior-knowledge",
+            "-H",
+            "Host: a.test",
+            "-w",
+            "\n%{http_version} %{http_code}",
+            &format!("http://{}{path}", condo.pass),
+        ]);
+        assert!(
+            ok && out.contains(body) && out.ends_with(end),
+            "{path}: {out}"
+        );
+    }
     // An error page that fails itself gives condo's plain page, with the status of
     // the first error (no loop).
     let mut c = Client::connect(condo.pass);
