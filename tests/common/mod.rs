@@ -27,6 +27,24 @@ pub fn require_root() -> bool {
     false
 }
 
+/// True when `program` can be run. When it cannot, like [`require_root`]: fails
+/// loudly under CI=true (.ci/run installs every tool the tests use), skips elsewhere.
+pub fn require_tool(program: &str) -> bool {
+    let runs = std::process::Command::new(program)
+        .arg("--version")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok();
+    if !runs {
+        if std::env::var("CI").is_ok_and(|v| v == "true") {
+            panic!("this test needs {program} (see .ci/run) and CI=true");
+        }
+        eprintln!("SKIPPED: {program} is not installed");
+    }
+    runs
+}
+
 /// A system user (and its group) that exists for the life of the value.
 pub struct TestUser {
     pub name: String,

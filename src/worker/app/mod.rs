@@ -103,8 +103,7 @@ async fn run(call: &CgiCall<'_>, stream: &mut Stream, buf: &mut BytesMut) -> Out
             format!("no response from the app within {:?}", call.route.timeout),
         )
     };
-    let mut conn = match tokio::time::timeout_at(deadline, UnixStream::connect(&usage.socket)).await
-    {
+    let mut conn = match tokio::time::timeout_at(deadline, connect_named(&usage.socket)).await {
         Ok(Ok(c)) => c,
         Ok(Err(e)) => return refused(502, format!("connecting to the app: {e}")),
         Err(_) => return Err(Ok(timed_out())),
@@ -313,6 +312,16 @@ fn connection_tokens<'a>(headers: impl Iterator<Item = (&'a str, &'a [u8])>) -> 
         })
         .filter(|t| !t.is_empty())
         .collect()
+}
+
+/// Connect to the app from a socket with a name of its own (autobind: the kernel picks
+/// an unused abstract name, so none can be squatted). An unnamed peer has an empty
+/// address, which breaks apps that log their client's: Python's http.server (and
+/// wsgiref) read `client_address[0]` and fail every request with IndexError.
+async fn connect_named(path: &std::path::Path) -> io::Result<UnixStream> {
+    let socket = tokio::net::UnixSocket::new_stream()?;
+    rustix::net::bind(&socket, &rustix::net::SocketAddrUnix::new_unnamed())?;
+    socket.connect(path).await
 }
 
 /// Headers that describe one connection, not the message: never relayed as they are.
