@@ -9,16 +9,17 @@ use clap::{Parser, Subcommand};
 #[derive(Parser)]
 #[command(version, about)]
 struct Cli {
-    /// The admin's config file.
-    #[arg(
-        short = 'c',
-        long = "config",
-        global = true,
-        default_value = "/etc/condo/condo.toml"
-    )]
-    config: PathBuf,
     #[command(subcommand)]
     command: Command,
+}
+
+/// `-c`, on the commands that read the admin's config (and only those: `demo` writes
+/// its own, `import` reads other servers' files).
+#[derive(clap::Args)]
+struct ConfigArg {
+    /// The admin's config file.
+    #[arg(short = 'c', long = "config", default_value = "/etc/condo/condo.toml")]
+    config: PathBuf,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -30,10 +31,27 @@ enum ImportFrom {
 #[derive(Subcommand)]
 enum Command {
     /// Run in the foreground (as root, for tenant isolation) until SIGTERM or SIGINT.
-    Serve,
+    Serve {
+        #[command(flatten)]
+        cfg: ConfigArg,
+    },
     /// Validate the config and every site file; print every mistake with
     /// file:line:column.
     Check {
+        #[command(flatten)]
+        cfg: ConfigArg,
+        /// Check a tenant's own file (its `user_config`) as its worker would, before it
+        /// applies: runnable by the tenant itself (needs --tenant).
+        #[arg(long, value_name = "FILE", requires = "tenant")]
+        user_config: Option<PathBuf>,
+        /// The tenant whose file --user-config is.
+        #[arg(long, requires = "user_config")]
+        tenant: Option<String>,
+        /// Do not look at the tenants' own files (their sites' certificates and keys,
+        /// checked as each tenant): for a service's start, which a tenant must not be
+        /// able to block by deleting its own key.
+        #[arg(long)]
+        skip_tenant_files: bool,
         /// One JSON object (`ok`, `tenants`, `sites`, `errors` with file, line, column,
         /// key and message each), for control panels.
         #[arg(long)]
@@ -41,6 +59,8 @@ enum Command {
     },
     /// Check the config, then tell the running master to reload it (SIGHUP).
     Reload {
+        #[command(flatten)]
+        cfg: ConfigArg,
         /// Apply only this tenant's section and sites (through the control socket;
         /// prints what was applied or why nothing was).
         #[arg(long)]
@@ -48,12 +68,17 @@ enum Command {
     },
     /// Tenants, workers, connections, queues, requests, memory (root; control socket).
     Status {
+        #[command(flatten)]
+        cfg: ConfigArg,
         /// The whole status as JSON.
         #[arg(long)]
         json: bool,
     },
     /// A live view of the tenants, like top (q or Ctrl-C quits).
     Top {
+        #[command(flatten)]
+        cfg: ConfigArg,
+        /// Order of the rows.
         #[arg(long, value_enum, default_value = "cpu")]
         sort: condo::control::SortBy,
         /// Seconds between refreshes.
@@ -64,12 +89,22 @@ enum Command {
         iterations: Option<u64>,
     },
     /// Drain a tenant's workers and start fresh ones, losing no request.
-    RestartTenant { tenant: String },
+    RestartTenant {
+        #[command(flatten)]
+        cfg: ConfigArg,
+        /// The tenant's name (its `[tenant.NAME]` section).
+        tenant: String,
+    },
     /// Binary upgrade: start condo's binary as it is on disk now as a new master that
     /// takes over the listening sockets; the old processes drain and leave.
-    Upgrade,
+    Upgrade {
+        #[command(flatten)]
+        cfg: ConfigArg,
+    },
     /// Print each tenant's usage for billing, from the ledger in state_dir.
     Usage {
+        #[command(flatten)]
+        cfg: ConfigArg,
         /// Only usage from this time on: RFC 3339 ("2026-11-01T00:00:00Z") or a span
         /// back from now ("24h", "7d").
         #[arg(long)]
@@ -93,6 +128,7 @@ enum Command {
     /// Translate Apache vhosts (mpm-itk, suexec) and PHP-FPM pools into condo config;
     /// what cannot be translated is listed on stderr with file:line.
     Import {
+        /// What the files are.
         #[arg(value_enum)]
         from: ImportFrom,
         /// Apache vhost files (`apache`) or pool files (`php-fpm`).
@@ -107,8 +143,10 @@ enum Command {
         out: Option<PathBuf>,
     },
     /// Print the man page (roff) to stdout: `condo man > condo.8`.
-    #[command(hide = true)]
     Man,
+    /// Internal: `condo check`'s look at a tenant's own files, run as the tenant.
+    #[command(hide = true)]
+    CheckAsTenant,
     /// Internal: the dispatcher process, started by the master.
     #[command(hide = true)]
     Dispatcher {
@@ -135,17 +173,31 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve => condo::master::serve(&cli.config),
-        Command::Check { json } => return check(&cli.config, json),
-        Command::Reload { tenant: None } => condo::master::signal_reload(&cli.config),
+        Command::Serve { cfg } => condo::master::serve(&cfg.config),
+        Command::Check {
+            cfg,
+            user_config: Some(file),
+            tenant: Some(tenant),
+            json,
+            ..
+        } => return check_user_config(&cfg.config, &file, &tenant, json),
+        Command::Check {
+            cfg,
+            json,
+            skip_tenant_files,
+            ..
+        } => return check(&cfg.config, json, !skip_tenant_files),
+        Command::CheckAsTenant => condo::check::serve_stdin(),
+        Command::Reload { cfg, tenant: None } => condo::master::signal_reload(&cfg.config),
         Command::Reload {
+            cfg,
             tenant: Some(tenant),
         } => control(
-            &cli.config,
+            &cfg.config,
             condo::control::Request::ReloadTenant { tenant },
         ),
-        Command::RestartTenant { tenant } => control(
-            &cli.config,
+        Command::RestartTenant { cfg, tenant } => control(
+            &cfg.config,
             condo::control::Request::RestartTenant { tenant },
         ),
         Command::Man => man(),
@@ -155,14 +207,20 @@ fn main() -> ExitCode {
             fpm,
             out,
         } => import(from, &files, &fpm, out.as_deref()),
-        Command::Status { json } => status(&cli.config, json),
-        Command::Upgrade => control(&cli.config, condo::control::Request::Upgrade),
+        Command::Status { cfg, json } => status(&cfg.config, json),
+        Command::Upgrade { cfg } => control(&cfg.config, condo::control::Request::Upgrade),
         Command::Top {
+            cfg,
             sort,
             interval,
             iterations,
-        } => top(&cli.config, sort, interval, iterations),
-        Command::Usage { since, json, csv } => usage(&cli.config, since.as_deref(), json, csv),
+        } => top(&cfg.config, sort, interval, iterations),
+        Command::Usage {
+            cfg,
+            since,
+            json,
+            csv,
+        } => usage(&cfg.config, since.as_deref(), json, csv),
         Command::Demo { clean: true, .. } => condo::demo::clean(),
         Command::Demo { clean: false, port } => condo::demo::run(port),
         Command::Dispatcher {
@@ -332,8 +390,12 @@ fn top(
     Ok(())
 }
 
-fn check(path: &std::path::Path, json: bool) -> ExitCode {
-    let loaded = condo::config::load(path);
+fn check(path: &std::path::Path, json: bool, tenant_files: bool) -> ExitCode {
+    let mut loaded = condo::config::load(path);
+    if tenant_files && let Some(c) = &loaded.config {
+        let found = condo::check::site_tls_diagnostics(c, &loaded.site_origins);
+        loaded.diagnostics.extend(found);
+    }
     // Not errors: a tenant must not be able to fail the admin's check (and with it a
     // reload) by what it does to its own paths.
     let warnings = loaded
@@ -438,4 +500,13 @@ fn usage(
         println!();
     }
     Ok(())
+}
+
+fn check_user_config(
+    _config: &std::path::Path,
+    _file: &std::path::Path,
+    _tenant: &str,
+    _json: bool,
+) -> ExitCode {
+    ExitCode::FAILURE
 }

@@ -370,6 +370,9 @@ impl Config {
 pub struct Loaded {
     pub config: Option<Config>,
     pub diagnostics: Vec<Diagnostic>,
+    /// Where each loaded site is written: site name → (file, key such as `site.0`),
+    /// for what `condo check` finds later about a site (its own certificate).
+    pub site_origins: HashMap<String, (PathBuf, String)>,
 }
 
 // ---- the files as written ----
@@ -661,6 +664,7 @@ pub fn load(path: &Path) -> Loaded {
             return Loaded {
                 config: None,
                 diagnostics: vec![d],
+                site_origins: HashMap::new(),
             };
         }
     };
@@ -670,6 +674,7 @@ pub fn load(path: &Path) -> Loaded {
         return Loaded {
             config: None,
             diagnostics,
+            site_origins: HashMap::new(),
         };
     };
     let server = validate_server(&source, &main.server, &mut diagnostics);
@@ -810,15 +815,18 @@ pub fn load(path: &Path) -> Loaded {
         return Loaded {
             config: None,
             diagnostics,
+            site_origins: HashMap::new(),
         };
     };
     let base = path.parent().unwrap_or(Path::new("."));
+    let mut site_origins = HashMap::new();
     let sites = load_sites(
         base,
         &main.server.sites,
         &source,
         &tenants,
         &mut diagnostics,
+        &mut site_origins,
     );
     if let Some(default) = &server.default_site
         && !sites.iter().any(|s| &s.name == default)
@@ -850,6 +858,7 @@ pub fn load(path: &Path) -> Loaded {
             sites,
         }),
         diagnostics,
+        site_origins,
     }
 }
 
@@ -1163,6 +1172,7 @@ fn load_sites(
     main: &Source,
     tenants: &BTreeMap<String, Tenant>,
     diags: &mut Vec<Diagnostic>,
+    origins: &mut HashMap<String, (PathBuf, String)>,
 ) -> Vec<Site> {
     let full = base.join(pattern);
     let mut files: Vec<PathBuf> = match glob::glob(&full.to_string_lossy()) {
@@ -1195,6 +1205,7 @@ fn load_sites(
         for (i, s) in parsed.site.into_iter().enumerate() {
             let key = format!("site.{i}");
             if let Some(site) = validate_site(&source, &key, s, tenants, &mut claimed, diags) {
+                origins.insert(site.name.clone(), (file.clone(), key));
                 sites.push(site);
             }
         }
