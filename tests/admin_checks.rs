@@ -162,3 +162,46 @@ fn help_lists_every_command_and_only_config_readers_take_c() {
         );
     }
 }
+
+#[test]
+fn check_names_every_mistake_of_a_file_with_its_key_and_place() {
+    let dir = scratch();
+    let main = dir.path().join("condo.toml");
+    std::fs::create_dir(dir.path().join("sites")).unwrap();
+    std::fs::write(
+        &main,
+        "[server]\nlisten = [\"127.0.0.1:0\"]\nuser = \"nobody\"\nuid_range = [1, 65534]\n\
+         worker_threads = \"four\"\n\n[tenant.t1]\nuser = \"daemon\"\ncpu_max = \"half\"\n\
+         memory_max = 5\npids_max = 64\n",
+    )
+    .unwrap();
+    let sites = dir.path().join("sites/a.toml");
+    std::fs::write(
+        &sites,
+        "[[site]]\nname = \"a.test\"\ntenant = \"t1\"\nroot = \"/srv/a\"\nmax_clients = \"many\"\n\n\
+         [[site.route]]\npath = \"cgi-bin\"\nhandler = \"cgii\"\n\n\
+         [[site]]\nname = \"b.test\"\ntenant = \"t1\"\n\n\
+         [[site]]\nname = \"c test\"\ntenant = \"t1\"\nroot = \"relative\"\nautoindex = \"yes\"\n",
+    )
+    .unwrap();
+    let (out, ok) = condo(&main, &["check"]);
+    assert!(!ok, "{out}");
+    let m = main.display();
+    let s = sites.display();
+    for expected in [
+        format!("{m}:5:18: key `server.worker_threads`: invalid type: string \"four\""),
+        format!("{m}:9:11: key `tenant.t1.cpu_max`: invalid type: string \"half\", expected f64"),
+        format!("{m}:10:14: key `tenant.t1.memory_max`: invalid type: integer `5`"),
+        format!("{s}:5:15: key `site.0.max_clients`: invalid type: string \"many\""),
+        // A route's wrong path hides neither its wrong handler nor the other sites.
+        format!("{s}:8:1: key `site.0.route.0.path`: must be a normalised absolute path"),
+        format!("{s}:9:1: key `site.0.route.0.handler`: unknown handler `cgii`"),
+        format!("{s}:11:1: key `site.1`: missing field `root`"),
+        format!("{s}:16:1: key `site.2.name`: `c test` is not a valid host name"),
+        format!("{s}:18:1: key `site.2.root`: must be an absolute path"),
+        format!("{s}:19:13: key `site.2.autoindex`: invalid type: string \"yes\""),
+    ] {
+        assert!(out.contains(&expected), "missing {expected:?} in:\n{out}");
+    }
+    assert!(out.contains(": 10 errors"), "{out}");
+}

@@ -33,12 +33,6 @@ pub struct SiteLayer {
 }
 
 #[derive(Deserialize)]
-struct UserFile {
-    #[serde(default)]
-    site: Vec<toml::Table>,
-}
-
-#[derive(Deserialize)]
 struct UserSite {
     name: String,
     index: Option<Vec<String>>,
@@ -59,16 +53,24 @@ pub fn parse(
 ) -> Result<Vec<SiteLayer>, Vec<Diagnostic>> {
     let source = Source::from_text(path, text);
     let mut diags = Vec::new();
-    let (file, syntax) = source.deserialize::<UserFile>();
-    for d in syntax {
-        // The only top-level table a tenant may write is [[site]].
-        let message = if d.key.is_empty() {
-            d.message.clone()
-        } else {
-            format!(
-                "`{}` may only be set by the admin; a tenant's file sets only [[site]] tables",
-                d.key
-            )
+    let (file, found) = source.deserialize_each::<UserSite>("site");
+    // Unknown keys are the admin's keys, as far as a tenant is concerned.
+    let mut refused_sites = Vec::new();
+    for d in found {
+        let parts: Vec<&str> = d.key.split('.').collect();
+        let message = match parts.as_slice() {
+            _ if !d.message.starts_with("unknown key") => d.message.clone(),
+            [top] => format!(
+                "`{top}` may only be set by the admin; a tenant's file sets only [[site]] tables"
+            ),
+            ["site", i, name] => {
+                refused_sites.push(i.to_string());
+                format!(
+                    "`{name}` may only be set by the admin; a tenant's file may set {} of its own sites",
+                    TENANT_KEYS.join(", ")
+                )
+            }
+            _ => d.message.clone(),
         };
         diags.push(Diagnostic { message, ..d });
     }
@@ -76,23 +78,17 @@ pub fn parse(
         return Err(diags);
     };
     let mut layers = Vec::new();
-    for (i, table) in file.site.into_iter().enumerate() {
+    for (i, entry) in file.into_iter().enumerate() {
         let key = format!("site.{i}");
-        let mut refused = false;
-        for name in table.keys() {
-            if name == "name" {
-                continue;
-            }
-            if !TENANT_KEYS.contains(&name.as_str()) {
-                diags.push(source.error(
-                    &format!("{key}.{name}"),
-                    format!(
-                        "`{name}` may only be set by the admin; a tenant's file may set {} of its own sites",
-                        TENANT_KEYS.join(", ")
-                    ),
-                ));
-                refused = true;
-            } else if locked.iter().any(|l| l == name) {
+        let Some(entry) = entry else { continue };
+        let mut refused = refused_sites.contains(&i.to_string());
+        for (name, set) in [
+            ("index", entry.index.is_some()),
+            ("autoindex", entry.autoindex.is_some()),
+            ("env", entry.env.is_some()),
+            ("route", entry.route.is_some()),
+        ] {
+            if set && locked.iter().any(|l| l == name) {
                 diags.push(source.error(
                     &format!("{key}.{name}"),
                     format!("`{name}` is locked by the admin (user_config_locked)"),
@@ -100,13 +96,6 @@ pub fn parse(
                 refused = true;
             }
         }
-        let entry: UserSite = match toml::Value::Table(table).try_into() {
-            Ok(s) => s,
-            Err(e) => {
-                diags.push(source.error(&key, e.to_string()));
-                continue;
-            }
-        };
         if refused {
             continue;
         }
