@@ -205,3 +205,49 @@ fn check_names_every_mistake_of_a_file_with_its_key_and_place() {
     }
     assert!(out.contains(": 10 errors"), "{out}");
 }
+
+#[test]
+fn one_unix_user_in_two_tenants_is_refused_by_check_serve_and_reload() {
+    if !require_root() {
+        return;
+    }
+    let t = TwoTenants::new();
+    let config = t.config("");
+    let good = std::fs::read_to_string(&config).unwrap();
+    let doubled = format!("{good}\n[tenant.c]\nuser = \"{}\"\n", t.a.name);
+    std::fs::write(&config, &doubled).unwrap();
+    let line_a = good
+        .lines()
+        .position(|l| l == format!("user = \"{}\"", t.a.name))
+        .unwrap()
+        + 1;
+    let (out, ok) = condo(&config, &["check"]);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("key `tenant.c.user`")
+            && out.contains("already tenant a's")
+            && out.contains(&format!("{}:{line_a}", config.display())),
+        "{out}"
+    );
+    // serve refuses it too, at once.
+    let serve = Command::new(CONDO)
+        .args(["serve", "-c"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!serve.status.success());
+    assert!(
+        String::from_utf8_lossy(&serve.stderr).contains("already tenant a's")
+            || String::from_utf8_lossy(&serve.stdout).contains("already tenant a's"),
+        "{}",
+        String::from_utf8_lossy(&serve.stderr)
+    );
+    // A running condo keeps its config: reload says why and changes nothing.
+    std::fs::write(&config, &good).unwrap();
+    let condo_run = Condo::start(&config);
+    std::fs::write(&config, &doubled).unwrap();
+    let (out, ok) = condo(&config, &["reload"]);
+    assert!(!ok, "{out}");
+    assert!(out.contains("already tenant a's"), "{out}");
+    assert_eq!(condo_run.get("a.test", "/").1, "200");
+}

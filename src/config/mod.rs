@@ -721,6 +721,8 @@ pub fn load(path: &Path) -> Loaded {
     let dispatcher = server
         .as_ref()
         .and_then(|server| accounts.user(&server.user).ok());
+    // uid → the tenant that runs as it.
+    let mut uid_of: HashMap<u32, String> = HashMap::new();
     for (name, t) in &main.tenant {
         let key = format!("tenant.{name}");
         if !valid_name(name) {
@@ -812,6 +814,23 @@ pub fn load(path: &Path) -> Loaded {
                 ));
                 continue;
             }
+            // Each tenant gets its own cgroup: one user in two would have twice the
+            // limits, and two workers that can signal and trace each other.
+            if let Some(other) = uid_of.get(&creds.uid) {
+                let first = source.error(&format!("tenant.{other}.user"), "");
+                diagnostics.push(source.error(
+                    &format!("{key}.user"),
+                    format!(
+                        "user `{}` (uid {}) is already tenant {other}'s (user at {}:{}): one Unix user in two tenants would get two cgroups, so twice the limits; put both tenants' sites in one tenant",
+                        tenant.user,
+                        creds.uid,
+                        source.path.display(),
+                        first.line
+                    ),
+                ));
+                continue;
+            }
+            uid_of.insert(creds.uid, name.clone());
         }
         tenants.insert(name.clone(), tenant);
     }
