@@ -251,3 +251,27 @@ fn one_unix_user_in_two_tenants_is_refused_by_check_serve_and_reload() {
     assert!(out.contains("already tenant a's"), "{out}");
     assert_eq!(condo_run.get("a.test", "/").1, "200");
 }
+
+#[test]
+fn sigterm_removes_the_control_socket_and_the_metrics_file() {
+    if !require_root() {
+        return;
+    }
+    let t = TwoTenants::new();
+    let config = t.config("");
+    let run = t.dir.path().join("run");
+    let condo_run = Condo::start(&config);
+    assert_eq!(condo_run.get("a.test", "/").1, "200");
+    // The metrics file is written every few seconds: wait for the first.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !run.join("metrics.prom").exists() {
+        assert!(std::time::Instant::now() < deadline, "no metrics.prom");
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    assert!(run.join("control.sock").exists());
+    assert!(run.join("condo.pid").exists());
+    drop(condo_run); // SIGTERM, and waits for the master to exit
+    for name in ["control.sock", "metrics.prom", "condo.pid"] {
+        assert!(!run.join(name).exists(), "{name} left behind in {}", run.display());
+    }
+}

@@ -1667,7 +1667,20 @@ impl Master {
         if let Some(cgroups) = &self.cgroups {
             cgroups.remove_parent();
         }
-        let _ = std::fs::remove_file(pid_file(&self.config));
+        // What this master made in run_dir goes with it: a control socket left behind
+        // answers nothing (connection refused, not "no such file"), and a metrics file
+        // left behind shows numbers of a server that is gone.
+        for path in [
+            pid_file(&self.config),
+            self.config.server.run_dir.join(crate::control::SOCKET),
+            spawn::metrics_file(&self.config),
+        ] {
+            if let Err(e) = std::fs::remove_file(&path)
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                warn!("removing {}: {e}", path.display());
+            }
+        }
         info!("stopped");
     }
 }
