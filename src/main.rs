@@ -192,10 +192,7 @@ fn main() -> ExitCode {
         Command::Reload {
             cfg,
             tenant: Some(tenant),
-        } => control(
-            &cfg.config,
-            condo::control::Request::ReloadTenant { tenant },
-        ),
+        } => return reload_tenant(&cfg.config, &tenant),
         Command::RestartTenant { cfg, tenant } => control(
             &cfg.config,
             condo::control::Request::RestartTenant { tenant },
@@ -343,6 +340,84 @@ fn control(config: &std::path::Path, request: condo::control::Request) -> anyhow
         Ok(())
     } else {
         anyhow::bail!("{message}")
+    }
+}
+
+/// `condo reload --tenant NAME`: apply, then say whether the tenant's own file (which
+/// its new worker reads) will be taken or rejected, with every mistake. Exit 1: nothing
+/// applied; 2: applied, but the tenant's own file is rejected (its last good version,
+/// or the admin's settings alone, keep applying).
+fn reload_tenant(config: &std::path::Path, tenant: &str) -> ExitCode {
+    if let Err(e) = control(
+        config,
+        condo::control::Request::ReloadTenant {
+            tenant: tenant.to_string(),
+        },
+    ) {
+        eprintln!("condo: {e:#}");
+        return ExitCode::FAILURE;
+    }
+    let loaded = condo::config::load(config);
+    let Some(c) = loaded.config else {
+        return ExitCode::SUCCESS;
+    };
+    let Some(t) = c.tenants.get(tenant) else {
+        return ExitCode::SUCCESS;
+    };
+    let Some(path) = &t.user_config else {
+        return ExitCode::SUCCESS;
+    };
+    let credentials = match condo::config::resolve_tenant(t, c.server.uid_range) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("condo: tenant {tenant}'s own file not checked: {e}");
+            return ExitCode::SUCCESS;
+        }
+    };
+    let file = match path.strip_prefix("~/") {
+        Some(rest) => credentials.home.join(rest),
+        None => PathBuf::from(path),
+    };
+    let request = condo::check::Request {
+        sites: Vec::new(),
+        user_config: Some(file.clone()),
+    };
+    // As the tenant, as its worker reads it (root never opens it).
+    let text = if rustix::process::geteuid().is_root() {
+        condo::check::run_as(&credentials, &request).map_err(|e| format!("{e:#}"))
+    } else {
+        Ok(condo::check::run_here(&request))
+    }
+    .and_then(|r| r.user_config.unwrap_or_else(|| Err("no answer".into())));
+    let sites: Vec<condo::config::Site> = c.tenant_sites(tenant).cloned().collect();
+    let result = match text {
+        // No file is no layer: the admin's settings apply alone.
+        Err(e) if e.contains("No such file") => Ok(Vec::new()),
+        Err(e) => Err(vec![diagnostic(&file, e)]),
+        Ok(text) => {
+            condo::config::user::parse(&file, text, &sites, &t.user_config_locked, &t.pool)
+        }
+    };
+    match result {
+        Ok(layers) => {
+            println!(
+                "condo: tenant {tenant}'s own file {}: applies ({} sites set)",
+                file.display(),
+                layers.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(diags) => {
+            println!(
+                "condo: tenant {tenant}'s own file {} is rejected ({} mistake{}); its last good version, or else the admin's settings alone, keep applying:",
+                file.display(),
+                diags.len(),
+                if diags.len() == 1 { "" } else { "s" }
+            );
+            print!("{}", condo::config::user::report(&diags));
+            println!();
+            ExitCode::from(2)
+        }
     }
 }
 
@@ -502,11 +577,169 @@ fn usage(
     Ok(())
 }
 
+/// `condo check --user-config FILE --tenant NAME`: what the tenant's worker would make
+/// of FILE. Run by the tenant itself, it reads FILE as the tenant; the admin's config
+/// is used when the tenant can read it (its sites, the keys the admin locks), and when
+/// it cannot, the file is checked against the rules for every tenant's file, and the
+/// report says what could not be checked. Run as root, FILE is read as the tenant.
 fn check_user_config(
-    _config: &std::path::Path,
-    _file: &std::path::Path,
-    _tenant: &str,
-    _json: bool,
+    config_path: &std::path::Path,
+    file: &std::path::Path,
+    tenant: &str,
+    json: bool,
 ) -> ExitCode {
-    ExitCode::FAILURE
+    use condo::config::{Pool, user};
+    let mut notes: Vec<String> = Vec::new();
+    let mut fatal: Option<String> = None;
+    let root = rustix::process::geteuid().is_root();
+    // The admin's view of this tenant, if this user may read it.
+    let admin = match std::fs::File::open(config_path) {
+        Err(e) => {
+            notes.push(format!(
+                "{}: {e}: checked by the rules for every tenant's file only; not checked: that each [[site]] is one of {tenant}'s, and the keys the admin locks",
+                config_path.display()
+            ));
+            None
+        }
+        Ok(_) => {
+            let loaded = condo::config::load(config_path);
+            match loaded.config {
+                None => {
+                    notes.push(format!(
+                        "{}: the admin's config has errors (see `condo check`); checked by the rules for every tenant's file only",
+                        config_path.display()
+                    ));
+                    None
+                }
+                Some(c) => match c.tenants.get(tenant) {
+                    None => {
+                        fatal = Some(format!(
+                            "{}: no tenant `{tenant}`",
+                            config_path.display()
+                        ));
+                        None
+                    }
+                    Some(t) => {
+                        let unreadable = loaded.diagnostics.iter().any(|d| {
+                            d.line == 0 && d.message.starts_with("cannot read file")
+                        });
+                        if unreadable {
+                            notes.push(
+                                "some of the admin's site files are not readable: not checked that each [[site]] is one of yours"
+                                    .into(),
+                            );
+                        }
+                        let sites: Vec<condo::config::Site> =
+                            c.tenant_sites(tenant).cloned().collect();
+                        Some((t.clone(), sites, !unreadable, c.server.uid_range))
+                    }
+                },
+            }
+        }
+    };
+    let credentials = admin.as_ref().and_then(|(t, _, _, range)| {
+        condo::config::resolve_tenant(t, *range).ok()
+    });
+    if fatal.is_none() && !root
+        && let Some(c) = &credentials
+        && c.uid != rustix::process::geteuid().as_raw()
+    {
+        notes.push(format!(
+            "you are not {}: the worker reads the file as {}, who may see it differently",
+            c.user, c.user
+        ));
+    }
+    if let Some((t, _, _, _)) = &admin
+        && t.user_config.is_none()
+    {
+        notes.push(format!(
+            "tenant {tenant} has no user_config in the admin's config: no file of the tenant's applies yet"
+        ));
+    }
+    // Read as the worker would: as the tenant.
+    let text: Result<String, String> = if fatal.is_some() {
+        Err(String::new())
+    } else if root {
+        match &credentials {
+            None => Err(format!(
+                "as root, the file is read as the tenant: tenant `{tenant}` must be in a readable {} with a valid user",
+                config_path.display()
+            )),
+            Some(c) => condo::check::run_as(
+                c,
+                &condo::check::Request {
+                    sites: Vec::new(),
+                    user_config: Some(file.to_path_buf()),
+                },
+            )
+            .map_err(|e| format!("{e:#}"))
+            .and_then(|r| r.user_config.unwrap_or_else(|| Err("no answer".into()))),
+        }
+    } else {
+        condo::check::run_here(&condo::check::Request {
+            sites: Vec::new(),
+            user_config: Some(file.to_path_buf()),
+        })
+        .user_config
+        .unwrap_or_else(|| Err("no answer".into()))
+    };
+    let result = match (fatal, text) {
+        (Some(f), _) => Err(vec![diagnostic(file, f)]),
+        (None, Err(e)) => Err(vec![diagnostic(file, e)]),
+        (None, Ok(text)) => match &admin {
+            Some((t, sites, true, _)) => {
+                user::parse(file, text, sites, &t.user_config_locked, &t.pool)
+            }
+            Some((t, _, false, _)) => user::parse_unscoped(file, text, &t.pool),
+            None => user::parse_unscoped(file, text, &Pool::default()),
+        },
+    };
+    if json {
+        let report = serde_json::json!({
+            "ok": result.is_ok(),
+            "file": file,
+            "tenant": tenant,
+            "sites": result.as_ref().map_or(0, |l| l.len()),
+            "errors": result.as_ref().err().cloned().unwrap_or_default(),
+            "notes": notes,
+        });
+        println!("{report:#}");
+    } else {
+        for n in &notes {
+            println!("note: {n}");
+        }
+        match &result {
+            Ok(layers) => println!(
+                "{}: ok ({} of {tenant}'s sites set)",
+                file.display(),
+                layers.len()
+            ),
+            Err(diags) => {
+                for d in diags {
+                    println!("{d}");
+                }
+                println!(
+                    "{}: {} error{}; a file with any error is not applied (the last good version keeps applying)",
+                    file.display(),
+                    diags.len(),
+                    if diags.len() == 1 { "" } else { "s" }
+                );
+            }
+        }
+    }
+    if result.is_ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+fn diagnostic(file: &std::path::Path, message: String) -> condo::config::Diagnostic {
+    condo::config::Diagnostic {
+        file: file.to_path_buf(),
+        line: 0,
+        column: 0,
+        key: String::new(),
+        message,
+    }
 }

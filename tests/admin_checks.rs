@@ -275,3 +275,148 @@ fn sigterm_removes_the_control_socket_and_the_metrics_file() {
         assert!(!run.join(name).exists(), "{name} left behind in {}", run.display());
     }
 }
+
+/// `condo ARGS... -c CONFIG` run as `user` (its uid and gid, no other groups):
+/// (stdout + stderr, exit code).
+fn condo_as(user: &TestUser, config: &Path, args: &[&str]) -> (String, i32) {
+    let out = Command::new("setpriv")
+        .arg(format!("--reuid={}", user.uid))
+        .arg(format!("--regid={}", user.gid))
+        .arg("--clear-groups")
+        .arg(CONDO)
+        .args(args)
+        .arg("-c")
+        .arg(config)
+        .output()
+        .unwrap();
+    (
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+        out.status.code().unwrap_or(-1),
+    )
+}
+
+#[test]
+fn a_tenant_checks_its_own_file_as_itself_before_it_applies() {
+    if !require_root() {
+        return;
+    }
+    let t = TwoTenants::new();
+    let home_b = t.dir.path().join("b");
+    let own = home_b.join("condo.toml");
+    let config = t.config_tenants("", "", &format!("user_config = \"{}\"", own.display()));
+    let own_arg = own.to_str().unwrap();
+    let args = ["check", "--user-config", own_arg, "--tenant", "b"];
+
+    // A good file, the admin's config readable: checked against b's own sites.
+    write_owned(
+        &own,
+        b"[[site]]\nname = \"b.test\"\nindex = [\"index.php\"]\n",
+        &t.b,
+        0o600,
+    );
+    let (out, code) = condo_as(&t.b, &config, &args);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("ok (1 of b's sites set)"), "{out}");
+
+    // Another tenant's site, an admin's key, a value of the wrong type: each named.
+    write_owned(
+        &own,
+        b"[[site]]\nname = \"a.test\"\n\n[[site]]\nname = \"b.test\"\nroot = \"/\"\nautoindex = \"yes\"\n",
+        &t.b,
+        0o600,
+    );
+    let (out, code) = condo_as(&t.b, &config, &args);
+    assert_eq!(code, 1, "{out}");
+    for expected in [
+        format!("{own_arg}:2:1: key `site.0.name`: `a.test` is not one of this tenant's sites"),
+        format!("{own_arg}:6:1: key `site.1.root`: `root` may only be set by the admin"),
+        format!("{own_arg}:7:13: key `site.1.autoindex`: invalid type"),
+    ] {
+        assert!(out.contains(&expected), "missing {expected:?} in:\n{out}");
+    }
+
+    // The admin's config closed to tenants: what can be checked still is, and it says
+    // what was not.
+    std::fs::set_permissions(&config, std::os::unix::fs::PermissionsExt::from_mode(0o600))
+        .unwrap();
+    let (out, code) = condo_as(&t.b, &config, &args);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("Permission denied") && out.contains("not checked"), "{out}");
+    assert!(out.contains("`site.1.root`") && out.contains("`site.1.autoindex`"), "{out}");
+    assert!(!out.contains("not one of this tenant's sites"), "{out}");
+
+    // Another user cannot use it to read b's file.
+    let (out, code) = condo_as(&t.a, &config, &args);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("Permission denied") && !out.contains("a.test\""), "{out}");
+
+    // Root reads it as b too: a link of b's to a file only root may read is refused.
+    std::fs::remove_file(&own).unwrap();
+    std::os::unix::fs::symlink("/etc/shadow", &own).unwrap();
+    std::os::unix::fs::lchown(&own, Some(t.b.uid), Some(t.b.gid)).unwrap();
+    let (out, ok) = condo(&config, &args);
+    assert!(!ok, "{out}");
+    assert!(out.contains("Permission denied") && !out.contains("root:"), "{out}");
+}
+
+#[test]
+fn reload_of_one_tenant_says_what_it_applied_what_it_left_and_a_rejected_own_file() {
+    if !require_root() {
+        return;
+    }
+    let t = TwoTenants::new();
+    let own = t.dir.path().join("b/condo.toml");
+    let config = t.config_tenants("", "", &format!("user_config = \"{}\"", own.display()));
+    give_a_tls(&t); // a has its own certificate
+    let condo_run = Condo::start(&config);
+    assert_eq!(condo_run.get("a.test", "/").1, "200");
+    let worker_a = condo_run.wait_child("worker", Some("a"));
+
+    // Nothing edited: nothing changed; a's worker is replaced only to read its own
+    // certificate again, and says so.
+    let (out, ok) = condo(&config, &["reload", "--tenant", "b"]);
+    assert!(ok, "{out}");
+    assert!(out.contains("reloaded tenant b only") && out.contains("tenants changed: none"), "{out}");
+    assert!(!out.contains("certificates again"), "a is not b:\n{out}");
+    assert_eq!(condo_run.wait_child("worker", Some("a")), worker_a);
+
+    // Both edited, b reloaded: b applied, a left and named.
+    for name in ["a", "b"] {
+        t.append_site(name, &format!("max_clients = 50\n"));
+    }
+    let (out, ok) = condo(&config, &["reload", "--tenant", "b"]);
+    assert!(ok, "{out}");
+    assert!(out.contains("tenants changed: b;"), "{out}");
+    assert!(out.contains("left for a full `condo reload`): a"), "{out}");
+    assert_eq!(condo_run.wait_child("worker", Some("a")), worker_a);
+
+    // A full reload with nothing edited since: a is not "changed".
+    let (out, ok) = condo(&config, &["reload", "--tenant", "a"]);
+    assert!(ok && out.contains("tenants changed: a"), "{out}");
+    let (out, ok) = condo(&config, &["reload", "--tenant", "a"]);
+    assert!(ok, "{out}");
+    assert!(out.contains("tenants changed: none"), "{out}");
+    assert!(out.contains("read their own certificates again: a"), "{out}");
+
+    // b's own file with a mistake: rejected, said, exit 2; b keeps serving.
+    write_owned(&own, b"[[site]]\nname = \"b.test\"\nroot = \"/\"\n", &t.b, 0o600);
+    let out = Command::new(CONDO)
+        .args(["reload", "--tenant", "b", "-c"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(
+        text.contains("is rejected (1 mistake)") && text.contains(":3:1: key `site.0.root`"),
+        "{text}"
+    );
+    assert_eq!(condo_run.get("b.test", "/").1, "200");
+    write_owned(&own, b"[[site]]\nname = \"b.test\"\nautoindex = false\n", &t.b, 0o600);
+    let (out, ok) = condo(&config, &["reload", "--tenant", "b"]);
+    assert!(ok && out.contains("applies (1 sites set)"), "{out}");
+}

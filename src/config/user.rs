@@ -51,6 +51,27 @@ pub fn parse(
     locked: &[String],
     pool: &Pool,
 ) -> Result<Vec<SiteLayer>, Vec<Diagnostic>> {
+    parse_scoped(path, text, Some(sites), locked, pool)
+}
+
+/// [`parse`] without the admin's config (`condo check --user-config` run by a tenant
+/// that cannot read it): every rule of a tenant's file but "one of this tenant's
+/// sites" and the locked keys, which only the admin's config knows.
+pub fn parse_unscoped(
+    path: &Path,
+    text: String,
+    pool: &Pool,
+) -> Result<Vec<SiteLayer>, Vec<Diagnostic>> {
+    parse_scoped(path, text, None, &[], pool)
+}
+
+fn parse_scoped(
+    path: &Path,
+    text: String,
+    sites: Option<&[Site]>,
+    locked: &[String],
+    pool: &Pool,
+) -> Result<Vec<SiteLayer>, Vec<Diagnostic>> {
     let source = Source::from_text(path, text);
     let mut diags = Vec::new();
     let (file, found) = source.deserialize_each::<UserSite>("site");
@@ -99,7 +120,9 @@ pub fn parse(
         if refused {
             continue;
         }
-        if !sites.iter().any(|s| s.name == entry.name) {
+        if let Some(sites) = sites
+            && !sites.iter().any(|s| s.name == entry.name)
+        {
             diags.push(source.error(
                 &format!("{key}.name"),
                 format!(
@@ -143,6 +166,7 @@ pub fn parse(
     if diags.is_empty() {
         Ok(layers)
     } else {
+        diags.sort_by_key(|d| (d.line, d.column));
         Err(diags)
     }
 }
