@@ -153,7 +153,10 @@ fn check_site(s: &SiteFiles) -> Vec<Finding> {
         Err(e) => {
             return vec![finding(
                 "cert",
-                format!("{}: the first certificate does not parse: {e}", s.cert.display()),
+                format!(
+                    "{}: the first certificate does not parse: {e}",
+                    s.cert.display()
+                ),
             )];
         }
     };
@@ -191,9 +194,8 @@ pub fn run_as(credentials: &Credentials, request: &Request) -> anyhow::Result<Re
     runtime.block_on(async {
         let exe = std::env::current_exe().unwrap_or_else(|_| "condo".into());
         let plan = crate::sandbox::SandboxPlan::new(Some(credentials.clone()), Vec::new());
-        let mut cmd =
-            crate::sandbox::command(&exe, &["check-as-tenant".as_ref()], plan)
-                .context("preparing the check as the tenant")?;
+        let mut cmd = crate::sandbox::command(&exe, &["check-as-tenant".as_ref()], plan)
+            .context("preparing the check as the tenant")?;
         cmd.stdin(std::process::Stdio::piped())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
@@ -219,15 +221,13 @@ pub fn run_as(credentials: &Credentials, request: &Request) -> anyhow::Result<Re
             let status = child.wait().await?;
             anyhow::Ok((status, out, err))
         };
-        let (status, out, err) = tokio::time::timeout(TIMEOUT, work)
-            .await
-            .map_err(|_| {
-                anyhow::anyhow!(
-                    "the check as user {} took longer than {}s (a file on a stalled filesystem?)",
-                    credentials.user,
-                    TIMEOUT.as_secs()
-                )
-            })??;
+        let (status, out, err) = tokio::time::timeout(TIMEOUT, work).await.map_err(|_| {
+            anyhow::anyhow!(
+                "the check as user {} took longer than {}s (a file on a stalled filesystem?)",
+                credentials.user,
+                TIMEOUT.as_secs()
+            )
+        })??;
         if !status.success() {
             anyhow::bail!(
                 "the check as user {} failed ({status}): {}",
@@ -291,7 +291,8 @@ pub fn site_tls_diagnostics(
         }
     };
     let mut diags = Vec::new();
-    let by_tenant: std::collections::BTreeMap<_, _> = config.sites_by_tenant().into_iter().collect();
+    let by_tenant: std::collections::BTreeMap<_, _> =
+        config.sites_by_tenant().into_iter().collect();
     for (tenant, sites) in by_tenant {
         let request = Request {
             sites: sites.iter().filter_map(|s| SiteFiles::of(s)).collect(),
@@ -337,9 +338,10 @@ mod tests {
 
     fn files(dir: &std::path::Path, names: &[&str], cert_for: &[&str]) -> SiteFiles {
         let key = rcgen::KeyPair::generate().unwrap();
-        let params =
-            rcgen::CertificateParams::new(cert_for.iter().map(|s| s.to_string()).collect::<Vec<_>>())
-                .unwrap();
+        let params = rcgen::CertificateParams::new(
+            cert_for.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+        )
+        .unwrap();
         let cert = params.self_signed(&key).unwrap();
         std::fs::write(dir.join("cert.pem"), cert.pem()).unwrap();
         std::fs::write(dir.join("key.pem"), key.serialize_pem()).unwrap();
@@ -354,7 +356,11 @@ mod tests {
     #[test]
     fn a_good_pair_passes_and_every_fault_names_its_file() {
         let dir = tempfile::tempdir().unwrap();
-        let ok = files(dir.path(), &["a.test", "www.a.test"], &["a.test", "www.a.test"]);
+        let ok = files(
+            dir.path(),
+            &["a.test", "www.a.test"],
+            &["a.test", "www.a.test"],
+        );
         assert_eq!(check_site(&ok), vec![]);
 
         // Not covering an alias.

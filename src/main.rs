@@ -394,9 +394,7 @@ fn reload_tenant(config: &std::path::Path, tenant: &str) -> ExitCode {
         // No file is no layer: the admin's settings apply alone.
         Err(e) if e.contains("No such file") => Ok(Vec::new()),
         Err(e) => Err(vec![diagnostic(&file, e)]),
-        Ok(text) => {
-            condo::config::user::parse(&file, text, &sites, &t.user_config_locked, &t.pool)
-        }
+        Ok(text) => condo::config::user::parse(&file, text, &sites, &t.user_config_locked, &t.pool),
     };
     match result {
         Ok(layers) => {
@@ -613,16 +611,14 @@ fn check_user_config(
                 }
                 Some(c) => match c.tenants.get(tenant) {
                     None => {
-                        fatal = Some(format!(
-                            "{}: no tenant `{tenant}`",
-                            config_path.display()
-                        ));
+                        fatal = Some(format!("{}: no tenant `{tenant}`", config_path.display()));
                         None
                     }
                     Some(t) => {
-                        let unreadable = loaded.diagnostics.iter().any(|d| {
-                            d.line == 0 && d.message.starts_with("cannot read file")
-                        });
+                        let unreadable = loaded
+                            .diagnostics
+                            .iter()
+                            .any(|d| d.line == 0 && d.message.starts_with("cannot read file"));
                         if unreadable {
                             notes.push(
                                 "some of the admin's site files are not readable: not checked that each [[site]] is one of yours"
@@ -637,10 +633,11 @@ fn check_user_config(
             }
         }
     };
-    let credentials = admin.as_ref().and_then(|(t, _, _, range)| {
-        condo::config::resolve_tenant(t, *range).ok()
-    });
-    if fatal.is_none() && !root
+    let credentials = admin
+        .as_ref()
+        .and_then(|(t, _, _, range)| condo::config::resolve_tenant(t, *range).ok());
+    if fatal.is_none()
+        && !root
         && let Some(c) = &credentials
         && c.uid != rustix::process::geteuid().as_raw()
     {

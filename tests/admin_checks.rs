@@ -272,7 +272,11 @@ fn sigterm_removes_the_control_socket_and_the_metrics_file() {
     assert!(run.join("condo.pid").exists());
     drop(condo_run); // SIGTERM, and waits for the master to exit
     for name in ["control.sock", "metrics.prom", "condo.pid"] {
-        assert!(!run.join(name).exists(), "{name} left behind in {}", run.display());
+        assert!(
+            !run.join(name).exists(),
+            "{name} left behind in {}",
+            run.display()
+        );
     }
 }
 
@@ -341,18 +345,26 @@ fn a_tenant_checks_its_own_file_as_itself_before_it_applies() {
 
     // The admin's config closed to tenants: what can be checked still is, and it says
     // what was not.
-    std::fs::set_permissions(&config, std::os::unix::fs::PermissionsExt::from_mode(0o600))
-        .unwrap();
+    std::fs::set_permissions(&config, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
     let (out, code) = condo_as(&t.b, &config, &args);
     assert_eq!(code, 1, "{out}");
-    assert!(out.contains("Permission denied") && out.contains("not checked"), "{out}");
-    assert!(out.contains("`site.1.root`") && out.contains("`site.1.autoindex`"), "{out}");
+    assert!(
+        out.contains("Permission denied") && out.contains("not checked"),
+        "{out}"
+    );
+    assert!(
+        out.contains("`site.1.root`") && out.contains("`site.1.autoindex`"),
+        "{out}"
+    );
     assert!(!out.contains("not one of this tenant's sites"), "{out}");
 
     // Another user cannot use it to read b's file.
     let (out, code) = condo_as(&t.a, &config, &args);
     assert_eq!(code, 1, "{out}");
-    assert!(out.contains("Permission denied") && !out.contains("a.test\""), "{out}");
+    assert!(
+        out.contains("Permission denied") && !out.contains("a.test\""),
+        "{out}"
+    );
 
     // Root reads it as b too: a link of b's to a file only root may read is refused.
     std::fs::remove_file(&own).unwrap();
@@ -360,7 +372,10 @@ fn a_tenant_checks_its_own_file_as_itself_before_it_applies() {
     std::os::unix::fs::lchown(&own, Some(t.b.uid), Some(t.b.gid)).unwrap();
     let (out, ok) = condo(&config, &args);
     assert!(!ok, "{out}");
-    assert!(out.contains("Permission denied") && !out.contains("root:"), "{out}");
+    assert!(
+        out.contains("Permission denied") && !out.contains("root:"),
+        "{out}"
+    );
 }
 
 #[test]
@@ -380,13 +395,16 @@ fn reload_of_one_tenant_says_what_it_applied_what_it_left_and_a_rejected_own_fil
     // certificate again, and says so.
     let (out, ok) = condo(&config, &["reload", "--tenant", "b"]);
     assert!(ok, "{out}");
-    assert!(out.contains("reloaded tenant b only") && out.contains("tenants changed: none"), "{out}");
+    assert!(
+        out.contains("reloaded tenant b only") && out.contains("tenants changed: none"),
+        "{out}"
+    );
     assert!(!out.contains("certificates again"), "a is not b:\n{out}");
     assert_eq!(condo_run.wait_child("worker", Some("a")), worker_a);
 
     // Both edited, b reloaded: b applied, a left and named.
     for name in ["a", "b"] {
-        t.append_site(name, &format!("max_clients = 50\n"));
+        t.append_site(name, "max_clients = 50\n");
     }
     let (out, ok) = condo(&config, &["reload", "--tenant", "b"]);
     assert!(ok, "{out}");
@@ -400,10 +418,18 @@ fn reload_of_one_tenant_says_what_it_applied_what_it_left_and_a_rejected_own_fil
     let (out, ok) = condo(&config, &["reload", "--tenant", "a"]);
     assert!(ok, "{out}");
     assert!(out.contains("tenants changed: none"), "{out}");
-    assert!(out.contains("read their own certificates again: a"), "{out}");
+    assert!(
+        out.contains("read their own certificates again: a"),
+        "{out}"
+    );
 
     // b's own file with a mistake: rejected, said, exit 2; b keeps serving.
-    write_owned(&own, b"[[site]]\nname = \"b.test\"\nroot = \"/\"\n", &t.b, 0o600);
+    write_owned(
+        &own,
+        b"[[site]]\nname = \"b.test\"\nroot = \"/\"\n",
+        &t.b,
+        0o600,
+    );
     let out = Command::new(CONDO)
         .args(["reload", "--tenant", "b", "-c"])
         .arg(&config)
@@ -416,7 +442,12 @@ fn reload_of_one_tenant_says_what_it_applied_what_it_left_and_a_rejected_own_fil
         "{text}"
     );
     assert_eq!(condo_run.get("b.test", "/").1, "200");
-    write_owned(&own, b"[[site]]\nname = \"b.test\"\nautoindex = false\n", &t.b, 0o600);
+    write_owned(
+        &own,
+        b"[[site]]\nname = \"b.test\"\nautoindex = false\n",
+        &t.b,
+        0o600,
+    );
     let (out, ok) = condo(&config, &["reload", "--tenant", "b"]);
     assert!(ok && out.contains("applies (1 sites set)"), "{out}");
 }

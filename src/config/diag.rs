@@ -177,8 +177,7 @@ impl Source {
                     }
                     // What can be taken out is a table's entry: a bad element takes its
                     // whole array (taking one out would renumber the rest).
-                    let Some(cut) = path.iter().rposition(|seg| matches!(seg, Seg::Key(_)))
-                    else {
+                    let Some(cut) = path.iter().rposition(|seg| matches!(seg, Seg::Key(_))) else {
                         break;
                     };
                     let removable = &path[..=cut];
@@ -466,9 +465,8 @@ mod tests {
 
     #[test]
     fn a_missing_field_in_one_table_of_an_array_hides_nothing_of_the_others() {
-        let s = source(
-            "[[site]]\nname = \"a\"\n[[site]]\nname = 5\n[[site]]\nnme = \"c\"\n[extra]\n",
-        );
+        let s =
+            source("[[site]]\nname = \"a\"\n[[site]]\nname = 5\n[[site]]\nnme = \"c\"\n[extra]\n");
         let (items, diags) = s.deserialize_each::<Site>("site");
         let items = items.unwrap();
         assert_eq!(items.len(), 3);
@@ -477,7 +475,12 @@ mod tests {
         // site.1's wrong `name` is said once (not again as "missing field").
         assert_eq!(
             got,
-            [(4, "site.1.name"), (5, "site.2"), (6, "site.2.nme"), (7, "extra")],
+            [
+                (4, "site.1.name"),
+                (5, "site.2"),
+                (6, "site.2.nme"),
+                (7, "extra")
+            ],
             "{diags:?}"
         );
     }

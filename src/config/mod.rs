@@ -1223,7 +1223,10 @@ fn load_sites(
         // site differently from what its owner meant), but every site in it is still
         // validated, so that all its mistakes are shown at once.
         let (parsed, file_diags) = source.deserialize_each::<SiteSection>("site");
-        let clean = file_diags.is_empty() && parsed.as_ref().is_some_and(|p| p.iter().all(Option::is_some));
+        let clean = file_diags.is_empty()
+            && parsed
+                .as_ref()
+                .is_some_and(|p| p.iter().all(Option::is_some));
         let shadowed: Vec<String> = file_diags.iter().map(|d| d.key.clone()).collect();
         let Some(parsed) = parsed else {
             diags.extend(file_diags);
@@ -1244,7 +1247,11 @@ fn load_sites(
         // A key of the wrong type was read as its default: what is then said about
         // that key is the same mistake again.
         let mut all = file_diags;
-        all.extend(found.into_iter().filter(|d| !is_shadowed(&d.key, &shadowed)));
+        all.extend(
+            found
+                .into_iter()
+                .filter(|d| !is_shadowed(&d.key, &shadowed)),
+        );
         all.sort_by_key(|d| (d.line, d.column));
         diags.extend(all);
         if !clean {
@@ -1731,7 +1738,11 @@ fn drop_shadowed(diags: &mut Vec<Diagnostic>, from: usize, file: &Path, shadowed
 /// Is `key` the same as, or under, one of `shadowed`?
 fn is_shadowed(key: &str, shadowed: &[String]) -> bool {
     shadowed.iter().any(|s| {
-        !s.is_empty() && (key == s || key.strip_prefix(s.as_str()).is_some_and(|r| r.starts_with('.')))
+        !s.is_empty()
+            && (key == s
+                || key
+                    .strip_prefix(s.as_str())
+                    .is_some_and(|r| r.starts_with('.')))
     })
 }
 

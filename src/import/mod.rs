@@ -171,8 +171,8 @@ pub fn import(apache_files: &[PathBuf], fpm_files: &[PathBuf]) -> Imported {
     };
     // Tenant (by user) → its pool and its sites, in input order.
     // Tenant name → (user, (group, pool)).
-    let mut tenants: BTreeMap<String, (String, (Option<String>, Option<&Pool>))> =
-        BTreeMap::new();
+    type TenantOut<'a> = (String, (Option<String>, Option<&'a Pool>));
+    let mut tenants: BTreeMap<String, TenantOut> = BTreeMap::new();
     let mut sites: BTreeMap<String, Vec<SiteOut>> = BTreeMap::new();
     let mut seen_names: BTreeMap<String, (String, usize)> = BTreeMap::new();
     for v in &vhosts {
@@ -313,7 +313,10 @@ pub fn import(apache_files: &[PathBuf], fpm_files: &[PathBuf]) -> Imported {
                 &format!("[{}]", p.name),
                 "no vhost given uses this pool: the tenant is made without sites".into(),
             ));
-            slot.insert((user.clone(), (p.group.clone().filter(|g| g != user), Some(p))));
+            slot.insert((
+                user.clone(),
+                (p.group.clone().filter(|g| g != user), Some(p)),
+            ));
         }
     }
     let mut out = String::from("# Written by `condo import`; review before use.\n");
@@ -534,16 +537,27 @@ mod tenant_tests {
         let file = dir.path().join("sites.conf");
         std::fs::write(
             &file,
-            vhost("a.example", "bob")
-                + &vhost("b.example", "Bob")
-                + &vhost("c.example", "bob"),
+            vhost("a.example", "bob") + &vhost("b.example", "Bob") + &vhost("c.example", "bob"),
         )
         .unwrap();
         let imported = import(&[file], &[]);
         // bob's two sites in one tenant; Bob (another account) in a tenant of its own.
-        assert_eq!(imported.tenants.matches("[tenant.").count(), 2, "{}", imported.tenants);
-        assert!(imported.tenants.contains("[tenant.bob]\nuser = \"bob\""), "{}", imported.tenants);
-        assert!(imported.tenants.contains("[tenant.bob-2]\nuser = \"Bob\""), "{}", imported.tenants);
+        assert_eq!(
+            imported.tenants.matches("[tenant.").count(),
+            2,
+            "{}",
+            imported.tenants
+        );
+        assert!(
+            imported.tenants.contains("[tenant.bob]\nuser = \"bob\""),
+            "{}",
+            imported.tenants
+        );
+        assert!(
+            imported.tenants.contains("[tenant.bob-2]\nuser = \"Bob\""),
+            "{}",
+            imported.tenants
+        );
         let bob = &imported.sites["bob"];
         assert_eq!(bob.matches("[[site]]").count(), 2, "{bob}");
         let bob2 = &imported.sites["bob-2"];
