@@ -27,7 +27,7 @@ pub const TIMEOUT: Duration = Duration::from_secs(20);
 const MAX_REPORT: u64 = 4 << 20;
 
 /// What to look at, as the tenant.
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Request {
     pub sites: Vec<SiteFiles>,
     /// A tenant config file to read (returned as text; parsed by the caller).
@@ -187,11 +187,19 @@ fn check_site(s: &SiteFiles) -> Vec<Finding> {
 /// Do the checks as `credentials`, in a child process of this binary that switches to
 /// them; at most [`TIMEOUT`], then the child is killed.
 pub fn run_as(credentials: &Credentials, request: &Request) -> anyhow::Result<Report> {
-    let runtime = tokio::runtime::Builder::new_current_thread()
+    runtime()?.block_on(run_as_async(credentials, request))
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .context("starting a runtime")?;
-    runtime.block_on(async {
+        .context("starting a runtime")
+}
+
+/// [`run_as`] on a runtime.
+pub async fn run_as_async(credentials: &Credentials, request: &Request) -> anyhow::Result<Report> {
+    {
         let exe = std::env::current_exe().unwrap_or_else(|_| "condo".into());
         let plan = crate::sandbox::SandboxPlan::new(Some(credentials.clone()), Vec::new());
         let mut cmd = crate::sandbox::command(&exe, &["check-as-tenant".as_ref()], plan)
@@ -236,7 +244,7 @@ pub fn run_as(credentials: &Credentials, request: &Request) -> anyhow::Result<Re
             );
         }
         serde_json::from_slice(&out).context("reading the check's answer")
-    })
+    }
 }
 
 /// `condo check-as-tenant`: the child's side of [`run_as`].
@@ -253,6 +261,47 @@ pub fn serve_stdin() -> anyhow::Result<()> {
     serde_json::to_writer(&mut out, &report)?;
     out.flush()?;
     Ok(())
+}
+
+/// How many tenants' checks run at once: a tenant whose files stall costs the check
+/// [`TIMEOUT`] on one of these, not the sum over every such tenant.
+const PARALLEL: usize = 8;
+
+/// Each job's check as its tenant, [`PARALLEL`] at a time; the reports in job order.
+fn run_all(jobs: &[(String, Request, Option<Credentials>)]) -> Vec<anyhow::Result<Report>> {
+    let runtime = match runtime() {
+        Ok(r) => r,
+        Err(e) => return jobs.iter().map(|_| Err(anyhow::anyhow!("{e:#}"))).collect(),
+    };
+    runtime.block_on(async {
+        let mut results: Vec<Option<anyhow::Result<Report>>> = jobs.iter().map(|_| None).collect();
+        let mut running = tokio::task::JoinSet::new();
+        let mut next = 0;
+        loop {
+            while running.len() < PARALLEL && next < jobs.len() {
+                let (_, request, credentials) = &jobs[next];
+                let (request, credentials) = (request.clone(), credentials.clone());
+                let index = next;
+                running.spawn(async move {
+                    let report = match &credentials {
+                        Some(c) => run_as_async(c, &request).await,
+                        None => Ok(run_here(&request)),
+                    };
+                    (index, report)
+                });
+                next += 1;
+            }
+            match running.join_next().await {
+                Some(Ok((index, report))) => results[index] = Some(report),
+                Some(Err(e)) => tracing::warn!("a tenant's check task failed: {e}"),
+                None => break,
+            }
+        }
+        results
+            .into_iter()
+            .map(|r| r.unwrap_or_else(|| Err(anyhow::anyhow!("the check did not finish"))))
+            .collect()
+    })
 }
 
 /// For `condo check`: what each tenant's worker would find of its sites' own
@@ -290,9 +339,9 @@ pub fn site_tls_diagnostics(
             },
         }
     };
-    let mut diags = Vec::new();
     let by_tenant: std::collections::BTreeMap<_, _> =
         config.sites_by_tenant().into_iter().collect();
+    let mut jobs: Vec<(String, Request, Option<Credentials>)> = Vec::new();
     for (tenant, sites) in by_tenant {
         let request = Request {
             sites: sites.iter().filter_map(|s| SiteFiles::of(s)).collect(),
@@ -301,17 +350,26 @@ pub fn site_tls_diagnostics(
         if request.sites.is_empty() {
             continue;
         }
-        let report = if root {
+        let credentials = if root {
             let Some(t) = config.tenants.get(tenant) else {
                 continue;
             };
             match accounts.resolve_tenant(t, config.server.uid_range) {
-                Ok(credentials) => run_as(&credentials, &request),
+                Ok(credentials) => Some(credentials),
                 Err(_) => continue, // reported by the config check itself
             }
         } else {
-            Ok(run_here(&request))
+            None
         };
+        jobs.push((tenant.to_string(), request, credentials));
+    }
+    let reports: Vec<anyhow::Result<Report>> = if root {
+        run_all(&jobs)
+    } else {
+        jobs.iter().map(|(_, r, _)| Ok(run_here(r))).collect()
+    };
+    let mut diags = Vec::new();
+    for ((tenant, request, _), report) in jobs.iter().zip(reports) {
         match report {
             Ok(report) => {
                 for f in report.findings {
@@ -387,6 +445,17 @@ mod tests {
         assert_eq!(f.len(), 1, "{f:?}");
         assert_eq!(f[0].key, "key");
         assert!(f[0].message.contains("does not go with"), "{f:?}");
+
+        // A FIFO where the key should be: refused at once, not waited on.
+        let fifo = dir.path().join("fifo.pem");
+        nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::from_bits_truncate(0o600)).unwrap();
+        let mut stalling = ok.clone();
+        stalling.key = fifo;
+        let started = std::time::Instant::now();
+        let f = check_site(&stalling);
+        assert!(started.elapsed() < Duration::from_secs(5));
+        assert_eq!(f[0].key, "key", "{f:?}");
+        assert!(f[0].message.contains("not a regular file"), "{f:?}");
 
         // Garbage where the certificate should be.
         std::fs::write(dir.path().join("junk.pem"), "hello").unwrap();
