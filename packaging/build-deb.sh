@@ -8,4 +8,5 @@ profile="${PROFILE:-release}"
 dir=$([ "$profile" = dev ] && echo debug || echo "$profile")
 cargo build --profile "$profile" --bin condo
 "target/$dir/condo" man > target/condo.8
+"target/$dir/condo" man --section 5 > target/condo.toml.5
 cargo deb --no-build --no-strip --profile "$profile" "$@"

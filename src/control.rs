@@ -62,9 +62,17 @@ impl Response {
     }
 }
 
+/// The version of `condo status --json`'s shape. Control panels parse it, so it is
+/// a contract: fields may be added within a version; a field removed, renamed or given
+/// another meaning takes the next version.
+pub const STATUS_SCHEMA: u32 = 1;
+
 /// What `condo status` shows: PHP-FPM's status page, for every tenant.
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Status {
+    /// [`STATUS_SCHEMA`] of the master that answered.
+    #[serde(default)]
+    pub schema: u32,
     pub pid: u32,
     pub version: String,
     pub config: PathBuf,
@@ -95,6 +103,11 @@ pub struct TenantStatus {
     pub queued: u64,
     /// Requests answered since accounting began, and how many of them were 5xx.
     pub requests: u64,
+    /// When the master last received the tenant's request counts (ms since the epoch;
+    /// 0: not yet). Workers report every 2 s, so `requests` moves in steps: a rate is
+    /// only right between two of these times.
+    #[serde(default)]
+    pub requests_at_ms: u64,
     pub requests_5xx: u64,
     /// From the tenant's cgroup; 0 without one.
     pub memory_bytes: u64,
@@ -217,9 +230,54 @@ pub enum SortBy {
     Connections,
 }
 
-/// One screen of `condo top`: rates between two snapshots `interval` apart.
-pub fn render_top(before: &Status, now: &Status, interval: Duration, sort: SortBy) -> String {
-    let secs = interval.as_secs_f64().max(0.001);
+/// The rates `condo top` shows, carried from one screen to the next. CPU time is read
+/// from the cgroup when the status is asked for, so its rate is taken between polls.
+/// Request counts reach the master in the workers' reports (every 2 s): taken between
+/// polls, a 1 s interval would alternate between twice the rate and 0. So a request
+/// rate is taken between the tenant's last two reports, and kept until the next one.
+#[derive(Default)]
+pub struct TopRates {
+    /// Per tenant: the count and report time of its last report, and the rate up to it.
+    requests: std::collections::HashMap<String, (u64, u64, f64)>,
+}
+
+impl TopRates {
+    /// Requests per second of `t` as of its last report.
+    fn request_rate(&mut self, t: &TenantStatus) -> f64 {
+        match self.requests.get_mut(&t.name) {
+            Some((count, at_ms, rate)) => {
+                if *at_ms == 0 {
+                    // No report before this one: nothing to take a rate over yet.
+                    (*count, *at_ms) = (t.requests, t.requests_at_ms);
+                } else if t.requests_at_ms > *at_ms {
+                    let secs = (t.requests_at_ms - *at_ms) as f64 / 1000.0;
+                    *rate = t.requests.saturating_sub(*count) as f64 / secs;
+                    (*count, *at_ms) = (t.requests, t.requests_at_ms);
+                } else if t.requests < *count {
+                    // The count went back (a new master): start over.
+                    (*count, *at_ms, *rate) = (t.requests, t.requests_at_ms, 0.0);
+                }
+                *rate
+            }
+            None => {
+                self.requests
+                    .insert(t.name.clone(), (t.requests, t.requests_at_ms, 0.0));
+                0.0
+            }
+        }
+    }
+}
+
+/// One screen of `condo top`: CPU between two snapshots `elapsed` apart, requests as
+/// `rates` keeps them.
+pub fn render_top(
+    before: &Status,
+    now: &Status,
+    elapsed: Duration,
+    sort: SortBy,
+    rates: &mut TopRates,
+) -> String {
+    let secs = elapsed.as_secs_f64().max(0.001);
     let mut rows: Vec<(&TenantStatus, f64, f64)> = now
         .tenants
         .iter()
@@ -228,8 +286,7 @@ pub fn render_top(before: &Status, now: &Status, interval: Duration, sort: SortB
             let cpu = prev.map_or(0.0, |p| {
                 (t.cpu_seconds - p.cpu_seconds).max(0.0) / secs * 100.0
             });
-            let rps = prev.map_or(0.0, |p| t.requests.saturating_sub(p.requests) as f64 / secs);
-            (t, cpu, rps)
+            (t, cpu, rates.request_rate(t))
         })
         .collect();
     rows.sort_by(|a, b| match sort {
@@ -301,35 +358,95 @@ mod tests {
         );
     }
 
+    fn reported(name: &str, cpu: f64, requests: u64, at_ms: u64) -> TenantStatus {
+        TenantStatus {
+            requests_at_ms: at_ms,
+            ..tenant(name, cpu, requests, 0)
+        }
+    }
+
     #[test]
     fn top_sorts_by_rates_between_snapshots() {
         let before = Status {
             tenants: vec![
-                tenant("a", 10.0, 100, 1 << 20),
-                tenant("b", 10.0, 100, 9 << 20),
+                TenantStatus {
+                    requests_at_ms: 1_000,
+                    ..tenant("a", 10.0, 100, 1 << 20)
+                },
+                TenantStatus {
+                    requests_at_ms: 1_000,
+                    ..tenant("b", 10.0, 100, 9 << 20)
+                },
             ],
             ..Default::default()
         };
         let now = Status {
             tenants: vec![
-                tenant("a", 12.0, 110, 1 << 20),
-                tenant("b", 10.5, 300, 9 << 20),
+                TenantStatus {
+                    requests_at_ms: 3_000,
+                    ..tenant("a", 12.0, 110, 1 << 20)
+                },
+                TenantStatus {
+                    requests_at_ms: 3_000,
+                    ..tenant("b", 10.5, 300, 9 << 20)
+                },
             ],
             ..Default::default()
         };
-        let by_cpu = render_top(&before, &now, Duration::from_secs(2), SortBy::Cpu);
+        let two = Duration::from_secs(2);
+        let screen = |sort| {
+            let mut rates = TopRates::default();
+            render_top(&before, &before, two, sort, &mut rates);
+            render_top(&before, &now, two, sort, &mut rates)
+        };
+        let by_cpu = screen(SortBy::Cpu);
         let lines: Vec<&str> = by_cpu.lines().skip(3).collect();
         assert!(
             lines[0].starts_with("a ") && lines[0].contains("100.0"),
             "{by_cpu}"
         );
-        let by_rps = render_top(&before, &now, Duration::from_secs(2), SortBy::Requests);
+        let by_rps = screen(SortBy::Requests);
         assert!(by_rps.lines().nth(3).unwrap().starts_with("b "), "{by_rps}");
         assert!(by_rps.lines().nth(3).unwrap().contains("100.0"), "{by_rps}");
-        let by_memory = render_top(&before, &now, Duration::from_secs(2), SortBy::Memory);
+        let by_memory = screen(SortBy::Memory);
         assert!(
             by_memory.lines().nth(3).unwrap().starts_with("b "),
             "{by_memory}"
         );
+    }
+
+    /// Polled every second while reports come every 2 s, the request rate holds
+    /// steady instead of alternating between twice the rate and 0.
+    #[test]
+    fn request_rates_follow_the_reports_not_the_polls() {
+        let one = Duration::from_secs(1);
+        let mut rates = TopRates::default();
+        // 500 req/s; reports at t = 2, 4, 6 s (the first one holds what came before
+        // the master's first report time, so it gives no rate); polls at 1.5 s, 2.5 s,
+        // ... 6.5 s.
+        let polls = [
+            (0, 0),
+            (700, 2_000),
+            (700, 2_000),
+            (1700, 4_000),
+            (1700, 4_000),
+            (2700, 6_000),
+        ];
+        let mut before = Status {
+            tenants: vec![reported("a", 0.0, 0, 0)],
+            ..Default::default()
+        };
+        let mut shown = Vec::new();
+        for (count, at) in polls {
+            let now = Status {
+                tenants: vec![reported("a", 0.0, count, at)],
+                ..Default::default()
+            };
+            let screen = render_top(&before, &now, one, SortBy::Requests, &mut rates);
+            let row = screen.lines().nth(3).unwrap().to_string();
+            shown.push(row.split_whitespace().nth(3).unwrap().to_string());
+            before = now;
+        }
+        assert_eq!(shown, ["0.0", "0.0", "0.0", "500.0", "500.0", "500.0"]);
     }
 }

@@ -215,7 +215,7 @@ fn print_instructions(port: u16, base: &Path) {
          \n  curl -H 'Host: b.demo.test' http://127.0.0.1:{proxy}/           # the same through the proxy hand-over\
          \n  curl http://127.0.0.1:{port}/a.demo.test/ -H 'Host: nobody.test' # 404: unknown host\
          \n  ps -o user:20,pid,args -C condo                               # master root, dispatcher condo-demo, one worker per tenant\
-         \n  curl -H \"Authorization: Bearer $(sudo cat {base}/state/admin.token)\" http://127.0.0.1:{admin}/metrics   # per-tenant usage (Prometheus, admin's token), refreshed every 4 s\
+         \n  curl -H \"Authorization: Bearer $(sudo cat {base}/state/admin.token)\" http://127.0.0.1:{admin}/metrics   # per-tenant usage (Prometheus, admin's token), refreshed every 2 s\
          \n  {condo} usage -c {base}/condo.toml                   # the billing table (also after Ctrl-C)\
          \n\nStop with Ctrl-C; remove the demo users and files with `{condo} demo --clean`.\n",
         base = base.display(),

@@ -30,6 +30,7 @@ pub mod http;
 pub mod import;
 pub mod ipc;
 pub mod logging;
+pub mod manual;
 pub mod master;
 pub mod sandbox;
 pub mod sys;

@@ -115,6 +115,9 @@ enum Command {
         /// CSV instead of a table.
         #[arg(long)]
         csv: bool,
+        /// Only this tenant (a control panel's view of one customer).
+        #[arg(long)]
+        tenant: Option<String>,
     },
     /// Run a demo: two isolated tenants on 127.0.0.1 (creates system users as root).
     Demo {
@@ -142,8 +145,12 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
-    /// Print the man page (roff) to stdout: `condo man > condo.8`.
-    Man,
+    /// Print a manual page (roff): `condo man > condo.8`, `condo man --section 5 > condo.toml.5`.
+    Man {
+        /// 8: the commands (condo(8)); 5: every config key (condo.toml(5)).
+        #[arg(long, default_value = "8", value_parser = ["8", "5"])]
+        section: String,
+    },
     /// Internal: `condo check`'s look at a tenant's own files, run as the tenant.
     #[command(hide = true)]
     CheckAsTenant,
@@ -197,7 +204,7 @@ fn main() -> ExitCode {
             &cfg.config,
             condo::control::Request::RestartTenant { tenant },
         ),
-        Command::Man => man(),
+        Command::Man { section } => man(&section),
         Command::Import {
             from,
             files,
@@ -217,7 +224,8 @@ fn main() -> ExitCode {
             since,
             json,
             csv,
-        } => usage(&cfg.config, since.as_deref(), json, csv),
+            tenant,
+        } => usage(&cfg.config, since.as_deref(), tenant.as_deref(), json, csv),
         Command::Demo { clean: true, .. } => condo::demo::clean(),
         Command::Demo { clean: false, port } => condo::demo::run(port),
         Command::Dispatcher {
@@ -276,47 +284,15 @@ fn import(
     Ok(())
 }
 
-/// The man page: clap's description of every command (so it never drifts from the
-/// binary), plus the files and signals it cannot know.
-fn man() -> anyhow::Result<()> {
+/// A manual page, generated from the binary's own command and key definitions.
+fn man(section: &str) -> anyhow::Result<()> {
     use clap::CommandFactory;
     use std::io::Write as _;
-    let mut out = Vec::new();
-    clap_mangen::Man::new(Cli::command())
-        .section("8")
-        .render(&mut out)?;
-    out.extend_from_slice(
-        br#".SH SIGNALS
-.TP
-BTERMR, BINTR
-stop: children get TERM, then KILL after 5 s.
-.TP
-BHUPR
-reload the configuration; changed tenants' workers are replaced without dropping a connection.
-.TP
-BUSR1R
-reopen the error log and every site log (logrotate).
-.SH FILES
-.TP
-I/etc/condo/condo.tomlR
-the admin's configuration; site files are included from it.
-.TP
-Irun_dir/condo.pidR, Irun_dir/control.sockR
-the master's pid and its root-only control socket (status, top, restart-tenant, reload --tenant, upgrade).
-.TP
-Ilog_dir/error.logR, Ilog_dir/SITE.access.logR, Ilog_dir/SITE.error.logR
-the server's and each site's logs.
-.TP
-Istate_dir/usage.jsonR
-the usage ledger (condo usage).
-.TP
-Istate_dir/admin.tokenR
-the bearer token that /metrics on admin_listen asks for (made 0600 when missing; server.admin_token_file names another file).
-.SH SEE ALSO
-README.md and SECURITY.md in /usr/share/doc/condo.
-"#,
-    );
-    std::io::stdout().write_all(&out)?;
+    let page = match section {
+        "5" => condo::config::keys::man_page(env!("CARGO_PKG_VERSION")),
+        _ => condo::manual::condo_8(&Cli::command()),
+    };
+    std::io::stdout().write_all(page.as_bytes())?;
     Ok(())
 }
 
@@ -447,14 +423,19 @@ fn top(
     let dir = run_dir(config)?;
     let interval = std::time::Duration::from_secs_f64(interval.clamp(0.2, 3600.0));
     let mut before = fetch_status(&dir)?;
+    let mut taken = std::time::Instant::now();
+    let mut rates = condo::control::TopRates::default();
+    condo::control::render_top(&before, &before, interval, sort, &mut rates);
     let mut shown = 0;
     while iterations.is_none_or(|n| shown < n) {
         std::thread::sleep(interval);
         let now = fetch_status(&dir)?;
+        let elapsed = taken.elapsed();
+        taken = std::time::Instant::now();
         // Clear the screen and go home, as top does.
         print!(
             "\x1b[H\x1b[2J{}",
-            condo::control::render_top(&before, &now, interval, sort)
+            condo::control::render_top(&before, &now, elapsed, sort, &mut rates)
         );
         std::io::stdout().flush()?;
         before = now;
@@ -536,6 +517,7 @@ fn check(path: &std::path::Path, json: bool, tenant_files: bool) -> ExitCode {
 fn usage(
     config: &std::path::Path,
     since: Option<&str>,
+    tenant: Option<&str>,
     json: bool,
     csv: bool,
 ) -> anyhow::Result<()> {
@@ -559,7 +541,15 @@ fn usage(
         );
     }
     let ledger = Ledger::load(&path).context("reading the usage ledger")?;
-    let totals = ledger.totals(since);
+    let mut totals = ledger.totals(since);
+    if let Some(tenant) = tenant {
+        if !config.tenants.contains_key(tenant) && !totals.contains_key(tenant) {
+            anyhow::bail!("no tenant named {tenant:?} in the config or the usage ledger");
+        }
+        // A configured tenant with nothing recorded yet gets its row of zeros.
+        let own = totals.remove(tenant).unwrap_or_default();
+        totals = std::iter::once((tenant.to_string(), own)).collect();
+    }
     let rows = report::rows(&totals);
     let out = if json {
         report::json(&rows)

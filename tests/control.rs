@@ -62,6 +62,30 @@ fn status_top_and_restart_tenant() {
     let a = tenant(&status, "a");
     let worker_a = condo.wait_child("worker", Some("a"));
     assert_eq!(a["requests"], 5, "{status:#}");
+    // The documented, versioned shape control panels rely on.
+    assert_eq!(status["schema"], 1, "{status:#}");
+    assert!(
+        a["requests_at_ms"].as_u64().unwrap() > 1_700_000_000_000,
+        "{status:#}"
+    );
+    for key in [
+        "name",
+        "user",
+        "isolation",
+        "sites",
+        "workers",
+        "connections",
+        "queued",
+        "requests",
+        "requests_5xx",
+        "memory_bytes",
+        "memory_max",
+        "cpu_seconds",
+        "oom_kills",
+        "crashes",
+    ] {
+        assert!(a.get(key).is_some(), "no {key} in {a}");
+    }
     assert_eq!(a["workers"][0]["pid"], worker_a, "{status:#}");
     assert_eq!(a["workers"][0]["state"], "running");
     assert_eq!(a["isolation"], "standard");

@@ -1,5 +1,5 @@
 //! A worker that goes away takes everything it started with it (issue 21): killed, retired
-//! by a reload, or recycled at `max_requests`, its PHP and app processes are gone within
+//! by a reload, or recycled at `worker_max_requests`, its PHP and app processes are gone within
 //! a bound, deterministically, while the other tenant keeps being served.
 
 mod common;
@@ -194,13 +194,12 @@ fn a_worker_retired_by_a_reload_leaves_no_process() {
 }
 
 #[test]
-fn workers_recycled_at_max_requests_leave_no_process() {
+fn workers_recycled_at_worker_max_requests_leave_no_process() {
     if !require_root() {
         return;
     }
     // Every few requests the worker is replaced: each generation's processes must go.
-    // (php-cgi processes are recycled at the same count, so fewer may be alive at once.)
-    let s = Setup::new("max_requests = 4\n");
+    let s = Setup::new("worker_max_requests = 4\n");
     let mut seen: Vec<u32> = Vec::new();
     for _ in 0..4 {
         let procs = s.warm_a(2);

@@ -88,9 +88,14 @@ fn the_deb_installs_serves_with_sd_notify_and_purges() {
     let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     // What packaging/build-deb.sh does, from the binary this test run built (no
     // second cargo build inside `cargo test`).
-    let man = Command::new(CONDO).arg("man").output().unwrap();
-    assert!(man.status.success());
-    std::fs::write(manifest.join("target/condo.8"), &man.stdout).unwrap();
+    for (section, file) in [("8", "target/condo.8"), ("5", "target/condo.toml.5")] {
+        let man = Command::new(CONDO)
+            .args(["man", "--section", section])
+            .output()
+            .unwrap();
+        assert!(man.status.success());
+        std::fs::write(manifest.join(file), &man.stdout).unwrap();
+    }
     let deb = dir.path().join("condo.deb");
     run(Command::new("cargo")
         .args([
@@ -124,6 +129,22 @@ fn the_deb_installs_serves_with_sd_notify_and_purges() {
         .env("MANWIDTH", "80"));
     for section in ["SYNOPSIS", "restart-tenant", "SIGNALS", "control.sock"] {
         assert!(page.contains(section), "man page lacks {section}:\n{page}");
+    }
+    // Rendered, not raw roff or stray control characters (form feeds where font
+    // escapes were meant once read "BTERMR"), and no pages referred to that are not shipped.
+    for wrong in ["BTERMR", "\\f", "condo-serve(8)", "\u{c}"] {
+        assert!(!page.contains(wrong), "man page has {wrong:?}:\n{page}");
+    }
+    let keys = run(Command::new("man")
+        .args(["-l", "/usr/share/man/man5/condo.toml.5.gz"])
+        .env("MANWIDTH", "80"));
+    for key in [
+        "memory_max = ",
+        "worker_queue_max = ",
+        "deny_backup = ",
+        "processes_max = ",
+    ] {
+        assert!(keys.contains(key), "condo.toml(5) lacks {key}:\n{keys}");
     }
     run(Command::new("logrotate").args(["-d", "/etc/logrotate.d/condo"]));
     assert!(

@@ -1,4 +1,4 @@
-//! Tenant pools: scale to zero and back, recycling after max_requests and above
+//! Tenant pools: scale to zero and back, recycling after worker_max_requests and above
 //! worker_memory_max without losing a connection, workers_min, per-site max_clients
 //! with its queue, request_timeout, and several dispatchers.
 
@@ -70,12 +70,12 @@ fn idle_tenant_scales_to_zero_and_back() {
 }
 
 #[test]
-fn max_requests_recycles_without_dropping_a_keepalive_connection() {
+fn worker_max_requests_recycles_without_dropping_a_keepalive_connection() {
     if !require_root() {
         return;
     }
     let t = TwoTenants::new();
-    let config = t.config_tenants("", "max_requests = 5", "");
+    let config = t.config_tenants("", "worker_max_requests = 5", "");
     let condo = Condo::start(&config);
     // One connection, 23 requests: the worker is replaced four times under it.
     let mut client = Client::connect(condo.pass);
@@ -90,7 +90,7 @@ fn max_requests_recycles_without_dropping_a_keepalive_connection() {
     }
     let log = condo.log_text();
     assert!(
-        count(&log, "served 5 requests (max_requests)") >= 3,
+        count(&log, "served 5 requests (worker_max_requests)") >= 3,
         "expected several recycles; log:\n{log}"
     );
     assert!(
@@ -359,7 +359,7 @@ fn recycling_under_load_loses_nothing() {
         return;
     }
     let t = TwoTenants::new();
-    let config = t.config_tenants("", "max_requests = 200", "");
+    let config = t.config_tenants("", "worker_max_requests = 200", "");
     let condo = Condo::start(&config);
     for addr in [condo.pass, condo.proxy()] {
         let out = std::process::Command::new("wrk")
@@ -391,7 +391,7 @@ fn recycling_under_load_loses_nothing() {
         assert!(!text.contains("Non-2xx"), "{addr}:\n{text}");
     }
     let log = condo.log_text();
-    assert!(count(&log, "(max_requests)") >= 5, "{log}");
+    assert!(count(&log, "(worker_max_requests)") >= 5, "{log}");
     assert_eq!(count(&log, "worker exited"), 0, "{log}");
 }
 
@@ -502,4 +502,38 @@ fn admin_listener_health_and_loopback_only() {
         text.contains("key `server.admin_listen`") && text.contains("not a loopback address"),
         "{text}"
     );
+}
+
+/// condo's own worker is not replaced by request count unless `worker_max_requests`
+/// says so: past the old default of 10,000 requests the worker is the same process.
+#[test]
+fn the_worker_is_not_recycled_by_request_count_by_default() {
+    if !require_root() {
+        return;
+    }
+    let t = TwoTenants::new();
+    let condo = Condo::start(&t.config(""));
+    assert_eq!(condo.get("a.test", "/").1, "200");
+    let worker = condo.wait_child("worker", Some("a"));
+    // wrk in bounded rounds (at most 6 of 3 s) until 10,001 requests were answered.
+    let mut answered = 0u64;
+    for _ in 0..6 {
+        if answered > 10_000 {
+            break;
+        }
+        let out = std::process::Command::new("wrk")
+            .args(["-t1", "-c4", "-d3s", "-H", "Host: a.test"])
+            .arg(format!("http://{}/", condo.pass))
+            .output()
+            .expect("wrk is installed (.ci/run installs it)");
+        let text = String::from_utf8_lossy(&out.stdout);
+        answered += text
+            .lines()
+            .find_map(|l| l.trim().split(" requests in ").next()?.parse::<u64>().ok())
+            .unwrap_or_else(|| panic!("no request count from wrk: {text}"));
+        assert!(!text.contains("Non-2xx"), "{text}");
+    }
+    assert!(answered > 10_000, "only {answered} requests in 18 s");
+    assert_eq!(condo.children("worker", Some("a")), vec![worker]);
+    assert!(!condo.log_text().contains("worker_max_requests"));
 }

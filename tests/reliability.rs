@@ -729,7 +729,7 @@ fn h2_across_worker_recycling_loses_nothing() {
         return;
     }
     let t = TwoTenants::new();
-    let condo = Condo::start(&t.config_tenants("", "max_requests = 300", ""));
+    let condo = Condo::start(&t.config_tenants("", "worker_max_requests = 300", ""));
     let out = Command::new("h2load")
         .args([
             "-n",

@@ -344,7 +344,7 @@ fn soak_twenty_tenants_mixed_traffic_reloads_and_kills() {
     let mut main = format!(
         "[server]\nlisten = [{{ addr = \"127.0.0.1:0\", handover = \"pass\" }}, {{ addr = \"127.0.0.1:0\", handover = \"proxy\" }}]\n\
          tls_listen = [\"127.0.0.1:0\"]\nuser = \"{}\"\nuid_range = [100, 65000]\nlog_dir = \"{}\"\nrun_dir = \"{}\"\nstate_dir = \"{}\"\n\
-         cgroup_parent = \"condosoak{}\"\n[defaults]\nidle_timeout = \"10m\"\nmemory_max = \"512M\"\n",
+         cgroup_parent = \"condosoak{}\"\n[defaults]\nidle_timeout = \"10m\"\nmemory_max = \"512M\"\nworker_max_requests = 10000\n",
         dispatcher.name,
         base.join("log").display(),
         base.join("run").display(),
@@ -446,7 +446,8 @@ fn soak_twenty_tenants_mixed_traffic_reloads_and_kills() {
     // or a kill of the victim's worker.
     std::thread::sleep(Duration::from_secs(12));
     // Under load the process count is not a steady state: workers retire at
-    // `max_requests` and after reloads, each with its PHP processes until it has drained
+    // `worker_max_requests` (set to 10,000 here, so the soak keeps crossing
+    // recycles) and after reloads, each with its PHP processes until it has drained
     // (issue 21: a sample taken then counted a retiring worker and its two php-cgi
     // processes as growth). Counts are compared only once everything is quiet (below);
     // this sample is the memory baseline and a line of the per-minute log.

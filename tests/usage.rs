@@ -154,6 +154,22 @@ fn usage_counts_survive_scale_to_zero_reload_and_restart() {
         csv.lines().any(|l| l.starts_with("a,7,0,6,0,1,0,")),
         "{csv}"
     );
+    // One tenant's view, for a control panel: its row alone; a name that is no
+    // tenant is an error that names it.
+    let only_b = usage_json(&config, &["--json", "--tenant", "b"]);
+    assert_eq!(only_b.as_array().unwrap().len(), 1, "{only_b}");
+    assert_eq!(row(&only_b, "b")["requests"], 3, "{only_b}");
+    let unknown = Command::new(CONDO)
+        .args(["usage", "--tenant", "nosuch", "-c"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(!unknown.status.success());
+    assert!(
+        String::from_utf8_lossy(&unknown.stderr).contains("\"nosuch\""),
+        "{}",
+        String::from_utf8_lossy(&unknown.stderr)
+    );
     let bad = Command::new(CONDO)
         .args(["usage", "--since", "yesterday-ish", "-c"])
         .arg(&config)
@@ -161,4 +177,88 @@ fn usage_counts_survive_scale_to_zero_reload_and_restart() {
         .unwrap();
     assert!(!bad.status.success());
     assert!(String::from_utf8_lossy(&bad.stderr).contains("--since"));
+}
+
+/// The admin's live views: `/metrics` lists every tenant from the master's first
+/// write (not only once a tenant has traffic), and `condo top --interval 1` shows a
+/// steady request rate under steady load (workers report every 2 s: rates taken
+/// between polls alternated between twice the rate and 0).
+#[test]
+fn metrics_list_every_tenant_at_once_and_top_rates_hold_steady() {
+    if !require_root() {
+        return;
+    }
+    let t = TwoTenants::new();
+    let config = t.config("admin_listen = \"127.0.0.1:0\"");
+    let condo = Condo::start(&config);
+    let admin_in_log = || {
+        condo
+            .log_text()
+            .lines()
+            .find_map(|l| l.split("admin listener on ").nth(1))
+            .and_then(|r| r.split_whitespace().next())
+            .map(str::to_string)
+    };
+    assert!(eventually(Duration::from_secs(5), || admin_in_log().is_some()));
+    let admin = admin_in_log().unwrap();
+    let token = std::fs::read_to_string(t.dir.path().join("state/admin.token")).unwrap();
+    let bearer = format!("Authorization: Bearer {}", token.trim());
+    let scrape = || curl(&["-s", "-H", &bearer, &format!("http://{admin}/metrics")]).0;
+    for tenant in ["a", "b"] {
+        let series = format!("condo_workers{{tenant=\"{tenant}\"}}");
+        assert!(
+            eventually(Duration::from_secs(3), || scrape().contains(&series)),
+            "no {series} 3 s after start: {}",
+            scrape()
+        );
+    }
+
+    // Steady load on a for about 8 s (bounded in time and count), top polled every 1 s.
+    let addr = condo.pass;
+    let load = std::thread::spawn(move || {
+        let end = Instant::now() + Duration::from_secs(8);
+        let mut client = Client::connect(addr);
+        let mut sent = 0u32;
+        while Instant::now() < end && sent < 200_000 {
+            let r = client.get("a.test", "/");
+            assert_eq!(r.status, 200);
+            sent += 1;
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        sent
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let out = Command::new(CONDO)
+        .args([
+            "top",
+            "--interval",
+            "1",
+            "--iterations",
+            "6",
+            "--sort",
+            "requests",
+            "-c",
+        ])
+        .arg(&config)
+        .output()
+        .unwrap();
+    let sent = load.join().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    let rates: Vec<f64> = text
+        .lines()
+        .filter(|l| l.starts_with("a "))
+        .map(|l| l.split_whitespace().nth(3).unwrap().parse().unwrap())
+        .collect();
+    assert_eq!(rates.len(), 6, "{text}");
+    // The first screens may come before two reports; from the fourth on (3.5 s of
+    // load, at least one full report window) every screen shows the load.
+    assert!(
+        rates[3..].iter().all(|r| *r > 0.0),
+        "request rates {rates:?} while {sent} requests were sent over 8 s:\n{text}"
+    );
 }

@@ -162,6 +162,8 @@ struct RequestLabels {
 
 /// The Prometheus text format of everything the ledger knows, with the number of
 /// running workers per tenant.
+/// The Prometheus text; `workers` holds every configured tenant with its running
+/// worker count (0 when scaled to zero).
 pub fn prometheus(ledger: &Ledger, workers: &HashMap<String, usize>) -> String {
     let mut registry = Registry::with_prefix("condo");
     let requests = Family::<RequestLabels, Counter>::default();
@@ -209,7 +211,13 @@ pub fn prometheus(ledger: &Ledger, workers: &HashMap<String, usize>) -> String {
     let spawns = Family::<TenantLabel, Counter>::default();
     let memory = Family::<TenantLabel, Gauge>::default();
     let running = Family::<TenantLabel, Gauge>::default();
-    for (tenant, u) in ledger.totals(None) {
+    let mut totals = ledger.totals(None);
+    // Every tenant the master runs has its series from the first scrape (at 0), so
+    // rates and alerts do not start with a gap.
+    for tenant in workers.keys() {
+        totals.entry(tenant.clone()).or_default();
+    }
+    for (tenant, u) in totals {
         let label = TenantLabel {
             tenant: tenant.clone(),
         };

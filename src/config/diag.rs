@@ -96,10 +96,7 @@ impl Source {
         let mut items = Vec::new();
         for (k, v) in root {
             if k.get_ref() != key {
-                diags.push(self.error(
-                    k.get_ref(),
-                    "unknown key (check the spelling; README.md lists every key)",
-                ));
+                diags.push(self.unknown_key(k.get_ref()));
                 continue;
             }
             let span = v.span();
@@ -188,14 +185,20 @@ impl Source {
                 }
             }
         }
-        diags.extend(unknown.iter().map(|key| {
-            self.error(
-                &join(key),
-                "unknown key (check the spelling; README.md lists every key)",
-            )
-        }));
+        diags.extend(unknown.iter().map(|key| self.unknown_key(&join(key))));
         diags.sort_by_key(|d| (d.line, d.column));
         (result, diags)
+    }
+
+    /// An unknown key, with the known key of its section it is closest to.
+    fn unknown_key(&self, key: &str) -> Diagnostic {
+        match super::keys::suggest(key) {
+            Some(known) => self.error(key, format!("unknown key; did you mean `{known}`?")),
+            None => self.error(
+                key,
+                "unknown key (check the spelling; `man condo.toml` lists every key)",
+            ),
+        }
     }
 
     /// A diagnostic for `key` (dotted path, array indices as numbers), located at that

@@ -7,6 +7,7 @@
 mod accounts;
 mod diag;
 mod isolation;
+pub mod keys;
 mod limits;
 mod pool;
 pub mod user;
@@ -99,6 +100,10 @@ pub struct Server {
     /// started, or not taking them); beyond it they get 503 at once, so one tenant
     /// cannot hold what all share (`max_connections`).
     pub worker_queue_max: usize,
+    /// Connections of one tenant's sites a dispatcher relays at once (proxy hand-over,
+    /// the host's certificates, h2): past it 503, so one site under a slow-read flood
+    /// cannot take the `max_connections` every tenant shares.
+    pub tenant_relays_max: usize,
     /// Loopback address for `/metrics` (Prometheus) and `/health`; off when `None`.
     pub admin_listen: Option<SocketAddr>,
     /// The bearer token `/metrics` asks for (tenants' code reaches loopback too):
@@ -492,6 +497,7 @@ struct ServerSection {
     dispatchers: usize,
     #[serde(default = "default_worker_queue_max")]
     worker_queue_max: usize,
+    tenant_relays_max: Option<usize>,
     admin_listen: Option<String>,
     admin_token_file: Option<PathBuf>,
     #[serde(default)]
@@ -549,6 +555,7 @@ struct TenantSection {
     workers_max: Option<usize>,
     idle_timeout: Option<String>,
     max_requests: Option<u64>,
+    worker_max_requests: Option<u64>,
     request_timeout: Option<String>,
     worker_memory_max: Option<String>,
     memory_max: Option<String>,
@@ -584,6 +591,7 @@ impl TenantSection {
             workers_max: self.workers_max,
             idle_timeout: self.idle_timeout.clone(),
             max_requests: self.max_requests,
+            worker_max_requests: self.worker_max_requests,
             request_timeout: self.request_timeout.clone(),
             worker_memory_max: self.worker_memory_max.clone(),
         }
@@ -1161,6 +1169,16 @@ fn validate_server(
             diags.push(source.error(key, format!("must be between {min} and {max}")));
         }
     }
+    // A quarter of what all share: one tenant's flood leaves three quarters to the rest.
+    let tenant_relays_max = s
+        .tenant_relays_max
+        .unwrap_or((limits.max_connections / 4).max(1));
+    if !(1..=1 << 20).contains(&tenant_relays_max) {
+        diags.push(source.error(
+            "server.tenant_relays_max",
+            format!("must be between 1 and {}", 1 << 20),
+        ));
+    }
     if diags.len() > before {
         return None;
     }
@@ -1175,6 +1193,7 @@ fn validate_server(
         worker_threads: s.worker_threads,
         dispatchers: s.dispatchers,
         worker_queue_max: s.worker_queue_max,
+        tenant_relays_max,
         admin_listen,
         admin_token_file,
         cgroup: s.cgroup,
@@ -1818,6 +1837,31 @@ mod tests {
 
     const SITE: &str =
         "[[site]]\nname = \"a.test\"\ntenant = \"a\"\nroot = \"/srv\"\n\n[[site.route]]\n";
+
+    /// An unknown key names the known key of its section it is closest to, at its line.
+    #[test]
+    fn a_typo_names_the_key_meant() {
+        let text = "[[site]]\nname = \"a.test\"\ntenant = \"a\"\nroot = \"/srv\"\ndeny_hiden = true\n\n\
+                    [[site.route]]\nsuffix = \".php\"\nhandler = \"fastcgi\"\nprocesses = 2\ncomand = [\"php-cgi\"]\n";
+        let source = Source::from_text(Path::new("site.toml"), text.to_string());
+        let (_, diags) = source.deserialize::<SiteFile>();
+        let mut msgs: Vec<String> = diags.iter().map(ToString::to_string).collect();
+        msgs.sort();
+        assert_eq!(
+            msgs,
+            [
+                "site.toml:10:1: key `site.0.route.0.processes`: unknown key; did you mean `processes_max`?",
+                "site.toml:11:1: key `site.0.route.0.comand`: unknown key; did you mean `command`?",
+                "site.toml:5:1: key `site.0.deny_hiden`: unknown key; did you mean `deny_hidden`?",
+            ]
+        );
+        let source = Source::from_text(Path::new("main.toml"), "[server]\nzzzzzz = 1\n".into());
+        let (_, diags) = source.deserialize::<MainFile>();
+        assert_eq!(
+            diags[0].message,
+            "unknown key (check the spelling; `man condo.toml` lists every key)"
+        );
+    }
 
     #[test]
     fn fastcgi_routes_are_validated() {

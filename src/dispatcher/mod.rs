@@ -165,6 +165,7 @@ async fn serve(
             workers::Queue {
                 deadline: init.limits.header_timeout,
                 max: init.worker_queue_max,
+                relays_max: init.tenant_relays_max,
             },
         )
         .map_err(anyhow::Error::msg)?,

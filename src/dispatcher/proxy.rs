@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::os::fd::OwnedFd;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::{Buf, BytesMut};
@@ -58,7 +59,7 @@ impl Upstreams {
     /// another request; `Err(status)`: answer the client with that status and close.
     pub async fn forward(
         &mut self,
-        workers: &Workers,
+        workers: &Arc<Workers>,
         client: &mut Client,
         client_buf: &mut BytesMut,
         req: Request<'_>,
@@ -108,7 +109,7 @@ fn upstream_closed(stream: &UnixStream) -> bool {
     !matches!(stream.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
 }
 
-async fn open(workers: &Workers, req: &Request<'_>) -> Result<Upstream, u16> {
+async fn open(workers: &Arc<Workers>, req: &Request<'_>) -> Result<Upstream, u16> {
     let relay = open_relay(workers, req.route, req.peer, req.local, req.secure).await?;
     Ok(Upstream {
         stream: relay.stream,
@@ -120,12 +121,13 @@ async fn open(workers: &Workers, req: &Request<'_>) -> Result<Upstream, u16> {
 /// A fresh stream to the worker of `route`'s tenant, which serves it as one client
 /// connection of that site (HTTP/1.1). `Err`: the status to answer instead.
 pub async fn open_relay(
-    workers: &Workers,
+    workers: &Arc<Workers>,
     route: &Route,
     peer: SocketAddr,
     local: SocketAddr,
     secure: bool,
 ) -> Result<crate::http::h2::Relay, u16> {
+    let slot = workers.relay_slot(&route.tenant).ok_or(503u16)?;
     let (mine, theirs) = std::os::unix::net::UnixStream::pair().map_err(|_| 503u16)?;
     let handoff = Handoff {
         handover: Handover::Proxy,
@@ -144,6 +146,13 @@ pub async fn open_relay(
         .map_err(|_| 503u16)?;
     mine.set_nonblocking(true).map_err(|_| 503u16)?;
     let stream = UnixStream::from_std(mine).map_err(|_| 503u16)?;
+    // Whoever keeps the relay keeps its liveness check (a kept HTTP/1 upstream, an h2
+    // connection's idle relays), so the check carries the slot: it is counted exactly
+    // as long as the relay can still be used.
+    let alive: crate::http::h2::Liveness = std::sync::Arc::new(move || {
+        let _counted = &slot;
+        alive()
+    });
     Ok(crate::http::h2::Relay { stream, alive })
 }
 

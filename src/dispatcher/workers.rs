@@ -76,11 +76,15 @@ pub struct Queue {
     pub deadline: Duration,
     /// Connections waiting at once for one tenant's worker (`worker_queue_max`).
     pub max: usize,
+    /// Connections relayed at once to one tenant's worker (`tenant_relays_max`).
+    pub relays_max: usize,
 }
 
 #[derive(Default)]
 struct TenantWaits {
     waiting: usize,
+    /// Relays to the tenant's worker open now.
+    relays: usize,
     /// When a failure was last logged for this tenant, and how many were not since.
     logged_at: Option<Instant>,
     unlogged: u64,
@@ -105,6 +109,26 @@ impl Drop for Waiting<'_> {
             .unwrap_or_else(|e| e.into_inner());
         if let Some(t) = tenants.get_mut(self.tenant) {
             t.waiting = t.waiting.saturating_sub(1);
+        }
+    }
+}
+
+/// One relayed connection of a tenant's, counted against `tenant_relays_max` until
+/// dropped.
+pub struct RelaySlot {
+    workers: Arc<Workers>,
+    tenant: String,
+}
+
+impl Drop for RelaySlot {
+    fn drop(&mut self) {
+        let mut tenants = self
+            .workers
+            .tenants
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(t) = tenants.get_mut(&self.tenant) {
+            t.relays = t.relays.saturating_sub(1);
         }
     }
 }
@@ -140,6 +164,29 @@ impl Workers {
         Some(Waiting {
             workers: self,
             tenant,
+        })
+    }
+
+    /// Count a relay to `tenant`'s worker for as long as the returned slot lives;
+    /// `None` when `tenant_relays_max` are open.
+    pub fn relay_slot(self: &Arc<Self>, tenant: &str) -> Option<RelaySlot> {
+        let mut tenants = self.tenants.lock().unwrap_or_else(|e| e.into_inner());
+        let t = tenants.entry(tenant.to_string()).or_default();
+        if t.relays >= self.queue.relays_max {
+            drop(tenants);
+            self.log_failure(
+                tenant,
+                format_args!(
+                    "tenant_relays_max ({}) relayed connections open: 503",
+                    self.queue.relays_max
+                ),
+            );
+            return None;
+        }
+        t.relays += 1;
+        Some(RelaySlot {
+            workers: self.clone(),
+            tenant: tenant.to_string(),
         })
     }
 
@@ -443,6 +490,7 @@ mod tests {
         let queue = Queue {
             deadline: Duration::from_millis(300),
             max: 2,
+            relays_max: 4,
         };
         let workers = Workers::new(Arc::new(Channel::new(ours).unwrap()), queue).unwrap();
         let (fd, _other) = std::os::unix::net::UnixStream::pair().unwrap();
@@ -491,6 +539,7 @@ mod tests {
         let queue = Queue {
             deadline: Duration::from_secs(5),
             max: 16,
+            relays_max: 4,
         };
         let workers = Workers::new(Arc::new(Channel::new(ours).unwrap()), queue).unwrap();
         let (resumed_tx, mut resumed) = tokio::sync::mpsc::unbounded_channel();

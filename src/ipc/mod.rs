@@ -32,6 +32,8 @@ pub struct DispatcherInit {
     pub limits: ClientLimits,
     /// Connections that may wait at once for one tenant's worker.
     pub worker_queue_max: usize,
+    /// Connections of one tenant's sites relayed at once.
+    pub tenant_relays_max: usize,
     pub certificates: Vec<ProviderCertPem>,
     pub proxy_protocol_from: Vec<ipnet::IpNet>,
     /// The Prometheus text the master rewrites every few seconds, served on the admin

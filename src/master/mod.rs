@@ -31,13 +31,20 @@ const SAMPLE_EVERY: Duration = Duration::from_secs(2);
 /// How long a new dispatcher may take to say it has its config (a few MiB of routes
 /// for 10,000 tenants decode in well under a second).
 const DISPATCHER_READY_WITHIN: Duration = Duration::from_secs(30);
-/// Every this many samples the metrics file and the ledger are written (4 s).
-const PUBLISH_EVERY_TICKS: u64 = 2;
+/// Every this many samples the ledger is saved (4 s); the metrics file is written at
+/// every sample, so `/metrics` is never more than one sample behind.
+const SAVE_LEDGER_EVERY_TICKS: u64 = 2;
 
 fn unix_now() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
+}
+
+fn unix_now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 fn cgroup_sample(stats: &cgroup::CgroupStats) -> CgroupSample {
@@ -284,6 +291,9 @@ pub struct Master {
     removals_stop: cgroup::StopFlag,
     /// OOM kills of each live group already reported.
     oom_seen: HashMap<String, u64>,
+    /// When each tenant's workers last reported their request counts (ms since the
+    /// epoch): `condo top` takes request rates between these, not between its polls.
+    usage_reported_ms: HashMap<String, u64>,
     ledger: Ledger,
     /// Where the ledger is saved; `None` when it could not be read at start (then it
     /// is not overwritten: billing data is never replaced by an empty ledger).
@@ -553,6 +563,7 @@ impl Master {
             retiring,
             removals_stop: Default::default(),
             oom_seen: HashMap::new(),
+            usage_reported_ms: HashMap::new(),
             ledger,
             ledger_file,
             metrics_gid,
@@ -603,8 +614,10 @@ impl Master {
                     self.sample_cgroups();
                     self.start_removals();
                     ticks += 1;
-                    if ticks.is_multiple_of(PUBLISH_EVERY_TICKS) {
-                        self.publish();
+                    self.publish_metrics();
+                    if ticks.is_multiple_of(SAVE_LEDGER_EVERY_TICKS) {
+                        self.ledger.compact(unix_now());
+                        self.save_ledger();
                     }
                 }
                 Some(event) = self.events.recv() => self.handle(event).await,
@@ -731,6 +744,7 @@ impl Master {
                     .map(|s| s.name.as_str())
                     .collect();
                 self.ledger.apply_report(&tenant, &own, &deltas, unix_now());
+                self.usage_reported_ms.insert(tenant, unix_now_ms());
             }
             Event::FromWorker(tenant, _pid, WorkerToMaster::UserLayer(layer)) => {
                 // Only the tenant's own sites: the worker checked, the master (root,
@@ -807,18 +821,23 @@ impl Master {
 
     /// Write the Prometheus text for the admin listener and save the ledger.
     fn publish(&mut self) {
+        self.publish_metrics();
+        self.ledger.compact(unix_now());
+        self.save_ledger();
+    }
+
+    fn publish_metrics(&self) {
         let workers: HashMap<String, usize> = self
-            .workers
-            .iter()
-            .map(|(t, ws)| (t.clone(), ws.len()))
+            .config
+            .tenants
+            .keys()
+            .map(|t| (t.clone(), self.workers.get(t).map_or(0, Vec::len)))
             .collect();
         let text = crate::accounting::report::prometheus(&self.ledger, &workers);
         let path = spawn::metrics_file(&self.config);
         if let Err(e) = write_readable_by(&path, text.as_bytes(), self.metrics_gid) {
             warn!("writing {}: {e}", path.display());
         }
-        self.ledger.compact(unix_now());
-        self.save_ledger();
     }
 
     fn save_ledger(&self) {
@@ -1167,7 +1186,7 @@ impl Master {
     /// SIGHUP: read the config again. On errors in the main file keep the running
     /// config. Otherwise switch to the new one: dispatchers get the new routes, the
     /// workers of tenants whose settings or sites changed are replaced the way
-    /// `max_requests` replaces them (no connection lost), the others stay untouched.
+    /// `worker_max_requests` replaces them (no connection lost), the others stay untouched.
     /// Read the config again and apply it; `only`: apply just that tenant's part (its
     /// section and its sites), keeping everything else as it runs. `Err`: why nothing
     /// was applied.
@@ -1575,6 +1594,7 @@ impl Master {
                         .sum(),
                     queued: workers.iter().flat_map(|w| &w.load).map(|l| l.queued).sum(),
                     requests,
+                    requests_at_ms: self.usage_reported_ms.get(&t.name).copied().unwrap_or(0),
                     requests_5xx,
                     memory_bytes: stats.memory_bytes,
                     memory_max: t.limits.memory_max,
@@ -1588,6 +1608,7 @@ impl Master {
             })
             .collect();
         Status {
+            schema: crate::control::STATUS_SCHEMA,
             pid: std::process::id(),
             version: env!("CARGO_PKG_VERSION").to_string(),
             config: self.config.file.clone(),

@@ -375,6 +375,7 @@ pub async fn start_dispatcher(
         routing: routing(config),
         limits: config.server.limits,
         worker_queue_max: config.server.worker_queue_max,
+        tenant_relays_max: config.server.tenant_relays_max,
         metrics_file: metrics.clone(),
         admin_token: super::admin_token::load(config)?,
         certificates: provider_certificates(config)?,

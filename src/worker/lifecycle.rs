@@ -1,5 +1,5 @@
 //! When a worker leaves: after `idle_timeout` without a connection (scale to zero),
-//! after `max_requests`, or above `worker_memory_max`. It never just exits: it asks the
+//! after `worker_max_requests`, or above `worker_memory_max`. It never just exits: it asks the
 //! master, tells its dispatchers, hands idle connections back and finishes the requests
 //! it is serving (see the retire steps in [`crate::ipc`]).
 
@@ -26,7 +26,7 @@ pub struct Lifecycle {
     /// Set once retiring and every dispatcher has let go (said `Retired` or closed its
     /// link): no new request reaches this worker after that.
     released: watch::Sender<bool>,
-    /// Wakes the monitor early (`max_requests` reached).
+    /// Wakes the monitor early (`worker_max_requests` reached).
     check_now: Notify,
     peers: Mutex<Vec<Weak<PeerChannel>>>,
     /// Dispatcher links still open: a retiring worker leaves when all are closed.
@@ -83,7 +83,7 @@ impl Lifecycle {
     }
 
     pub fn request_done(&self) {
-        if self.served.fetch_add(1, Ordering::Relaxed) + 1 == self.pool.max_requests {
+        if Some(self.served.fetch_add(1, Ordering::Relaxed) + 1) == self.pool.worker_max_requests {
             self.check_now.notify_one();
         }
     }
@@ -103,8 +103,10 @@ impl Lifecycle {
     /// Why this worker should be replaced now, if it should.
     fn reason_to_leave(&self) -> Option<String> {
         let served = self.served.load(Ordering::Relaxed);
-        if served >= self.pool.max_requests {
-            return Some(format!("served {served} requests (max_requests)"));
+        if let Some(max) = self.pool.worker_max_requests
+            && served >= max
+        {
+            return Some(format!("served {served} requests (worker_max_requests)"));
         }
         if let Some(max) = self.pool.worker_memory_max
             && let Some(rss) = resident_bytes()
