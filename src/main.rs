@@ -367,8 +367,14 @@ fn reload_tenant(config: &std::path::Path, tenant: &str) -> ExitCode {
     .and_then(|r| r.user_config.unwrap_or_else(|| Err("no answer".into())));
     let sites: Vec<condo::config::Site> = c.tenant_sites(tenant).cloned().collect();
     let result = match text {
-        // No file is no layer: the admin's settings apply alone.
-        Err(e) if e.contains("No such file") => Ok(Vec::new()),
+        // No file is no layer, as for the worker: the admin's settings apply alone.
+        Err(e) if e.contains("No such file") => {
+            println!(
+                "condo: tenant {tenant}'s own file {} does not exist: the admin's settings apply alone",
+                file.display()
+            );
+            return ExitCode::SUCCESS;
+        }
         Err(e) => Err(vec![diagnostic(&file, e)]),
         Ok(text) => condo::config::user::parse(&file, text, &sites, &t.user_config_locked, &t.pool),
     };

@@ -400,6 +400,10 @@ fn reload_of_one_tenant_says_what_it_applied_what_it_left_and_a_rejected_own_fil
         "{out}"
     );
     assert!(!out.contains("certificates again"), "a is not b:\n{out}");
+    assert!(
+        out.contains("does not exist: the admin's settings apply alone"),
+        "{out}"
+    );
     assert_eq!(condo_run.wait_child("worker", Some("a")), worker_a);
 
     // Both edited, b reloaded: b applied, a left and named.
