@@ -1,3 +1,6 @@
+// The binary only parses arguments and calls the library; no unsafe code here.
+#![forbid(unsafe_code)]
+
 use std::os::fd::RawFd;
 use std::path::PathBuf;
 use std::process::ExitCode;

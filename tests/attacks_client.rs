@@ -65,13 +65,13 @@ fn huge_chunk_sizes_are_answered_at_once() {
     let condo = Condo::start(&config_path(&t));
     for addr in [condo.pass, condo.proxy()] {
         for (size, allowed) in [
-            // Past any length a body can have: malformed (400), or over the CGI
-            // handler's 8 MiB (413) where that check comes first.
+            // Past any length a body can have: malformed (400), or over the site's
+            // max_body (413) where that check comes first.
             ("ffffffffffffffff", &[400u16, 413][..]),
             ("10000000000000000", &[400, 413]),
-            // A length, but past the 8 MiB a chunked CGI body may have.
+            // A length, but past the site's max_body (default 64 MiB).
             ("fffffff", &[413]),
-            ("800001", &[413]),
+            ("4000001", &[413]),
         ] {
             let request = format!(
                 "POST /cgi-bin/echo.sh HTTP/1.1\r\nHost: a.test\r\nTransfer-Encoding: chunked\r\n\r\n{size}\r\n"

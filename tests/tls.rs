@@ -165,7 +165,7 @@ impl Setup {
             t.script(
                 name,
                 "cgi-bin/https.sh",
-                "#!/bin/sh\nprintf 'Content-Type: text/plain\\n\\nhttps=%s\\n' \"${HTTPS:-off}\"\n",
+                "#!/bin/sh\nprintf 'Content-Type: text/plain\\n\\nhttps=%s %s\\n' \"${HTTPS:-off}\" \"$REQUEST_SCHEME\"\n",
             );
             t.append_site(
                 name,
@@ -226,14 +226,14 @@ fn own_and_provider_certificates_sni_and_host() {
     // Scripts know the request came over HTTPS, on both paths, and plain HTTP is not.
     for sni in ["a.test", "b.hosting.test"] {
         let (out, ok) = https(&condo, ca, sni, None, "/cgi-bin/https.sh");
-        assert!(ok && out == "https=on\n\n200", "{sni}: {out}");
+        assert!(ok && out == "https=on https\n\n200", "{sni}: {out}");
     }
     let (out, _) = curl(&[
         "-H",
         "Host: b.test",
         &format!("http://{}/cgi-bin/https.sh", condo.pass),
     ]);
-    assert_eq!(out, "https=off\n");
+    assert_eq!(out, "https=off http\n");
     // a redirects plain HTTP to HTTPS and sends HSTS over HTTPS only.
     for addr in [condo.pass, condo.proxy()] {
         let (head, _) = curl(&["-si", "-H", "Host: a.test", &format!("http://{addr}/x?y=1")]);
@@ -433,7 +433,7 @@ fn http2_over_tls_and_h2c() {
     // Scripts through h2 on both paths, with a request body.
     for sni in ["a.test", "b.hosting.test"] {
         let (out, ok) = h2(sni, None, "/cgi-bin/https.sh");
-        assert!(ok && out == "https=on\n\n2 200", "{sni}: {out}");
+        assert!(ok && out == "https=on https\n\n2 200", "{sni}: {out}");
     }
     let (out, _) = h2("a.test", Some("b.test"), "/");
     assert!(out.ends_with("2 421"), "{out}");
@@ -466,7 +466,7 @@ fn http2_over_tls_and_h2c() {
             "\n%{http_version} %{http_code}",
             &format!("http://{addr}/cgi-bin/https.sh"),
         ]);
-        assert!(ok && out == "https=off\n\n2 200", "{addr}: {out}");
+        assert!(ok && out == "https=off http\n\n2 200", "{addr}: {out}");
     }
 }
 

@@ -188,7 +188,27 @@ pub struct Site {
     pub https_redirect: Option<u16>,
     /// `Strict-Transport-Security` value for HTTPS responses.
     pub hsts: Option<String>,
+    /// The front controller (`/index.php`): serves, with the original REQUEST_URI,
+    /// every request whose path names neither a file nor a directory (nginx's
+    /// `try_files $uri $uri/ /index.php?$args`). A normalised path below the root.
+    pub fallback: Option<String>,
+    /// The largest request body accepted, in bytes, for Content-Length and chunked
+    /// bodies alike: past it, 413 before the body is read or any script starts.
+    pub max_body: u64,
+    /// Status → page below the site root that answers condo's own errors of that
+    /// status (a script page runs with REDIRECT_STATUS and REDIRECT_URL).
+    pub error_pages: Vec<(u16, String)>,
+    /// Path prefixes (each ending in `/`) under which no script handler runs: a path
+    /// there that a CGI, FastCGI or app route would take is 403, never run, never
+    /// served as source.
+    pub no_scripts: Vec<String>,
 }
+
+/// `max_body` when the site sets none: what PHP apps' upload forms expect, and small
+/// enough that one site's clients cannot stream a disk's worth into a script.
+pub const DEFAULT_MAX_BODY: u64 = 64 << 20;
+/// The largest `max_body` an admin may set.
+pub const MAX_BODY_LIMIT: u64 = 16 << 30;
 
 /// `https_redirect = true` (port 443) or the HTTPS port.
 #[derive(Deserialize)]
@@ -263,6 +283,14 @@ pub enum Handler {
 }
 
 impl Site {
+    /// The page that answers condo's own errors of this status (`error_pages`).
+    pub fn error_page(&self, status: u16) -> Option<&str> {
+        self.error_pages
+            .iter()
+            .find(|(s, _)| *s == status)
+            .map(|(_, page)| page.as_str())
+    }
+
     /// The names this site refuses to serve, whichever handler would serve them.
     pub fn deny(&self) -> crate::http::path::Deny {
         crate::http::path::Deny {
@@ -646,6 +674,12 @@ struct SiteSection {
     hsts: Option<String>,
     queue_max: Option<usize>,
     queue_timeout: Option<String>,
+    fallback: Option<String>,
+    max_body: Option<String>,
+    #[serde(default)]
+    error_pages: BTreeMap<String, String>,
+    #[serde(default)]
+    no_scripts: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -1444,6 +1478,88 @@ fn validate_site(
             "queue_max and queue_timeout need max_clients: without a cap nothing queues",
         ));
     }
+    let fallback = s.fallback.as_ref().and_then(|f| {
+        let k = format!("{key}.fallback");
+        page_path(source, &k, f, deny, diags)
+    });
+    let max_body = match s.max_body.as_deref() {
+        None => DEFAULT_MAX_BODY,
+        Some(text) => match parse_size(text) {
+            Some(0) => {
+                diags.push(source.error(
+                    &format!("{key}.max_body"),
+                    "0 is not a limit here (nginx and Apache read it as \"unlimited\"): \
+                     write the largest body you accept, such as \"64M\"",
+                ));
+                DEFAULT_MAX_BODY
+            }
+            Some(n) if n <= MAX_BODY_LIMIT => n,
+            _ => {
+                diags.push(source.error(
+                    &format!("{key}.max_body"),
+                    format!(
+                        "`{text}` is not a size between 1 and 16G such as \"64M\" \
+                         (suffixes K, M, G)"
+                    ),
+                ));
+                DEFAULT_MAX_BODY
+            }
+        },
+    };
+    let mut error_pages = Vec::new();
+    for (status, page) in &s.error_pages {
+        let k = format!("{key}.error_pages.{status}");
+        match status.parse::<u16>() {
+            Ok(code) if (400..=599).contains(&code) => {
+                if let Some(path) = page_path(source, &k, page, deny, diags) {
+                    error_pages.push((code, path));
+                }
+            }
+            _ => diags.push(source.error(
+                &k,
+                format!("`{status}` is not an error status (400 to 599)"),
+            )),
+        }
+    }
+    let mut no_scripts = Vec::new();
+    for (j, prefix) in s.no_scripts.iter().enumerate() {
+        let normalised = crate::http::path::normalize(prefix).is_ok_and(|n| &n == prefix);
+        if prefix.starts_with('/') && prefix.ends_with('/') && prefix.len() > 1 && normalised {
+            no_scripts.push(prefix.clone());
+        } else {
+            diags.push(source.error(
+                &format!("{key}.no_scripts.{j}"),
+                format!(
+                    "`{prefix}` is not a directory path below the root such as \"/uploads/\" \
+                     (absolute, normalised, ending in /)"
+                ),
+            ));
+        }
+    }
+    // A script the site names itself but would refuse to run (no_scripts): every
+    // request it should answer would get 403 instead.
+    let pages = fallback
+        .iter()
+        .map(|f| (format!("{key}.fallback"), f))
+        .chain(
+            error_pages
+                .iter()
+                .map(|(status, page)| (format!("{key}.error_pages.{status}"), page)),
+        );
+    for (k, page) in pages {
+        let script = routes
+            .iter()
+            .find(|r| r.matches(page))
+            .is_some_and(|r| r.handler != Handler::Static);
+        if let Some(prefix) = no_scripts.iter().find(|p| page.starts_with(p.as_str()))
+            && script
+        {
+            diags.push(source.error(
+                &k,
+                format!("`{page}` is a script under no_scripts `{prefix}`, where none may run"),
+            ));
+        }
+    }
     if diags.len() > before {
         return None;
     }
@@ -1475,7 +1591,45 @@ fn validate_site(
         hsts: s.hsts,
         queue_max,
         queue_timeout,
+        fallback,
+        max_body,
+        error_pages,
+        no_scripts,
     })
+}
+
+/// A file path below the site root that a site key names (`fallback`, an error
+/// page): absolute, normalised (so it cannot climb out of the root), a file rather than
+/// a directory, and a name the site serves at all.
+fn page_path(
+    source: &Source,
+    key: &str,
+    path: &str,
+    deny: crate::http::path::Deny,
+    diags: &mut Vec<Diagnostic>,
+) -> Option<String> {
+    let normalised = crate::http::path::normalize(path).is_ok_and(|n| n == path);
+    if !path.starts_with('/') || path.ends_with('/') || !normalised {
+        diags.push(source.error(
+            key,
+            format!(
+                "`{path}` is not a file path below the site root such as \"/index.php\" \
+                 (absolute, normalised, no `..`, not a directory)"
+            ),
+        ));
+        return None;
+    }
+    if crate::http::path::denied(path, deny) {
+        diags.push(source.error(
+            key,
+            format!(
+                "`{path}` is a hidden or backup file name, which this site refuses to serve \
+                 (deny_hidden, deny_backup)"
+            ),
+        ));
+        return None;
+    }
+    Some(path.to_string())
 }
 
 fn validate_route(

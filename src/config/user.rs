@@ -241,6 +241,10 @@ mod tests {
             tls: None,
             https_redirect: None,
             hsts: None,
+            fallback: None,
+            max_body: crate::config::DEFAULT_MAX_BODY,
+            error_pages: vec![],
+            no_scripts: vec![],
         }
     }
 

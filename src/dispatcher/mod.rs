@@ -112,7 +112,7 @@ pub fn run(ipc_fd: RawFd, listener_fds: &[RawFd], run_dir: &std::path::Path) -> 
         // The master may send a routing table of any size (sealed memfd).
         let master: Arc<MasterChannel> = Arc::new(Channel::new(master_fd)?.accept_sealed());
         let init = match master.recv().await? {
-            Some((MasterToDispatcher::Init(init), _)) => init,
+            Some((MasterToDispatcher::Init(init), _)) => *init,
             other => bail!("expected Init from the master, got {other:?}"),
         };
         if init.listeners.len() != listeners.len() {
@@ -252,7 +252,7 @@ async fn accept_loop(dispatcher: Arc<Dispatcher>, listener: OwnedFd, info: Liste
         .ok()
         .and_then(|a| SocketAddr::try_from(a).ok())
         .unwrap_or(info.addr);
-    let listener = match crate::sys::async_fd(listener, Interest::READABLE) {
+    let listener = match crate::sandbox::sys::async_fd(listener, Interest::READABLE) {
         Ok(l) => l,
         Err(e) => {
             warn!("listener {}: {e}", info.addr);

@@ -76,9 +76,28 @@ pub async fn read_head<S: AsyncRead + Unpin>(
 pub async fn relay_body<R, W>(
     src: &mut R,
     src_buf: &mut BytesMut,
+    dst: Option<&mut W>,
+    framing: &BodyFraming,
+    idle: Duration,
+) -> io::Result<u64>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    relay_body_max(src, src_buf, dst, framing, idle, u64::MAX).await
+}
+
+/// [`relay_body`] for a chunked body of at most `max` payload bytes: past it, an error
+/// that [`client_fault`] answers with 413, raised at the chunk size that crosses it
+/// (before the chunk's data is read). A Content-Length body is the caller's to check
+/// against `max` before it starts.
+pub async fn relay_body_max<R, W>(
+    src: &mut R,
+    src_buf: &mut BytesMut,
     mut dst: Option<&mut W>,
     framing: &BodyFraming,
     idle: Duration,
+    max: u64,
 ) -> io::Result<u64>
 where
     R: AsyncRead + Unpin,
@@ -103,7 +122,7 @@ where
             }
         }
         BodyFraming::Chunked => {
-            let mut decoder = ChunkedDecoder::new();
+            let mut decoder = ChunkedDecoder::with_limit(max);
             loop {
                 if src_buf.is_empty() {
                     fill(src, src_buf, idle, CHUNKED_READ).await?;
@@ -183,22 +202,63 @@ pub async fn read_chunked_payload<R: AsyncRead + Unpin>(
     limit: usize,
     idle: Duration,
 ) -> io::Result<Vec<u8>> {
-    // The decoder refuses a chunk size past the limit as soon as it reads it.
-    let mut decoder = ChunkedDecoder::with_limit(limit as u64);
+    let mut reader = ChunkedPayload::new(limit as u64);
     let mut payload = Vec::new();
-    loop {
-        if src_buf.is_empty() {
-            fill(src, src_buf, idle, CHUNKED_READ).await?;
+    while let Some(data) = reader.next(src, src_buf, idle).await? {
+        payload.extend_from_slice(&data);
+    }
+    Ok(payload)
+}
+
+/// The payload of a chunked body, piece by piece, for a consumer that keeps it
+/// somewhere of its own (memory, then a spool file). More than `limit` payload bytes
+/// is an error that [`client_fault`] answers with 413, raised at the chunk size that
+/// crosses it, before that chunk's data is read.
+pub struct ChunkedPayload {
+    decoder: ChunkedDecoder,
+    done: bool,
+}
+
+impl ChunkedPayload {
+    pub fn new(limit: u64) -> Self {
+        Self {
+            decoder: ChunkedDecoder::with_limit(limit),
+            done: false,
         }
-        let (consumed, step) = decoder.decode(src_buf).map_err(chunked_error)?;
-        if let Step::Data { start, end } = step {
-            payload.extend_from_slice(&src_buf[start..end]);
+    }
+
+    /// The next piece of the payload; `None` once the body (trailers included) ended,
+    /// with the bytes after it left in `src_buf`.
+    pub async fn next<R: AsyncRead + Unpin>(
+        &mut self,
+        src: &mut R,
+        src_buf: &mut BytesMut,
+        idle: Duration,
+    ) -> io::Result<Option<Vec<u8>>> {
+        if self.done {
+            return Ok(None);
         }
-        src_buf.advance(consumed);
-        match step {
-            Step::Done { .. } => return Ok(payload),
-            Step::NeedMore => fill(src, src_buf, idle, CHUNKED_READ).await?,
-            Step::Data { .. } => {}
+        loop {
+            if src_buf.is_empty() {
+                fill(src, src_buf, idle, CHUNKED_READ).await?;
+            }
+            let (consumed, step) = self.decoder.decode(src_buf).map_err(chunked_error)?;
+            match step {
+                Step::Data { start, end } => {
+                    let data = src_buf[start..end].to_vec();
+                    src_buf.advance(consumed);
+                    return Ok(Some(data));
+                }
+                Step::Done { .. } => {
+                    src_buf.advance(consumed);
+                    self.done = true;
+                    return Ok(None);
+                }
+                Step::NeedMore => {
+                    src_buf.advance(consumed);
+                    fill(src, src_buf, idle, CHUNKED_READ).await?;
+                }
+            }
         }
     }
 }

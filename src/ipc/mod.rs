@@ -85,7 +85,7 @@ pub struct Routing {
 
 #[derive(Debug, Serialize, Deserialize)]
 pub enum MasterToDispatcher {
-    Init(DispatcherInit),
+    Init(Box<DispatcherInit>),
     /// The config was reloaded: route by these, and use these certificates (read
     /// again), from the next connection on.
     Reload {

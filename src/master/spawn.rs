@@ -383,7 +383,7 @@ pub async fn start_dispatcher(
     };
     // The caller sends this once it watches the child: a dispatcher that dies at
     // once must be seen exiting, not make the send fail the master.
-    Ok((child, channel, MasterToDispatcher::Init(init)))
+    Ok((child, channel, MasterToDispatcher::Init(Box::new(init))))
 }
 
 /// What the master decided about a worker it is about to start.

@@ -7,6 +7,7 @@
 mod cage;
 mod fence;
 pub mod resolve;
+pub mod sys;
 
 pub use cage::CagePlan;
 pub use fence::{TenantPaths, restrict_dispatcher, restrict_dispatcher_syscalls};

@@ -249,6 +249,26 @@ async fn respond(
     {
         return redirect_to_https(tenant, site, stream, head, handoff, port, started).await;
     }
+    if let BodyFraming::Length(n) = head.body
+        && n > site.config.max_body
+    {
+        // 413 at once, whatever would handle it: none of the body is read, no script
+        // starts, and the connection ends (the unread body is still on it).
+        cgi::log_site(
+            site,
+            &format!(
+                "{} {}: 413: Content-Length {n} over the site's max_body of {} bytes",
+                head.method.as_str(),
+                head.path,
+                site.config.max_body
+            ),
+        );
+        let (status, sent, _) =
+            error_page(tenant, site, stream, buf, head, handoff, 413, false).await?;
+        log_access(tenant, site, head, handoff, status, sent, started);
+        tenant.lifecycle.request_done();
+        return Ok(false);
+    }
     let _slot = match &site.gate {
         None => None,
         Some(gate) => match gate.enter().await {
@@ -273,6 +293,7 @@ async fn respond(
                     peer: handoff.peer,
                     local: handoff.local,
                     secure: handoff.secure,
+                    error: None,
                 };
                 break app::serve(call, stream, buf).await?;
             }
@@ -286,6 +307,7 @@ async fn respond(
                     peer: handoff.peer,
                     local: handoff.local,
                     secure: handoff.secure,
+                    error: None,
                 };
                 let outcome = if route.handler == Handler::FastCgi {
                     fastcgi::serve(call, stream, buf).await?
@@ -298,6 +320,12 @@ async fn respond(
                         sent,
                         keep_alive,
                     } => break (status, sent, keep_alive),
+                    cgi::CgiOutcome::Failed(status) => {
+                        break error_page(
+                            tenant, site, stream, buf, &request, handoff, status, false,
+                        )
+                        .await?;
+                    }
                     cgi::CgiOutcome::LocalRedirect(target) if redirects < MAX_LOCAL_REDIRECTS => {
                         // RFC 3875 §6.2.2: serve the new location as a GET, body already consumed.
                         redirects += 1;
@@ -314,35 +342,18 @@ async fn respond(
                     }
                     cgi::CgiOutcome::LocalRedirect(target) => {
                         warn!(site = site.config.name, "local redirect loop at {target}");
-                        let status = 500;
-                        let sent = write_response(
-                            stream,
-                            static_files::error_response(status),
-                            &request,
-                            false,
-                            site_headers(site, handoff.secure),
-                        )
-                        .await?;
-                        break (status, sent, false);
+                        break error_page(tenant, site, stream, buf, &request, handoff, 500, false)
+                            .await?;
                     }
                 }
             }
             Target::Static { path, index } => {
                 let target = Ok((path.as_str(), index));
-                break serve_static(tenant, site, stream, buf, &request, target, handoff.secure)
-                    .await?;
+                break serve_static(tenant, site, stream, buf, &request, target, handoff).await?;
             }
             Target::Refused(status) => {
-                break serve_static(
-                    tenant,
-                    site,
-                    stream,
-                    buf,
-                    &request,
-                    Err(status),
-                    handoff.secure,
-                )
-                .await?;
+                break serve_static(tenant, site, stream, buf, &request, Err(status), handoff)
+                    .await?;
             }
         }
     };
@@ -504,8 +515,9 @@ async fn serve_static(
     buf: &mut BytesMut,
     head: &RequestHead,
     target: Result<(&str, bool), u16>,
-    secure: bool,
+    handoff: &Handoff,
 ) -> std::io::Result<(u16, u64, bool)> {
+    let secure = handoff.secure;
     let mut keep_alive = head.keep_alive;
     // Consume the request's body first, so the bytes after it are the next request.
     match head.body {
@@ -549,6 +561,10 @@ async fn serve_static(
         ),
         (Err(_), _) => static_files::error_response(500),
     };
+    if response.status >= 400 && site.config.error_page(response.status).is_some() {
+        let status = response.status;
+        return error_page(tenant, site, stream, buf, head, handoff, status, keep_alive).await;
+    }
     let status = response.status;
     let sent = write_response(
         stream,
@@ -556,6 +572,129 @@ async fn serve_static(
         head,
         keep_alive,
         site_headers(site, secure),
+    )
+    .await?;
+    Ok((status, sent, keep_alive))
+}
+
+/// No request headers: an error page is sent whole, whatever the failed request's
+/// conditions or ranges asked of the URL it failed on.
+struct NoHeaders;
+
+impl RequestHeaders for NoHeaders {
+    fn header(&self, _: &str) -> Option<&[u8]> {
+        None
+    }
+}
+
+/// The answer to a failure with `status` when the site's page for it is a file (or
+/// there is none): that file with the status, or condo's plain page.
+pub(super) fn static_error_page(site: &SiteState, status: u16, head_only: bool) -> Response {
+    let (Some(page), Ok(files)) = (site.config.error_page(status), &site.files) else {
+        return static_files::error_response(status);
+    };
+    let method = if head_only { Method::Head } else { Method::Get };
+    let mut response = static_files::serve_path(files, method, page, None, &NoHeaders, false);
+    if response.status != 200 {
+        cgi::log_site(
+            site,
+            &format!(
+                "error page {page} for {status} answered {}; sent the plain page",
+                response.status
+            ),
+        );
+        return static_files::error_response(status);
+    }
+    response.status = status;
+    // The page's own validators would let a cache store it as the failed URL's.
+    response
+        .headers
+        .retain(|(n, _)| !matches!(*n, "ETag" | "Last-Modified" | "Accept-Ranges"));
+    response
+}
+
+/// Answer a request that failed with `status` by the site's page for it
+/// (`error_pages`), keeping that status, or by condo's plain page when the site has
+/// none or the page fails itself (never another error page: no loops). A script page
+/// runs as a GET (HEAD stays HEAD) without the body, with Apache's `REDIRECT_*`
+/// variables and the original `REQUEST_URI`.
+#[allow(clippy::too_many_arguments)]
+async fn error_page(
+    tenant: &Tenant,
+    site: &SiteState,
+    stream: &mut Stream,
+    buf: &mut BytesMut,
+    head: &RequestHead,
+    handoff: &Handoff,
+    status: u16,
+    keep_alive: bool,
+) -> std::io::Result<(u16, u64, bool)> {
+    let page = site.config.error_page(status);
+    let target = page.map(|page| super::target::page(site, page));
+    match target {
+        Some(Target::Static { .. }) => {
+            let response = static_error_page(site, status, head.is_head());
+            let site_header = site_headers(site, handoff.secure);
+            let sent = write_response(stream, response, head, keep_alive, site_header).await?;
+            return Ok((status, sent, keep_alive));
+        }
+        Some(Target::Route(route, path)) if route.handler != Handler::App => {
+            let mut request = head.clone();
+            if !head.is_head() {
+                request.method = head::Method::Get;
+            }
+            request.query = None;
+            request.body = BodyFraming::None;
+            request.expect_continue = false;
+            request.keep_alive = head.keep_alive && keep_alive;
+            let call = cgi::CgiCall {
+                tenant,
+                site,
+                route,
+                head: &request,
+                path: &path,
+                peer: handoff.peer,
+                local: handoff.local,
+                secure: handoff.secure,
+                error: Some(cgi::env::Redirect {
+                    status,
+                    url: &head.path,
+                    query: head.query.as_deref(),
+                    method: head.method.as_str(),
+                }),
+            };
+            let outcome = if route.handler == Handler::FastCgi {
+                fastcgi::serve(call, stream, buf).await?
+            } else {
+                cgi::serve(call, stream, buf).await?
+            };
+            match outcome {
+                cgi::CgiOutcome::Responded {
+                    status,
+                    sent,
+                    keep_alive: kept,
+                } => return Ok((status, sent, kept && keep_alive)),
+                // Not followed from an error page: a redirect could lead to another.
+                other => {
+                    let what = match other {
+                        cgi::CgiOutcome::LocalRedirect(to) => format!("redirected to {to}"),
+                        _ => "failed".to_string(),
+                    };
+                    cgi::log_site(
+                        site,
+                        &format!("error page {path} for {status} {what}; sent the plain page"),
+                    );
+                }
+            }
+        }
+        _ => {}
+    }
+    let sent = write_response(
+        stream,
+        static_files::error_response(status),
+        head,
+        keep_alive,
+        site_headers(site, handoff.secure),
     )
     .await?;
     Ok((status, sent, keep_alive))

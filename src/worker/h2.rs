@@ -93,6 +93,16 @@ fn static_target(site: &SiteState, req: &Request<Incoming>) -> Option<Result<(St
     {
         return None;
     }
+    // A script error page runs in the HTTP/1 pipeline the stream is bridged to.
+    let script_page = |(_, page): &(u16, String)| {
+        matches!(
+            super::target::page(site, page),
+            super::target::Target::Route(..)
+        )
+    };
+    if site.config.error_pages.iter().any(script_page) {
+        return None;
+    }
     match super::target::resolve(site, req.uri().path()) {
         super::target::Target::Static { path, index } => Some(Ok((path, index))),
         super::target::Target::Refused(status) => Some(Err(status)),
@@ -155,6 +165,11 @@ async fn serve_static(
             index,
         ),
         (Err(_), _) => static_files::error_response(500),
+    };
+    let answer = if site.config.error_page(answer.status).is_some() {
+        super::conn::static_error_page(site, answer.status, head_only)
+    } else {
+        answer
     };
     let status = answer.status;
     let length = answer.content_length();

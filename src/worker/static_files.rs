@@ -382,6 +382,18 @@ fn redirect_to_dir(path: &str, query: Option<&str>) -> Response {
 /// the first of the site's index names that exists and is not a directory (a FIFO or
 /// an unreadable file counts: serving it answers with its error). `None`: there is
 /// none, or `path` is no directory.
+/// Whether `path` is missing from the tree, so that a front controller (`fallback`)
+/// answers it. Only a missing name counts: whatever exists (a file, a directory, a
+/// file with more path after it, or a name refused for its permissions or where it
+/// leads) is the handler's to answer, as Apache's `!-f`/`!-d` decide. `O_PATH`: no
+/// file is opened, so no FIFO can block.
+pub fn is_missing(site: &SiteFiles, path: &str) -> bool {
+    matches!(
+        openat2_beneath(&site.root, path, OFlags::PATH),
+        Err(Errno::NOENT)
+    )
+}
+
 pub fn find_index(site: &SiteFiles, path: &str) -> Option<String> {
     site.index.iter().find_map(|name| {
         let candidate = format!("{path}{name}");

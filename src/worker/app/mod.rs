@@ -20,7 +20,7 @@ use super::cgi::{CgiCall, copy_chunked, copy_until_eof};
 use super::conn::{Framing, response_head};
 use super::stream::Stream;
 use crate::http::head::{BodyFraming, RequestHead, Version};
-use crate::http::io::relay_body;
+use crate::http::io::{relay_body, relay_body_max};
 use crate::http::response::{ResponseBody, parse_response_head, response_fields};
 use process::App;
 
@@ -123,7 +123,10 @@ async fn run(call: &CgiCall<'_>, stream: &mut Stream, buf: &mut BytesMut) -> Out
     let exchange = async {
         let feed = async {
             app_w.write_all(&request).await?;
-            relay_body(stream, buf, Some(&mut app_w), &head.body, idle).await
+            // A chunked body is counted against max_body as it passes (413 at the
+            // chunk that crosses it); a Content-Length one was checked before.
+            let max = call.site.config.max_body;
+            relay_body_max(stream, buf, Some(&mut app_w), &head.body, idle, max).await
         };
         let read = read_head(&mut app_r, &mut abuf, head.is_head());
         tokio::pin!(feed, read);

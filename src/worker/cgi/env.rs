@@ -35,6 +35,22 @@ pub struct CgiRequest<'a> {
     pub content_length: Option<u64>,
     /// Admin-configured per-site variables.
     pub site_env: &'a [(String, String)],
+    /// Set when the script serves an error page for another request.
+    pub redirect: Option<Redirect<'a>>,
+}
+
+/// The failed request an error page answers, for its `REDIRECT_*` variables (what
+/// Apache sets for an ErrorDocument).
+#[derive(Debug, Clone)]
+pub struct Redirect<'a> {
+    /// The failed request's status: `REDIRECT_STATUS`.
+    pub status: u16,
+    /// Its path, without the query: `REDIRECT_URL`.
+    pub url: &'a str,
+    /// Its query: `REDIRECT_QUERY_STRING`.
+    pub query: Option<&'a str>,
+    /// Its method: `REDIRECT_REQUEST_METHOD`.
+    pub method: &'a str,
 }
 
 /// Names the server owns, whether or not a given request sets them, so that
@@ -44,19 +60,25 @@ const RESERVED: &[&str] = &[
     "AUTH_TYPE",
     "CONTENT_LENGTH",
     "CONTENT_TYPE",
+    "CONTEXT_DOCUMENT_ROOT",
+    "CONTEXT_PREFIX",
     "DOCUMENT_ROOT",
     "GATEWAY_INTERFACE",
     "HTTPS",
     "PATH_INFO",
     "PATH_TRANSLATED",
     "QUERY_STRING",
+    "REDIRECT_QUERY_STRING",
+    "REDIRECT_REQUEST_METHOD",
     "REDIRECT_STATUS",
+    "REDIRECT_URL",
     "REMOTE_ADDR",
     "REMOTE_HOST",
     "REMOTE_IDENT",
     "REMOTE_PORT",
     "REMOTE_USER",
     "REQUEST_METHOD",
+    "REQUEST_SCHEME",
     "REQUEST_URI",
     "SCRIPT_FILENAME",
     "SCRIPT_NAME",
@@ -108,7 +130,7 @@ pub fn meta_variables(req: &CgiRequest<'_>) -> Vec<(OsString, OsString)> {
         "SERVER_ADDR",
         req.local.ip().to_canonical().to_string().as_bytes(),
     );
-    set("SERVER_PORT", req.local.port().to_string().as_bytes());
+    set("SERVER_PORT", server_port(req).to_string().as_bytes());
     set("SERVER_PROTOCOL", req.protocol.as_bytes());
     set("REQUEST_METHOD", req.method.as_bytes());
     set("REQUEST_URI", req.request_uri.as_bytes());
@@ -119,6 +141,12 @@ pub fn meta_variables(req: &CgiRequest<'_>) -> Vec<(OsString, OsString)> {
         req.script_filename.as_os_str().as_bytes(),
     );
     set("DOCUMENT_ROOT", req.document_root.as_os_str().as_bytes());
+    // Apache's (2.4) for the URL prefix a root is mapped at; a site's root is at "/".
+    set("CONTEXT_PREFIX", b"");
+    set(
+        "CONTEXT_DOCUMENT_ROOT",
+        req.document_root.as_os_str().as_bytes(),
+    );
     if !req.path_info.is_empty() {
         set("PATH_INFO", req.path_info.as_bytes());
         set(
@@ -146,8 +174,20 @@ pub fn meta_variables(req: &CgiRequest<'_>) -> Vec<(OsString, OsString)> {
     if req.https {
         set("HTTPS", b"on");
     }
-    // php-cgi refuses to run without it when cgi.force_redirect is on.
-    set("REDIRECT_STATUS", b"200");
+    // Apache 2.4 sets it; apps build absolute URLs from it.
+    set("REQUEST_SCHEME", if req.https { b"https" } else { b"http" });
+    match &req.redirect {
+        Some(r) => {
+            set("REDIRECT_STATUS", r.status.to_string().as_bytes());
+            set("REDIRECT_URL", r.url.as_bytes());
+            set("REDIRECT_REQUEST_METHOD", r.method.as_bytes());
+            if let Some(q) = r.query {
+                set("REDIRECT_QUERY_STRING", q.as_bytes());
+            }
+        }
+        // php-cgi refuses to run without it when cgi.force_redirect is on.
+        None => set("REDIRECT_STATUS", b"200"),
+    }
 
     for (name, value) in http_variables(req.headers) {
         vars.entry(name).or_insert(value);
@@ -224,6 +264,32 @@ fn http_variables(headers: &[(String, Vec<u8>)]) -> BTreeMap<String, Vec<u8>> {
     out
 }
 
+/// `SERVER_PORT` as Apache 2.4 gives it (`UseCanonicalName Off`): the port the client
+/// named (absolute-form target, else Host), else the scheme's default. Scripts build
+/// their own URLs from it, so it is the port the client reached, which behind a port
+/// mapping or a balancer is not the one condo listens on.
+fn server_port(req: &CgiRequest<'_>) -> u16 {
+    let absolute = ["http://", "https://"]
+        .iter()
+        .find_map(|scheme| req.request_uri.strip_prefix(scheme))
+        .map(|rest| rest.split(['/', '?']).next().unwrap_or("").as_bytes());
+    let host = absolute.or_else(|| {
+        req.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case("host"))
+            .map(|(_, v)| v.as_slice())
+    });
+    let port = host.and_then(|h| {
+        // After the last ':' unless that is inside an IPv6 literal's brackets.
+        let colon = h.iter().rposition(|&b| b == b':')?;
+        let digits = &h[colon + 1..];
+        (!h[colon..].contains(&b']') && !digits.is_empty())
+            .then(|| std::str::from_utf8(digits).ok()?.parse::<u16>().ok())
+            .flatten()
+    });
+    port.unwrap_or(if req.https { 443 } else { 80 })
+}
+
 /// `Path::join` would discard the root because `path_info` is absolute.
 fn translate(root: &Path, path_info: &str) -> Vec<u8> {
     let mut out = root.as_os_str().as_bytes().to_vec();
@@ -271,6 +337,7 @@ mod tests {
             path_info: "",
             content_length: Some(11),
             site_env,
+            redirect: None,
         }
     }
 
@@ -301,7 +368,8 @@ mod tests {
             ("SERVER_SOFTWARE", "condo"),
             ("SERVER_NAME", "example.org"),
             ("SERVER_ADDR", "198.51.100.1"),
-            ("SERVER_PORT", "8080"),
+            // No Host port: the scheme's (Apache's UseCanonicalName Off).
+            ("SERVER_PORT", "80"),
             ("SERVER_PROTOCOL", "HTTP/1.1"),
             ("REQUEST_METHOD", "POST"),
             ("REQUEST_URI", "/cgi-bin/env.pl/extra/x%20y?a=1&b=%2F"),
@@ -313,6 +381,9 @@ mod tests {
             ("REMOTE_PORT", "51234"),
             ("CONTENT_LENGTH", "11"),
             ("REDIRECT_STATUS", "200"),
+            ("REQUEST_SCHEME", "http"),
+            ("CONTEXT_PREFIX", ""),
+            ("CONTEXT_DOCUMENT_ROOT", "/srv/example.org/htdocs"),
             ("PATH", "/usr/local/bin:/usr/bin:/bin"),
         ];
         for (name, value) in expect {
@@ -409,8 +480,30 @@ mod tests {
     fn https_only_when_secure() {
         let mut req = base(&[], &[]);
         assert!(!env(&req).contains_key("HTTPS"));
+        assert_eq!(get(&env(&req), "REQUEST_SCHEME"), Some("http"));
         req.https = true;
         assert_eq!(get(&env(&req), "HTTPS"), Some("on"));
+        assert_eq!(get(&env(&req), "REQUEST_SCHEME"), Some("https"));
+    }
+
+    #[test]
+    fn error_page_gets_apaches_redirect_variables() {
+        let site = [s("REDIRECT_URL", "/forged")];
+        let mut req = base(&[], &site);
+        req.redirect = Some(Redirect {
+            status: 404,
+            url: "/missing/page",
+            query: Some("x=1"),
+            method: "POST",
+        });
+        let m = env(&req);
+        assert_eq!(get(&m, "REDIRECT_STATUS"), Some("404"));
+        assert_eq!(get(&m, "REDIRECT_URL"), Some("/missing/page"));
+        assert_eq!(get(&m, "REDIRECT_QUERY_STRING"), Some("x=1"));
+        assert_eq!(get(&m, "REDIRECT_REQUEST_METHOD"), Some("POST"));
+        // Without a redirect, a site variable cannot fake one.
+        req.redirect = None;
+        assert!(!env(&req).contains_key("REDIRECT_URL"));
     }
 
     #[test]
@@ -555,7 +648,28 @@ mod tests {
         assert_eq!(get(&m, "REMOTE_ADDR"), Some("2001:db8::1"));
         assert_eq!(get(&m, "REMOTE_PORT"), Some("4433"));
         assert_eq!(get(&m, "SERVER_ADDR"), Some("::1"));
-        assert_eq!(get(&m, "SERVER_PORT"), Some("443"));
+    }
+
+    #[test]
+    fn server_port_is_the_one_the_client_named() {
+        let cases: [(&[u8], bool, &str); 6] = [
+            (b"example.org:8443", false, "8443"),
+            (b"example.org", false, "80"),
+            (b"example.org", true, "443"),
+            (b"[2001:db8::1]", true, "443"),
+            (b"[2001:db8::1]:8080", false, "8080"),
+            (b"example.org:", false, "80"),
+        ];
+        for (host, https, port) in cases {
+            let headers = [h("Host", host)];
+            let mut req = base(&headers, &[]);
+            req.https = https;
+            assert_eq!(get(&env(&req), "SERVER_PORT"), Some(port), "{host:?}");
+        }
+        let headers = [h("Host", b"example.org")];
+        let mut req = base(&headers, &[]);
+        req.request_uri = "http://example.org:81/x?y";
+        assert_eq!(get(&env(&req), "SERVER_PORT"), Some("81"));
     }
 
     #[test]

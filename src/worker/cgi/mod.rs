@@ -18,7 +18,7 @@ use std::process::Stdio;
 
 use bytes::{Buf, BytesMut};
 use rustix::fs::{Mode, OFlags, ResolveFlags};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
 use tokio::process::Child;
 use tokio::time::Instant;
 use tracing::warn;
@@ -28,12 +28,18 @@ use super::stream::Stream;
 use super::{SiteState, Tenant};
 use crate::config::{RouteConfig, RouteMatch};
 use crate::http::head::{BodyFraming, RequestHead, Version};
-use crate::http::io::{read_chunked_payload, relay_body};
+use crate::http::io::{ChunkedPayload, relay_body};
 use response::{CgiHead, Location, parse_cgi_head};
 
 /// A chunked request body is read whole before the script starts (it must know
-/// CONTENT_LENGTH); past this size the request gets 413.
-const MAX_CHUNKED_BODY: usize = 8 * 1024 * 1024;
+/// CONTENT_LENGTH), up to the site's `max_body`: up to this size in memory, beyond it
+/// in an unnamed spool file, so that a worker holds at most this much of each body
+/// whatever `max_body` allows.
+const CHUNKED_IN_MEMORY: usize = 1024 * 1024;
+/// Where spooled chunked bodies go, first that works: unnamed files (`O_TMPFILE`),
+/// which no other process can open by name, gone when closed. Scratch directories
+/// the tenant's own (a cage's tmpfs is charged to its memory).
+const SPOOL_DIRS: [&str; 2] = ["/var/tmp", "/tmp"];
 /// A Content-Length body up to this size is read whole before the script starts, as
 /// nginx buffers request bodies: a client that sends its form slowly (R-U-Dead-Yet)
 /// then holds a socket and a buffer, not a script process or a slot of the tenant's
@@ -53,6 +59,10 @@ pub struct CgiCall<'a> {
     pub local: SocketAddr,
     /// The client's connection is HTTPS.
     pub secure: bool,
+    /// This call serves the site's error page for a request that failed with this
+    /// status (`error_pages`): REDIRECT_* variables say so, a script's 200 becomes
+    /// this status, and a page that fails itself gets condo's plain page.
+    pub error: Option<env::Redirect<'a>>,
 }
 
 pub enum CgiOutcome {
@@ -63,6 +73,10 @@ pub enum CgiOutcome {
     },
     /// The script answered with a local `Location`: serve that path instead.
     LocalRedirect(String),
+    /// Nothing was sent: the request failed with this status before any of the
+    /// response went out, and the site has an error page for it (`error_pages`). The
+    /// connection ends after that page (the body may be unread).
+    Failed(u16),
 }
 
 /// A failure before any byte of the response was sent: answered with `status`, and
@@ -156,10 +170,16 @@ pub(super) async fn finish(
         // Part of the response is out: closing is the only honest end.
         return Err(io::Error::new(io::ErrorKind::TimedOut, refusal.reason));
     }
-    let page = crate::http::error_response(refusal.status, false, call.head.is_head());
+    // The site's own page, unless this already is one (no loops).
+    if call.error.is_none() && call.site.config.error_page(refusal.status).is_some() {
+        return Ok(CgiOutcome::Failed(refusal.status));
+    }
+    // An error page that fails answers with the status of the error it was for.
+    let status = call.error.as_ref().map_or(refusal.status, |e| e.status);
+    let page = crate::http::error_response(status, false, call.head.is_head());
     stream.write_all(&page).await?;
     Ok(CgiOutcome::Responded {
-        status: refusal.status,
+        status,
         sent: 0,
         keep_alive: false,
     })
@@ -222,7 +242,7 @@ async fn run(
         .parent()
         .map(PathBuf::from)
         .unwrap_or_else(|| call.site.config.root.clone());
-    let (content_length, whole_body) = read_body(call, stream, buf).await?;
+    let (content_length, mut whole_body) = read_body(call, stream, buf).await?;
     let limits = &call.tenant.limits;
     let variables = meta_variables(call, &script, &script_file, content_length);
     let mut command = tokio::process::Command::new(&script_file);
@@ -230,10 +250,15 @@ async fn run(
         .env_clear()
         .envs(variables)
         .current_dir(&directory)
-        .stdin(if content_length.unwrap_or(0) > 0 {
-            Stdio::piped()
-        } else {
-            Stdio::null()
+        .stdin(match whole_body.take() {
+            // A spooled body is the script's stdin itself: nothing to copy.
+            Some(WholeBody::File(file)) => Stdio::from(file),
+            Some(body @ WholeBody::Bytes(_)) => {
+                whole_body = Some(body);
+                Stdio::piped()
+            }
+            None if content_length.unwrap_or(0) > 0 => Stdio::piped(),
+            None => Stdio::null(),
         })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -259,7 +284,8 @@ async fn run(
             return Ok(());
         };
         let fed = match (&whole_body, &call.head.body) {
-            (Some(body), _) => stdin.write_all(body).await,
+            (Some(WholeBody::Bytes(body)), _) => stdin.write_all(body).await,
+            (Some(WholeBody::File(_)), _) => Ok(()),
             (None, framing) => {
                 relay_body(stream, buf, Some(&mut stdin), framing, limits.body_timeout)
                     .await
@@ -274,10 +300,11 @@ async fn run(
     };
     let mut out = BytesMut::with_capacity(8 * 1024);
     let cgi_head = feed_then_head(
-        async { feed.await.map_err(body_failure) },
+        async { feed.await.map_err(|e| body_failure(call, e)) },
         read_cgi_head(&mut stdout, &mut out),
     )
     .await?;
+    let cgi_head = as_error_page(call, cgi_head);
     // The flag lives in the slot, so a timeout that drops this future mid-body still
     // sees that the head went out.
     let running = slot.as_mut().expect("set when the script started");
@@ -303,15 +330,32 @@ async fn run(
     Ok(outcome)
 }
 
+/// A request body read whole before the script starts.
+pub(super) enum WholeBody {
+    Bytes(Vec<u8>),
+    /// A chunked body past [`CHUNKED_IN_MEMORY`], in an unnamed file, rewound.
+    File(std::fs::File),
+}
+
 /// The request body for a script: `(CONTENT_LENGTH, the whole body if it was read
 /// first)`. A small Content-Length body is read whole (see `BUFFERED_BODY_MAX`), a
 /// larger one is left in the stream, to be relayed; a chunked one is read whole
-/// (CONTENT_LENGTH must be known before the script starts).
+/// (CONTENT_LENGTH must be known before the script starts), spooled past
+/// [`CHUNKED_IN_MEMORY`]. Either is refused (413) past the site's `max_body`: a
+/// Content-Length before any of it is read, a chunked one at the chunk that crosses it.
 pub(super) async fn read_body(
     call: &CgiCall<'_>,
     stream: &mut Stream,
     buf: &mut BytesMut,
-) -> Result<(Option<u64>, Option<Vec<u8>>), Failure> {
+) -> Result<(Option<u64>, Option<WholeBody>), Failure> {
+    let max_body = call.site.config.max_body;
+    if let BodyFraming::Length(n) = call.head.body
+        && n > max_body
+    {
+        // conn.rs answers these before any handler; this keeps the rule where the
+        // body is read too.
+        return Err(refuse(413, over_max_body(max_body)).into());
+    }
     if call.head.expect_continue && !matches!(call.head.body, BodyFraming::None) {
         stream.write_all(b"HTTP/1.1 100 Continue\r\n\r\n").await?;
     }
@@ -322,18 +366,92 @@ pub(super) async fn read_body(
             let mut body = Vec::with_capacity(*n as usize);
             relay_body(stream, buf, Some(&mut body), &call.head.body, idle)
                 .await
-                .map_err(body_failure)?;
-            (Some(*n), Some(body))
+                .map_err(|e| body_failure(call, e))?;
+            (Some(*n), Some(WholeBody::Bytes(body)))
         }
         BodyFraming::Length(n) => (Some(*n), None),
         BodyFraming::Chunked => {
-            let idle = call.tenant.limits.body_timeout;
-            match read_chunked_payload(stream, buf, MAX_CHUNKED_BODY, idle).await {
-                Ok(body) => (Some(body.len() as u64), Some(body)),
-                Err(e) => return Err(body_failure(e)),
-            }
+            let (len, body) = read_chunked(call, stream, buf, max_body).await?;
+            (Some(len), Some(body))
         }
     })
+}
+
+/// A chunked body, whole: in memory up to [`CHUNKED_IN_MEMORY`], then in a spool file.
+async fn read_chunked(
+    call: &CgiCall<'_>,
+    stream: &mut Stream,
+    buf: &mut BytesMut,
+    max_body: u64,
+) -> Result<(u64, WholeBody), Failure> {
+    let idle = call.tenant.limits.body_timeout;
+    let mut payload = ChunkedPayload::new(max_body);
+    let mut memory = Vec::new();
+    let mut spool: Option<tokio::fs::File> = None;
+    let mut total = 0u64;
+    let spool_failed = |e: io::Error| refuse(500, format!("spooling a chunked body: {e}"));
+    while let Some(data) = payload
+        .next(stream, buf, idle)
+        .await
+        .map_err(|e| body_failure(call, e))?
+    {
+        total += data.len() as u64;
+        match &mut spool {
+            // tokio's File writes on its blocking pool, never on this thread.
+            Some(file) => file.write_all(&data).await.map_err(spool_failed)?,
+            None if memory.len() + data.len() > CHUNKED_IN_MEMORY => {
+                let mut file = tokio::fs::File::from_std(spool_file().map_err(spool_failed)?);
+                file.write_all(&memory).await.map_err(spool_failed)?;
+                file.write_all(&data).await.map_err(spool_failed)?;
+                memory = Vec::new();
+                spool = Some(file);
+            }
+            None => memory.extend_from_slice(&data),
+        }
+    }
+    let body = match spool {
+        None => WholeBody::Bytes(memory),
+        Some(mut file) => {
+            file.flush().await.map_err(spool_failed)?;
+            file.seek(io::SeekFrom::Start(0))
+                .await
+                .map_err(spool_failed)?;
+            WholeBody::File(file.into_std().await)
+        }
+    };
+    Ok((total, body))
+}
+
+/// An unnamed file for a spooled body, opened by the worker as the tenant.
+fn spool_file() -> io::Result<std::fs::File> {
+    let mut last = io::Error::other("no spool directory");
+    for dir in SPOOL_DIRS {
+        match rustix::fs::open(
+            dir,
+            OFlags::TMPFILE | OFlags::RDWR | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o600),
+        ) {
+            Ok(fd) => return Ok(std::fs::File::from(fd)),
+            Err(e) => last = io::Error::new(io::Error::from(e).kind(), format!("{dir}: {e}")),
+        }
+    }
+    Err(last)
+}
+
+fn over_max_body(max_body: u64) -> String {
+    format!("request body over the site's max_body of {max_body} bytes")
+}
+
+/// A script's response when it serves an error page: its default status (200)
+/// becomes the status of the error it answers, as Apache's ErrorDocument keeps it.
+pub(super) fn as_error_page(call: &CgiCall<'_>, mut head: CgiHead) -> CgiHead {
+    if let Some(error) = &call.error
+        && head.status == 200
+    {
+        head.status = error.status;
+        head.reason = None;
+    }
+    head
 }
 
 /// Feed the request body and read the response head together (a script may answer
@@ -364,13 +482,9 @@ pub(super) async fn feed_then_head<T>(
 
 /// A request body that could not be read: the client's fault is answered as such
 /// (408 stalled, 400 malformed, 413 over the limit), anything else ends the connection.
-pub(super) fn body_failure(e: io::Error) -> Failure {
+pub(super) fn body_failure(call: &CgiCall<'_>, e: io::Error) -> Failure {
     match crate::http::io::client_fault(&e) {
-        Some(413) => refuse(
-            413,
-            format!("chunked request body over {} MiB", MAX_CHUNKED_BODY >> 20),
-        )
-        .into(),
+        Some(413) => refuse(413, over_max_body(call.site.config.max_body)).into(),
         Some(status) => refuse(status, format!("reading the request body: {e}")).into(),
         None => e.into(),
     }
@@ -391,7 +505,14 @@ pub(super) fn meta_variables(
         headers: &call.head.headers,
         remote: call.peer,
         local: call.local,
-        server_name: &call.site.config.name,
+        // The name the client asked for, as Apache's UseCanonicalName Off gives it
+        // (only ever one of the site's own names: requests are routed by them).
+        server_name: call
+            .head
+            .host
+            .as_deref()
+            .filter(|h| crate::worker::conn::serves_host(call.site, h))
+            .unwrap_or(&call.site.config.name),
         https: call.secure,
         document_root: &call.site.config.root,
         script_name: &script.script_name,
@@ -399,6 +520,7 @@ pub(super) fn meta_variables(
         path_info: &script.path_info,
         content_length,
         site_env: &call.site.config.env,
+        redirect: call.error.clone(),
     })
 }
 
@@ -794,7 +916,7 @@ pub(super) fn log_error(site: &SiteState, message: &str) {
 }
 
 /// A line in the site's error log only.
-fn log_site(site: &SiteState, message: &str) {
+pub(super) fn log_site(site: &SiteState, message: &str) {
     let line = format!(
         "{} [{}] condo: {}\n",
         crate::http::http_date(),

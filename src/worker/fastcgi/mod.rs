@@ -22,8 +22,8 @@ use tokio::time::Instant;
 
 use super::SiteState;
 use super::cgi::{
-    CgiCall, CgiOutcome, Failure, ScriptRules, answer, body_failure, feed_then_head, finish,
-    locate, log_error, meta_variables, read_body, read_cgi_head, refuse,
+    CgiCall, CgiOutcome, Failure, ScriptRules, WholeBody, answer, as_error_page, body_failure,
+    feed_then_head, finish, locate, log_error, meta_variables, read_body, read_cgi_head, refuse,
 };
 use super::stream::Stream;
 use crate::config::{FastCgiApp, RouteMatch};
@@ -135,13 +135,21 @@ async fn run(
     record::stream(&mut request, record::PARAMS, REQUEST_ID, &[]);
     // A body already in hand (none, for most requests) goes in the same write as the
     // params: one send and one wake-up of the app instead of two.
-    let body_in_hand = whole_body.is_some();
-    if let Some(body) = &whole_body {
-        if !body.is_empty() {
-            record::stream(&mut request, record::STDIN, REQUEST_ID, body);
+    let mut spooled = None;
+    let body_in_hand = match whole_body {
+        Some(WholeBody::Bytes(body)) => {
+            if !body.is_empty() {
+                record::stream(&mut request, record::STDIN, REQUEST_ID, &body);
+            }
+            record::stream(&mut request, record::STDIN, REQUEST_ID, &[]);
+            true
         }
-        record::stream(&mut request, record::STDIN, REQUEST_ID, &[]);
-    }
+        Some(WholeBody::File(file)) => {
+            spooled = Some(tokio::fs::File::from_std(file));
+            false
+        }
+        None => false,
+    };
     writer
         .write_all(&request)
         .await
@@ -163,14 +171,15 @@ async fn run(
     )));
 
     let feed = async {
-        if body_in_hand {
-            Ok(())
-        } else {
-            feed_stdin(call, stream, buf, &mut writer, content_length).await
+        match spooled {
+            _ if body_in_hand => Ok(()),
+            Some(file) => feed_spooled(file, &mut writer).await,
+            None => feed_stdin(call, stream, buf, &mut writer, content_length).await,
         }
     };
     let mut out = BytesMut::with_capacity(8 * 1024);
     let cgi_head = feed_then_head(feed, read_cgi_head(&mut body, &mut out)).await?;
+    let cgi_head = as_error_page(call, cgi_head);
     let outcome = answer(
         call.head,
         crate::worker::conn::site_headers(call.site, call.secure),
@@ -310,7 +319,7 @@ async fn feed_stdin(
             }
         };
         let (relayed, forwarded) = tokio::join!(relay, forward);
-        relayed.map_err(body_failure)?;
+        relayed.map_err(|e| body_failure(call, e))?;
         if forwarded? {
             return Ok(());
         }
@@ -319,6 +328,30 @@ async fn feed_stdin(
     match writer.write_all(&out).await {
         Err(e) if !app_closed(&e) => Err(e.into()),
         _ => Ok(()),
+    }
+}
+
+/// A chunked body spooled to a file (see `cgi::read_body`), as STDIN records.
+async fn feed_spooled(
+    mut file: tokio::fs::File,
+    writer: &mut OwnedWriteHalf,
+) -> Result<(), Failure> {
+    let mut chunk = vec![0u8; 32 * 1024];
+    let mut records = Vec::with_capacity(chunk.len() + 64);
+    loop {
+        let n = file
+            .read(&mut chunk)
+            .await
+            .map_err(|e| refuse(500, format!("reading a spooled body: {e}")))?;
+        records.clear();
+        record::stream(&mut records, record::STDIN, REQUEST_ID, &chunk[..n]);
+        match writer.write_all(&records).await {
+            // An app may answer without reading its input; that is its right.
+            Err(e) if app_closed(&e) => return Ok(()),
+            Err(e) => return Err(e.into()),
+            Ok(()) if n == 0 => return Ok(()),
+            Ok(()) => {}
+        }
     }
 }
 

@@ -1,5 +1,6 @@
-//! Safe wrappers for the few OS facilities the ecosystem offers only as `unsafe` API.
-//! Together with [`crate::sandbox`], the only module with `unsafe` code.
+//! Safe wrappers for the few OS facilities the ecosystem offers only as `unsafe` API,
+//! kept in `sandbox`, the one module allowed `unsafe` code (the crate denies it
+//! everywhere else).
 
 use std::io;
 use std::os::fd::OwnedFd;
