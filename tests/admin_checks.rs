@@ -454,4 +454,28 @@ fn reload_of_one_tenant_says_what_it_applied_what_it_left_and_a_rejected_own_fil
     );
     let (out, ok) = condo(&config, &["reload", "--tenant", "b"]);
     assert!(ok && out.contains("applies (1 sites set)"), "{out}");
+    // A full reload (SIGHUP) with nothing edited: no tenant "changed", and a's
+    // certificate re-read is said as what it is.
+    let (out, ok) = condo(&config, &["reload"]);
+    assert!(ok, "{out}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let line = loop {
+        let log = condo_run.log_text();
+        if let Some(l) = log
+            .lines()
+            .find(|l| l.contains("reloaded: ") && l.contains("tenants changed"))
+        {
+            break l.to_string();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no reload line:\n{log}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    };
+    assert!(
+        line.contains("tenants changed: none")
+            && line.contains("read their own certificates again: a"),
+        "{line}"
+    );
 }
