@@ -186,6 +186,22 @@ fn write_tree(base: &Path, port: u16, isolate: bool) -> anyhow::Result<PathBuf> 
     Ok(path)
 }
 
+/// How to run this same binary again: after `cargo run` condo is not on PATH, so the
+/// commands printed name the binary that is running (quoted for a shell if it needs it).
+fn this_binary() -> String {
+    let path = std::env::current_exe()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| "condo".into());
+    if path
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"/._-+".contains(&b))
+    {
+        path
+    } else {
+        format!("'{}'", path.replace('\'', "'\\''"))
+    }
+}
+
 fn print_instructions(port: u16, base: &Path) {
     let proxy = port + 1;
     let admin = port + 2;
@@ -198,10 +214,11 @@ fn print_instructions(port: u16, base: &Path) {
          \n  curl --path-as-is -H 'Host: a.demo.test' 'http://127.0.0.1:{port}/../b/www/secret.txt'   # 400: no way out of the site root\
          \n  curl -H 'Host: b.demo.test' http://127.0.0.1:{proxy}/           # the same through the proxy hand-over\
          \n  curl http://127.0.0.1:{port}/a.demo.test/ -H 'Host: nobody.test' # 404: unknown host\
-         \n  ps -o user,pid,args -C condo                                  # master root, dispatcher condo-demo, one worker per tenant\
+         \n  ps -o user:20,pid,args -C condo                               # master root, dispatcher condo-demo, one worker per tenant\
          \n  curl -H \"Authorization: Bearer $(sudo cat {base}/state/admin.token)\" http://127.0.0.1:{admin}/metrics   # per-tenant usage (Prometheus, admin's token), refreshed every 2 s\
-         \n  condo usage -c {base}/condo.toml                   # the billing table (also after Ctrl-C)\
-         \n\nStop with Ctrl-C; remove the demo users and files with `condo demo --clean`.\n",
-        base = base.display()
+         \n  {condo} usage -c {base}/condo.toml                   # the billing table (also after Ctrl-C)\
+         \n\nStop with Ctrl-C; remove the demo users and files with `{condo} demo --clean`.\n",
+        base = base.display(),
+        condo = this_binary(),
     );
 }

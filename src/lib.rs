@@ -15,12 +15,14 @@
 //! - [`control`]: the root-only control socket's protocol (`condo status`, `top`, ...).
 //! - [`http`]: the request-head parser, chunked bodies, paths, routing, shared I/O.
 //! - [`demo`]: `condo demo`, the embedded default setup.
+//! - [`check`]: `condo check`'s look at tenants' own files, as the tenant.
 //! - [`tenant_file`]: bounded, non-blocking reads of the files a tenant controls.
 
 // The rule "sandbox holds the only unsafe code" is the compiler's, not a habit.
 #![deny(unsafe_code)]
 
 pub mod accounting;
+pub mod check;
 pub mod config;
 pub mod control;
 pub mod demo;

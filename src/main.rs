@@ -12,16 +12,17 @@ use clap::{Parser, Subcommand};
 #[derive(Parser)]
 #[command(version, about)]
 struct Cli {
-    /// The admin's config file.
-    #[arg(
-        short = 'c',
-        long = "config",
-        global = true,
-        default_value = "/etc/condo/condo.toml"
-    )]
-    config: PathBuf,
     #[command(subcommand)]
     command: Command,
+}
+
+/// `-c`, on the commands that read the admin's config (and only those: `demo` writes
+/// its own, `import` reads other servers' files).
+#[derive(clap::Args)]
+struct ConfigArg {
+    /// The admin's config file.
+    #[arg(short = 'c', long = "config", default_value = "/etc/condo/condo.toml")]
+    config: PathBuf,
 }
 
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -33,10 +34,27 @@ enum ImportFrom {
 #[derive(Subcommand)]
 enum Command {
     /// Run in the foreground (as root, for tenant isolation) until SIGTERM or SIGINT.
-    Serve,
+    Serve {
+        #[command(flatten)]
+        cfg: ConfigArg,
+    },
     /// Validate the config and every site file; print every mistake with
     /// file:line:column.
     Check {
+        #[command(flatten)]
+        cfg: ConfigArg,
+        /// Check a tenant's own file (its `user_config`) as its worker would, before it
+        /// applies: runnable by the tenant itself (needs --tenant).
+        #[arg(long, value_name = "FILE", requires = "tenant")]
+        user_config: Option<PathBuf>,
+        /// The tenant whose file --user-config is.
+        #[arg(long, requires = "user_config")]
+        tenant: Option<String>,
+        /// Do not look at the tenants' own files (their sites' certificates and keys,
+        /// checked as each tenant): for a service's start, which a tenant must not be
+        /// able to block by deleting its own key.
+        #[arg(long)]
+        skip_tenant_files: bool,
         /// One JSON object (`ok`, `tenants`, `sites`, `errors` with file, line, column,
         /// key and message each), for control panels.
         #[arg(long)]
@@ -44,6 +62,8 @@ enum Command {
     },
     /// Check the config, then tell the running master to reload it (SIGHUP).
     Reload {
+        #[command(flatten)]
+        cfg: ConfigArg,
         /// Apply only this tenant's section and sites (through the control socket;
         /// prints what was applied or why nothing was).
         #[arg(long)]
@@ -51,12 +71,17 @@ enum Command {
     },
     /// Tenants, workers, connections, queues, requests, memory (root; control socket).
     Status {
+        #[command(flatten)]
+        cfg: ConfigArg,
         /// The whole status as JSON.
         #[arg(long)]
         json: bool,
     },
     /// A live view of the tenants, like top (q or Ctrl-C quits).
     Top {
+        #[command(flatten)]
+        cfg: ConfigArg,
+        /// Order of the rows.
         #[arg(long, value_enum, default_value = "cpu")]
         sort: condo::control::SortBy,
         /// Seconds between refreshes.
@@ -67,12 +92,22 @@ enum Command {
         iterations: Option<u64>,
     },
     /// Drain a tenant's workers and start fresh ones, losing no request.
-    RestartTenant { tenant: String },
+    RestartTenant {
+        #[command(flatten)]
+        cfg: ConfigArg,
+        /// The tenant's name (its `[tenant.NAME]` section).
+        tenant: String,
+    },
     /// Binary upgrade: start condo's binary as it is on disk now as a new master that
     /// takes over the listening sockets; the old processes drain and leave.
-    Upgrade,
+    Upgrade {
+        #[command(flatten)]
+        cfg: ConfigArg,
+    },
     /// Print each tenant's usage for billing, from the ledger in state_dir.
     Usage {
+        #[command(flatten)]
+        cfg: ConfigArg,
         /// Only usage from this time on: RFC 3339 ("2026-11-01T00:00:00Z") or a span
         /// back from now ("24h", "7d").
         #[arg(long)]
@@ -99,6 +134,7 @@ enum Command {
     /// Translate Apache vhosts (mpm-itk, suexec) and PHP-FPM pools into condo config;
     /// what cannot be translated is listed on stderr with file:line.
     Import {
+        /// What the files are.
         #[arg(value_enum)]
         from: ImportFrom,
         /// Apache vhost files (`apache`) or pool files (`php-fpm`).
@@ -118,6 +154,9 @@ enum Command {
         #[arg(long, default_value = "8", value_parser = ["8", "5"])]
         section: String,
     },
+    /// Internal: `condo check`'s look at a tenant's own files, run as the tenant.
+    #[command(hide = true)]
+    CheckAsTenant,
     /// Internal: the dispatcher process, started by the master.
     #[command(hide = true)]
     Dispatcher {
@@ -144,17 +183,28 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Serve => condo::master::serve(&cli.config),
-        Command::Check { json } => return check(&cli.config, json),
-        Command::Reload { tenant: None } => condo::master::signal_reload(&cli.config),
-        Command::Reload {
+        Command::Serve { cfg } => condo::master::serve(&cfg.config),
+        Command::Check {
+            cfg,
+            user_config: Some(file),
             tenant: Some(tenant),
-        } => control(
-            &cli.config,
-            condo::control::Request::ReloadTenant { tenant },
-        ),
-        Command::RestartTenant { tenant } => control(
-            &cli.config,
+            json,
+            ..
+        } => return check_user_config(&cfg.config, &file, &tenant, json),
+        Command::Check {
+            cfg,
+            json,
+            skip_tenant_files,
+            ..
+        } => return check(&cfg.config, json, !skip_tenant_files),
+        Command::CheckAsTenant => condo::check::serve_stdin(),
+        Command::Reload { cfg, tenant: None } => condo::master::signal_reload(&cfg.config),
+        Command::Reload {
+            cfg,
+            tenant: Some(tenant),
+        } => return reload_tenant(&cfg.config, &tenant),
+        Command::RestartTenant { cfg, tenant } => control(
+            &cfg.config,
             condo::control::Request::RestartTenant { tenant },
         ),
         Command::Man { section } => man(&section),
@@ -164,19 +214,21 @@ fn main() -> ExitCode {
             fpm,
             out,
         } => import(from, &files, &fpm, out.as_deref()),
-        Command::Status { json } => status(&cli.config, json),
-        Command::Upgrade => control(&cli.config, condo::control::Request::Upgrade),
+        Command::Status { cfg, json } => status(&cfg.config, json),
+        Command::Upgrade { cfg } => control(&cfg.config, condo::control::Request::Upgrade),
         Command::Top {
+            cfg,
             sort,
             interval,
             iterations,
-        } => top(&cli.config, sort, interval, iterations),
+        } => top(&cfg.config, sort, interval, iterations),
         Command::Usage {
+            cfg,
             since,
             json,
             csv,
             tenant,
-        } => usage(&cli.config, since.as_deref(), tenant.as_deref(), json, csv),
+        } => usage(&cfg.config, since.as_deref(), tenant.as_deref(), json, csv),
         Command::Demo { clean: true, .. } => condo::demo::clean(),
         Command::Demo { clean: false, port } => condo::demo::run(port),
         Command::Dispatcher {
@@ -270,6 +322,88 @@ fn control(config: &std::path::Path, request: condo::control::Request) -> anyhow
     }
 }
 
+/// `condo reload --tenant NAME`: apply, then say whether the tenant's own file (which
+/// its new worker reads) will be taken or rejected, with every mistake. Exit 1: nothing
+/// applied; 2: applied, but the tenant's own file is rejected (its last good version,
+/// or the admin's settings alone, keep applying).
+fn reload_tenant(config: &std::path::Path, tenant: &str) -> ExitCode {
+    if let Err(e) = control(
+        config,
+        condo::control::Request::ReloadTenant {
+            tenant: tenant.to_string(),
+        },
+    ) {
+        eprintln!("condo: {e:#}");
+        return ExitCode::FAILURE;
+    }
+    let loaded = condo::config::load(config);
+    let Some(c) = loaded.config else {
+        return ExitCode::SUCCESS;
+    };
+    let Some(t) = c.tenants.get(tenant) else {
+        return ExitCode::SUCCESS;
+    };
+    let Some(path) = &t.user_config else {
+        return ExitCode::SUCCESS;
+    };
+    let credentials = match condo::config::resolve_tenant(t, c.server.uid_range) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("condo: tenant {tenant}'s own file not checked: {e}");
+            return ExitCode::SUCCESS;
+        }
+    };
+    let file = match path.strip_prefix("~/") {
+        Some(rest) => credentials.home.join(rest),
+        None => PathBuf::from(path),
+    };
+    let request = condo::check::Request {
+        sites: Vec::new(),
+        user_config: Some(file.clone()),
+    };
+    // As the tenant, as its worker reads it (root never opens it).
+    let text = if rustix::process::geteuid().is_root() {
+        condo::check::run_as(&credentials, &request).map_err(|e| format!("{e:#}"))
+    } else {
+        Ok(condo::check::run_here(&request))
+    }
+    .and_then(|r| r.user_config.unwrap_or_else(|| Err("no answer".into())));
+    let sites: Vec<condo::config::Site> = c.tenant_sites(tenant).cloned().collect();
+    let result = match text {
+        // No file is no layer, as for the worker: the admin's settings apply alone.
+        Err(e) if e.contains("No such file") => {
+            println!(
+                "condo: tenant {tenant}'s own file {} does not exist: the admin's settings apply alone",
+                file.display()
+            );
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => Err(vec![diagnostic(&file, e)]),
+        Ok(text) => condo::config::user::parse(&file, text, &sites, &t.user_config_locked, &t.pool),
+    };
+    match result {
+        Ok(layers) => {
+            println!(
+                "condo: tenant {tenant}'s own file {}: applies ({} sites set)",
+                file.display(),
+                layers.len()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(diags) => {
+            println!(
+                "condo: tenant {tenant}'s own file {} is rejected ({} mistake{}); its last good version, or else the admin's settings alone, keep applying:",
+                file.display(),
+                diags.len(),
+                if diags.len() == 1 { "" } else { "s" }
+            );
+            print!("{}", condo::config::user::report(&diags));
+            println!();
+            ExitCode::from(2)
+        }
+    }
+}
+
 fn fetch_status(run_dir: &std::path::Path) -> anyhow::Result<condo::control::Status> {
     let response = condo::control::request(run_dir, &condo::control::Request::Status)?;
     match response.status {
@@ -319,8 +453,12 @@ fn top(
     Ok(())
 }
 
-fn check(path: &std::path::Path, json: bool) -> ExitCode {
-    let loaded = condo::config::load(path);
+fn check(path: &std::path::Path, json: bool, tenant_files: bool) -> ExitCode {
+    let mut loaded = condo::config::load(path);
+    if tenant_files && let Some(c) = &loaded.config {
+        let found = condo::check::site_tls_diagnostics(c, &loaded.site_origins);
+        loaded.diagnostics.extend(found);
+    }
     // Not errors: a tenant must not be able to fail the admin's check (and with it a
     // reload) by what it does to its own paths.
     let warnings = loaded
@@ -434,4 +572,170 @@ fn usage(
         println!();
     }
     Ok(())
+}
+
+/// `condo check --user-config FILE --tenant NAME`: what the tenant's worker would make
+/// of FILE. Run by the tenant itself, it reads FILE as the tenant; the admin's config
+/// is used when the tenant can read it (its sites, the keys the admin locks), and when
+/// it cannot, the file is checked against the rules for every tenant's file, and the
+/// report says what could not be checked. Run as root, FILE is read as the tenant.
+fn check_user_config(
+    config_path: &std::path::Path,
+    file: &std::path::Path,
+    tenant: &str,
+    json: bool,
+) -> ExitCode {
+    use condo::config::{Pool, user};
+    let mut notes: Vec<String> = Vec::new();
+    let mut fatal: Option<String> = None;
+    let root = rustix::process::geteuid().is_root();
+    // The admin's view of this tenant, if this user may read it.
+    let admin = match std::fs::File::open(config_path) {
+        Err(e) => {
+            notes.push(format!(
+                "{}: {e}: checked by the rules for every tenant's file only; not checked: that each [[site]] is one of {tenant}'s, and the keys the admin locks",
+                config_path.display()
+            ));
+            None
+        }
+        Ok(_) => {
+            let loaded = condo::config::load(config_path);
+            match loaded.config {
+                None => {
+                    notes.push(format!(
+                        "{}: the admin's config has errors (see `condo check`); checked by the rules for every tenant's file only",
+                        config_path.display()
+                    ));
+                    None
+                }
+                Some(c) => match c.tenants.get(tenant) {
+                    None => {
+                        fatal = Some(format!("{}: no tenant `{tenant}`", config_path.display()));
+                        None
+                    }
+                    Some(t) => {
+                        let unreadable = loaded
+                            .diagnostics
+                            .iter()
+                            .any(|d| d.line == 0 && d.message.starts_with("cannot read file"));
+                        if unreadable {
+                            notes.push(
+                                "some of the admin's site files are not readable: not checked that each [[site]] is one of yours"
+                                    .into(),
+                            );
+                        }
+                        let sites: Vec<condo::config::Site> =
+                            c.tenant_sites(tenant).cloned().collect();
+                        Some((t.clone(), sites, !unreadable, c.server.uid_range))
+                    }
+                },
+            }
+        }
+    };
+    let credentials = admin
+        .as_ref()
+        .and_then(|(t, _, _, range)| condo::config::resolve_tenant(t, *range).ok());
+    if fatal.is_none()
+        && !root
+        && let Some(c) = &credentials
+        && c.uid != rustix::process::geteuid().as_raw()
+    {
+        notes.push(format!(
+            "you are not {}: the worker reads the file as {}, who may see it differently",
+            c.user, c.user
+        ));
+    }
+    if let Some((t, _, _, _)) = &admin
+        && t.user_config.is_none()
+    {
+        notes.push(format!(
+            "tenant {tenant} has no user_config in the admin's config: no file of the tenant's applies yet"
+        ));
+    }
+    // Read as the worker would: as the tenant.
+    let text: Result<String, String> = if fatal.is_some() {
+        Err(String::new())
+    } else if root {
+        match &credentials {
+            None => Err(format!(
+                "as root, the file is read as the tenant: tenant `{tenant}` must be in a readable {} with a valid user",
+                config_path.display()
+            )),
+            Some(c) => condo::check::run_as(
+                c,
+                &condo::check::Request {
+                    sites: Vec::new(),
+                    user_config: Some(file.to_path_buf()),
+                },
+            )
+            .map_err(|e| format!("{e:#}"))
+            .and_then(|r| r.user_config.unwrap_or_else(|| Err("no answer".into()))),
+        }
+    } else {
+        condo::check::run_here(&condo::check::Request {
+            sites: Vec::new(),
+            user_config: Some(file.to_path_buf()),
+        })
+        .user_config
+        .unwrap_or_else(|| Err("no answer".into()))
+    };
+    let result = match (fatal, text) {
+        (Some(f), _) => Err(vec![diagnostic(file, f)]),
+        (None, Err(e)) => Err(vec![diagnostic(file, e)]),
+        (None, Ok(text)) => match &admin {
+            Some((t, sites, true, _)) => {
+                user::parse(file, text, sites, &t.user_config_locked, &t.pool)
+            }
+            Some((t, _, false, _)) => user::parse_unscoped(file, text, &t.pool),
+            None => user::parse_unscoped(file, text, &Pool::default()),
+        },
+    };
+    if json {
+        let report = serde_json::json!({
+            "ok": result.is_ok(),
+            "file": file,
+            "tenant": tenant,
+            "sites": result.as_ref().map_or(0, |l| l.len()),
+            "errors": result.as_ref().err().cloned().unwrap_or_default(),
+            "notes": notes,
+        });
+        println!("{report:#}");
+    } else {
+        for n in &notes {
+            println!("note: {n}");
+        }
+        match &result {
+            Ok(layers) => println!(
+                "{}: ok ({} of {tenant}'s sites set)",
+                file.display(),
+                layers.len()
+            ),
+            Err(diags) => {
+                for d in diags {
+                    println!("{d}");
+                }
+                println!(
+                    "{}: {} error{}; a file with any error is not applied (the last good version keeps applying)",
+                    file.display(),
+                    diags.len(),
+                    if diags.len() == 1 { "" } else { "s" }
+                );
+            }
+        }
+    }
+    if result.is_ok() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    }
+}
+
+fn diagnostic(file: &std::path::Path, message: String) -> condo::config::Diagnostic {
+    condo::config::Diagnostic {
+        file: file.to_path_buf(),
+        line: 0,
+        column: 0,
+        key: String::new(),
+        message,
+    }
 }

@@ -20,16 +20,27 @@ pub fn condo_8(cli: &clap::Command) -> String {
         "condo \\- {}\n",
         roff(&cli.get_about().map(|a| a.to_string()).unwrap_or_default())
     ));
-    out.push_str(".SH SYNOPSIS\n\\fBcondo\\fR [\\fB\\-c\\fR \\fIFILE\\fR] \\fICOMMAND\\fR [\\fIOPTIONS\\fR]\n");
+    // `-c` belongs to the commands that read the config, after the command's name.
+    out.push_str(".SH SYNOPSIS\n\\fBcondo\\fR \\fICOMMAND\\fR [\\fB\\-c\\fR \\fIFILE\\fR] [\\fIOPTIONS\\fR]\n");
     out.push_str(".SH DESCRIPTION\n");
     out.push_str(
         "condo serves many users' sites from one machine. A root master starts an unprivileged dispatcher, which parses clients' bytes and routes each connection by host name, and one worker per tenant, which runs as that tenant's own uid in the tenant's cgroup and reads the tenant's files and runs its code (static files, CGI, FastCGI such as php\\-cgi, app servers). \
 The configuration is described in \\fBcondo.toml\\fR(5).\n",
     );
-    out.push_str(".SH GLOBAL OPTIONS\n");
+    // `-c` once here, for every command that takes it (and is said of no other).
+    let readers: Vec<&str> = cli
+        .get_subcommands()
+        .filter(|s| !s.is_hide_set() && s.get_arguments().any(|a| a.get_id() == "config"))
+        .map(|s| s.get_name())
+        .collect();
+    out.push_str(".SH OPTIONS\n");
     for arg in cli.get_arguments().filter(|a| !a.is_hide_set()) {
         option(&mut out, arg);
     }
+    out.push_str(&format!(
+        ".TP\n\\fB\\-c\\fR, \\fB\\-\\-config\\fR \\fIFILE\\fR\nThe admin's config file (default /etc/condo/condo.toml), after the command's name; taken by {}.\n",
+        roff(&readers.join(", "))
+    ));
     out.push_str(".SH COMMANDS\n");
     for sub in cli.get_subcommands().filter(|s| !s.is_hide_set()) {
         out.push_str(&format!(".SS {}\n", roff(&usage_line(sub))));

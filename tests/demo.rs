@@ -85,4 +85,18 @@ fn demo_serves_two_tenants_each_as_its_own_user() {
         assert!(Instant::now() < deadline, "demo did not stop on SIGTERM");
         std::thread::sleep(Duration::from_millis(20));
     }
+    // The commands it printed run this binary (not on PATH after `cargo run`), and its
+    // ps line shows whole user names (`condo-demo-a`, not `condo-d+`).
+    let mut out = String::new();
+    std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut out).unwrap();
+    let exe = std::fs::canonicalize(CONDO).unwrap();
+    assert!(
+        out.contains(&format!("`{} demo --clean`", exe.display())),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("{} usage -c ", exe.display())),
+        "{out}"
+    );
+    assert!(out.contains("ps -o user:20,"), "{out}");
 }

@@ -64,33 +64,140 @@ impl Source {
         }
     }
 
-    /// Deserialize the whole file. Unknown keys become diagnostics rather than being
-    /// silently dropped, all of them, not only the first; the value is still returned
-    /// when only unknown keys were wrong, so the rest of the file can be checked too.
+    /// Deserialize the whole file. Every mistake becomes a diagnostic, not only the
+    /// first: unknown keys (never silently dropped), and values of the wrong type, each
+    /// with its key and place. A value of the wrong type is taken out and the rest
+    /// deserialized again, so one mistake hides no other; the value returned is what is
+    /// left (check the diagnostics before using it: a key taken out has its default).
+    /// `None` only when the file is not TOML or nothing usable is left.
     pub fn deserialize<T: DeserializeOwned>(&self) -> (Option<T>, Vec<Diagnostic>) {
-        let de = match toml::Deserializer::parse(&self.text) {
-            Ok(de) => de,
+        let root = match toml::de::DeTable::parse(&self.text) {
+            Ok(root) => root,
             Err(e) => return (None, vec![self.error_at(e.span(), "", e.message())]),
         };
-        let mut unknown = Vec::new();
-        let value: Result<T, _> =
-            serde_ignored::deserialize(de, |path| unknown.push(path.to_string()));
-        let mut diags: Vec<Diagnostic> = unknown
-            .iter()
-            .map(|key| match super::keys::suggest(key) {
-                Some(known) => self.error(key, format!("unknown key; did you mean `{known}`?")),
-                None => self.error(
-                    key,
-                    "unknown key (check the spelling; `man condo.toml` lists every key)",
-                ),
-            })
-            .collect();
-        match value {
-            Ok(v) => (Some(v), diags),
-            Err(e) => {
-                diags.push(self.error_at(e.span(), "", e.message()));
-                (None, diags)
+        let span = root.span();
+        let root = toml::Spanned::new(span, toml::de::DeValue::Table(root.into_inner()));
+        self.deserialize_value(root, "")
+    }
+
+    /// [`Self::deserialize`] of each element of the array of tables `key` (such as
+    /// `[[site]]`) on its own, so that a mistake in one element (even a missing field)
+    /// hides nothing of the others and their keys keep their indices. Top-level keys
+    /// other than `key` are unknown keys.
+    pub fn deserialize_each<T: DeserializeOwned>(
+        &self,
+        key: &str,
+    ) -> (Option<Vec<Option<T>>>, Vec<Diagnostic>) {
+        let root = match toml::de::DeTable::parse(&self.text) {
+            Ok(root) => root.into_inner(),
+            Err(e) => return (None, vec![self.error_at(e.span(), "", e.message())]),
+        };
+        let mut diags = Vec::new();
+        let mut items = Vec::new();
+        for (k, v) in root {
+            if k.get_ref() != key {
+                diags.push(self.unknown_key(k.get_ref()));
+                continue;
             }
+            let span = v.span();
+            match v.into_inner() {
+                toml::de::DeValue::Array(array) => {
+                    for (i, element) in array.into_iter().enumerate() {
+                        let (value, d) = self.deserialize_value(element, &format!("{key}.{i}"));
+                        diags.extend(d);
+                        items.push(value);
+                    }
+                }
+                other => diags.push(self.error_at(
+                    Some(span),
+                    key,
+                    format!("must be tables ([[{key}]]), not {}", other.type_str()),
+                )),
+            }
+        }
+        diags.sort_by_key(|d| (d.line, d.column));
+        (Some(items), diags)
+    }
+
+    /// Deserialize `value`, which sits at `prefix` in the file, taking out each value
+    /// serde refuses and trying again (at most [`MAX_TYPE_ERRORS`] times).
+    fn deserialize_value<T: DeserializeOwned>(
+        &self,
+        value: toml::Spanned<toml::de::DeValue<'_>>,
+        prefix: &str,
+    ) -> (Option<T>, Vec<Diagnostic>) {
+        let join = |path: &str| match (prefix.is_empty(), path.is_empty()) {
+            (true, _) => path.to_string(),
+            (false, true) => prefix.to_string(),
+            (false, false) => format!("{prefix}.{path}"),
+        };
+        let original = value.clone();
+        let mut current = value;
+        let mut diags = Vec::new();
+        let mut unknown: Vec<String> = Vec::new();
+        // Keys taken out: the "missing field" that taking out a required one causes
+        // is that same mistake, said once already.
+        let mut taken: Vec<String> = Vec::new();
+        let mut result = None;
+        for _ in 0..MAX_TYPE_ERRORS {
+            let mut seen = Vec::new();
+            let de = toml::de::ValueDeserializer::from(current.clone());
+            let value: Result<T, _> =
+                serde_ignored::deserialize(de, |path| seen.push(path.to_string()));
+            for key in seen {
+                if !unknown.contains(&key) {
+                    unknown.push(key);
+                }
+            }
+            match value {
+                Ok(v) => {
+                    result = Some(v);
+                    break;
+                }
+                Err(e) => {
+                    let path = e.span().map(|s| path_of(&original, &s)).unwrap_or_default();
+                    let message = e.message().to_string();
+                    let repeated = message
+                        .strip_prefix("missing field `")
+                        .and_then(|m| m.strip_suffix('`'))
+                        .is_some_and(|field| {
+                            let full = if path.is_empty() {
+                                field.to_string()
+                            } else {
+                                format!("{}.{field}", dotted(&path))
+                            };
+                            taken.contains(&full)
+                        });
+                    if !repeated {
+                        let key = join(&dotted(&path));
+                        diags.push(self.error_at(e.span(), &key, message));
+                    }
+                    // What can be taken out is a table's entry: a bad element takes its
+                    // whole array (taking one out would renumber the rest).
+                    let Some(cut) = path.iter().rposition(|seg| matches!(seg, Seg::Key(_))) else {
+                        break;
+                    };
+                    let removable = &path[..=cut];
+                    if !remove(&mut current, removable) {
+                        break;
+                    }
+                    taken.push(dotted(removable));
+                }
+            }
+        }
+        diags.extend(unknown.iter().map(|key| self.unknown_key(&join(key))));
+        diags.sort_by_key(|d| (d.line, d.column));
+        (result, diags)
+    }
+
+    /// An unknown key, with the known key of its section it is closest to.
+    fn unknown_key(&self, key: &str) -> Diagnostic {
+        match super::keys::suggest(key) {
+            Some(known) => self.error(key, format!("unknown key; did you mean `{known}`?")),
+            None => self.error(
+                key,
+                "unknown key (check the spelling; `man condo.toml` lists every key)",
+            ),
         }
     }
 
@@ -147,6 +254,95 @@ impl Source {
             }
         }
         best
+    }
+}
+
+/// The most values of the wrong type reported for one file (or one `[[site]]`): each
+/// costs a deserialization of what is left.
+const MAX_TYPE_ERRORS: usize = 64;
+
+/// One step of a path into a document.
+#[derive(Debug, Clone, PartialEq)]
+enum Seg {
+    Key(String),
+    Index(usize),
+}
+
+fn dotted(path: &[Seg]) -> String {
+    path.iter()
+        .map(|s| match s {
+            Seg::Key(k) => k.clone(),
+            Seg::Index(i) => i.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(".")
+}
+
+/// The path of the smallest value whose span holds `span` (the deepest on a tie): the
+/// key a serde error is about. Every node is visited: a table made by a `[header]`
+/// need not span its keys.
+fn path_of(root: &toml::Spanned<toml::de::DeValue<'_>>, span: &Range<usize>) -> Vec<Seg> {
+    fn walk(
+        node: &toml::Spanned<toml::de::DeValue<'_>>,
+        span: &Range<usize>,
+        path: &mut Vec<Seg>,
+        best: &mut Option<(usize, Vec<Seg>)>,
+    ) {
+        let here = node.span();
+        if here.start <= span.start && span.end <= here.end {
+            let len = here.end - here.start;
+            if best
+                .as_ref()
+                .is_none_or(|(l, p)| len < *l || (len == *l && path.len() >= p.len()))
+            {
+                *best = Some((len, path.clone()));
+            }
+        }
+        match node.get_ref() {
+            toml::de::DeValue::Table(t) => {
+                for (k, v) in t.iter() {
+                    path.push(Seg::Key(k.get_ref().to_string()));
+                    walk(v, span, path, best);
+                    path.pop();
+                }
+            }
+            toml::de::DeValue::Array(a) => {
+                for (i, v) in a.iter().enumerate() {
+                    path.push(Seg::Index(i));
+                    walk(v, span, path, best);
+                    path.pop();
+                }
+            }
+            _ => {}
+        }
+    }
+    let mut best = None;
+    walk(root, span, &mut Vec::new(), &mut best);
+    best.map(|(_, p)| p).unwrap_or_default()
+}
+
+/// Take the entry at `path` (ending in a key) out of `root`.
+fn remove(root: &mut toml::Spanned<toml::de::DeValue<'_>>, path: &[Seg]) -> bool {
+    let Some((Seg::Key(last), parents)) = path.split_last() else {
+        return false;
+    };
+    let mut node = root.get_mut();
+    for seg in parents {
+        node = match (node, seg) {
+            (toml::de::DeValue::Table(t), Seg::Key(k)) => match t.get_mut(k.as_str()) {
+                Some(v) => v.get_mut(),
+                None => return false,
+            },
+            (toml::de::DeValue::Array(a), Seg::Index(i)) => match a.get_mut(*i) {
+                Some(v) => v.get_mut(),
+                None => return false,
+            },
+            _ => return false,
+        };
+    }
+    match node {
+        toml::de::DeValue::Table(t) => t.remove(last.as_str()).is_some(),
+        _ => false,
     }
 }
 
@@ -231,6 +427,65 @@ mod tests {
         let (value, diags) = s.deserialize::<Top>();
         assert!(value.is_none());
         assert_eq!(diags[0].line, 2, "{diags:?}");
+    }
+
+    #[derive(serde::Deserialize, Debug)]
+    #[allow(dead_code)]
+    struct Limits {
+        cpu_max: Option<f64>,
+        pids_max: Option<u32>,
+        name: Option<String>,
+        #[serde(default)]
+        tags: Vec<String>,
+    }
+
+    #[test]
+    fn every_value_of_the_wrong_type_is_named_with_its_key_and_place() {
+        let s = source(
+            "[t.a]\ncpu_max = \"half\"\npids_max = 64\n[t.b]\npids_max = -1\nname = \"ok\"\ntags = [\"x\", 5]\ntypo = 1\n",
+        );
+        let (value, diags) = s.deserialize::<std::collections::BTreeMap<String, std::collections::BTreeMap<String, Limits>>>();
+        let got: Vec<(usize, usize, &str)> = diags
+            .iter()
+            .map(|d| (d.line, d.column, d.key.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                (2, 11, "t.a.cpu_max"),
+                (5, 12, "t.b.pids_max"),
+                (7, 14, "t.b.tags.1"),
+                (8, 1, "t.b.typo"),
+            ],
+            "{diags:?}"
+        );
+        assert!(diags[0].message.contains("\"half\""), "{diags:?}");
+        // What is left is still there to validate further.
+        let value = value.unwrap();
+        assert_eq!(value["t"]["a"].pids_max, Some(64));
+        assert_eq!(value["t"]["b"].name.as_deref(), Some("ok"));
+    }
+
+    #[test]
+    fn a_missing_field_in_one_table_of_an_array_hides_nothing_of_the_others() {
+        let s =
+            source("[[site]]\nname = \"a\"\n[[site]]\nname = 5\n[[site]]\nnme = \"c\"\n[extra]\n");
+        let (items, diags) = s.deserialize_each::<Site>("site");
+        let items = items.unwrap();
+        assert_eq!(items.len(), 3);
+        assert!(items[0].is_some() && items[1].is_none() && items[2].is_none());
+        let got: Vec<(usize, &str)> = diags.iter().map(|d| (d.line, d.key.as_str())).collect();
+        // site.1's wrong `name` is said once (not again as "missing field").
+        assert_eq!(
+            got,
+            [
+                (4, "site.1.name"),
+                (5, "site.2"),
+                (6, "site.2.nme"),
+                (7, "extra")
+            ],
+            "{diags:?}"
+        );
     }
 
     #[test]

@@ -403,6 +403,9 @@ impl Config {
 pub struct Loaded {
     pub config: Option<Config>,
     pub diagnostics: Vec<Diagnostic>,
+    /// Where each loaded site is written: site name → (file, key such as `site.0`),
+    /// for what `condo check` finds later about a site (its own certificate).
+    pub site_origins: HashMap<String, (PathBuf, String)>,
 }
 
 // ---- the files as written ----
@@ -639,6 +642,8 @@ impl TenantSection {
     }
 }
 
+/// A site file as one document (the loader takes its `[[site]]`s one by one).
+#[cfg(test)]
 #[derive(Deserialize)]
 struct SiteFile {
     #[serde(default)]
@@ -703,15 +708,19 @@ pub fn load(path: &Path) -> Loaded {
             return Loaded {
                 config: None,
                 diagnostics: vec![d],
+                site_origins: HashMap::new(),
             };
         }
     };
     let (main, main_diags) = source.deserialize::<MainFile>();
+    let shadowed: Vec<String> = main_diags.iter().map(|d| d.key.clone()).collect();
     diagnostics.extend(main_diags);
+    let validated_from = diagnostics.len();
     let Some(main) = main else {
         return Loaded {
             config: None,
             diagnostics,
+            site_origins: HashMap::new(),
         };
     };
     let server = validate_server(&source, &main.server, &mut diagnostics);
@@ -754,6 +763,8 @@ pub fn load(path: &Path) -> Loaded {
     let dispatcher = server
         .as_ref()
         .and_then(|server| accounts.user(&server.user).ok());
+    // uid → the tenant that runs as it.
+    let mut uid_of: HashMap<u32, String> = HashMap::new();
     for (name, t) in &main.tenant {
         let key = format!("tenant.{name}");
         if !valid_name(name) {
@@ -845,22 +856,43 @@ pub fn load(path: &Path) -> Loaded {
                 ));
                 continue;
             }
+            // Each tenant gets its own cgroup: one user in two would have twice the
+            // limits, and two workers that can signal and trace each other.
+            if let Some(other) = uid_of.get(&creds.uid) {
+                let first = source.error(&format!("tenant.{other}.user"), "");
+                diagnostics.push(source.error(
+                    &format!("{key}.user"),
+                    format!(
+                        "user `{}` (uid {}) is already tenant {other}'s (user at {}:{}): one Unix user in two tenants would get two cgroups, so twice the limits; put both tenants' sites in one tenant",
+                        tenant.user,
+                        creds.uid,
+                        source.path.display(),
+                        first.line
+                    ),
+                ));
+                continue;
+            }
+            uid_of.insert(creds.uid, name.clone());
         }
         tenants.insert(name.clone(), tenant);
     }
+    drop_shadowed(&mut diagnostics, validated_from, &source.path, &shadowed);
     let Some(server) = server else {
         return Loaded {
             config: None,
             diagnostics,
+            site_origins: HashMap::new(),
         };
     };
     let base = path.parent().unwrap_or(Path::new("."));
+    let mut site_origins = HashMap::new();
     let sites = load_sites(
         base,
         &main.server.sites,
         &source,
         &tenants,
         &mut diagnostics,
+        &mut site_origins,
     );
     if let Some(default) = &server.default_site
         && !sites.iter().any(|s| &s.name == default)
@@ -880,6 +912,7 @@ pub fn load(path: &Path) -> Loaded {
             "a TLS listener needs certificates: a [[certificate]] of the host's or a site's `tls`",
         ));
     }
+    drop_shadowed(&mut diagnostics, validated_from, &source.path, &shadowed);
     // Mistakes in the main file are fatal (they concern every site); the site files'
     // only cost their own sites.
     let main_ok = !diagnostics.iter().any(|d| d.file == source.path);
@@ -892,6 +925,7 @@ pub fn load(path: &Path) -> Loaded {
             sites,
         }),
         diagnostics,
+        site_origins,
     }
 }
 
@@ -1216,6 +1250,7 @@ fn load_sites(
     main: &Source,
     tenants: &BTreeMap<String, Tenant>,
     diags: &mut Vec<Diagnostic>,
+    origins: &mut HashMap<String, (PathBuf, String)>,
 ) -> Vec<Site> {
     let full = base.join(pattern);
     let mut files: Vec<PathBuf> = match glob::glob(&full.to_string_lossy()) {
@@ -1237,19 +1272,47 @@ fn load_sites(
                 continue;
             }
         };
-        // A file with any unknown key is skipped whole: a typo must not quietly
-        // serve a site differently from what its owner meant.
-        let (parsed, file_diags) = source.deserialize::<SiteFile>();
-        let clean = file_diags.is_empty();
-        diags.extend(file_diags);
-        let Some(parsed) = parsed.filter(|_| clean) else {
+        // A file with any mistake is skipped whole (a typo must not quietly serve a
+        // site differently from what its owner meant), but every site in it is still
+        // validated, so that all its mistakes are shown at once.
+        let (parsed, file_diags) = source.deserialize_each::<SiteSection>("site");
+        let clean = file_diags.is_empty()
+            && parsed
+                .as_ref()
+                .is_some_and(|p| p.iter().all(Option::is_some));
+        let shadowed: Vec<String> = file_diags.iter().map(|d| d.key.clone()).collect();
+        let Some(parsed) = parsed else {
+            diags.extend(file_diags);
             continue;
         };
-        for (i, s) in parsed.site.into_iter().enumerate() {
+        let mut found = Vec::new();
+        let mut file_sites = Vec::new();
+        // A file not loaded claims no host names.
+        let mut scratch = HashMap::new();
+        for (i, s) in parsed.into_iter().enumerate() {
+            let Some(s) = s else { continue };
             let key = format!("site.{i}");
-            if let Some(site) = validate_site(&source, &key, s, tenants, &mut claimed, diags) {
-                sites.push(site);
+            let claimed = if clean { &mut claimed } else { &mut scratch };
+            if let Some(site) = validate_site(&source, &key, s, tenants, claimed, &mut found) {
+                file_sites.push((key, site));
             }
+        }
+        // A key of the wrong type was read as its default: what is then said about
+        // that key is the same mistake again.
+        let mut all = file_diags;
+        all.extend(
+            found
+                .into_iter()
+                .filter(|d| !is_shadowed(&d.key, &shadowed)),
+        );
+        all.sort_by_key(|d| (d.line, d.column));
+        diags.extend(all);
+        if !clean {
+            continue;
+        }
+        for (key, site) in file_sites {
+            origins.insert(site.name.clone(), (file.clone(), key));
+            sites.push(site);
         }
     }
     sites
@@ -1580,32 +1643,34 @@ fn validate_route(
         (Some(p), None)
             if p.starts_with('/') && crate::http::path::normalize(p).is_ok_and(|n| &n == p) =>
         {
-            RouteMatch::Prefix(p.clone())
+            Some(RouteMatch::Prefix(p.clone()))
         }
         (Some(_), None) => {
             diags.push(source.error(
                 &format!("{key}.path"),
                 "must be a normalised absolute path such as \"/cgi-bin/\"",
             ));
-            return None;
+            None
         }
         (None, Some(sfx))
             if sfx.len() > 1 && sfx.starts_with('.') && !sfx[1..].contains(['.', '/']) =>
         {
-            RouteMatch::Suffix(sfx.clone())
+            Some(RouteMatch::Suffix(sfx.clone()))
         }
         (None, Some(_)) => {
             diags.push(source.error(
                 &format!("{key}.suffix"),
                 "must be a file extension such as \".cgi\"",
             ));
-            return None;
+            None
         }
         _ => {
             diags.push(source.error(key, "a route needs exactly one of `path` or `suffix`"));
-            return None;
+            None
         }
     };
+    // Each mistake of a route is said, not only the first: the handler is checked
+    // whatever the matcher was.
     let handler = match r.handler.as_str() {
         "static" => Handler::Static,
         "cgi" => Handler::Cgi,
@@ -1672,21 +1737,24 @@ fn validate_route(
             bad = true;
         }
     }
-    if bad {
-        return None;
-    }
     let fastcgi = if handler == Handler::FastCgi {
-        Some(validate_fastcgi(source, key, r, &matcher, pool, diags)?)
+        validate_fastcgi(source, key, r, matcher.as_ref(), pool, diags)
     } else {
         None
     };
     let app = if handler == Handler::App {
-        Some(validate_app(source, key, r, pool, diags)?)
+        validate_app(source, key, r, pool, diags)
     } else {
         None
     };
+    if bad
+        || (handler == Handler::FastCgi && fastcgi.is_none())
+        || (handler == Handler::App && app.is_none())
+    {
+        return None;
+    }
     Some(RouteConfig {
-        matcher,
+        matcher: matcher?,
         handler,
         timeout,
         fastcgi,
@@ -1750,7 +1818,7 @@ fn validate_fastcgi(
     source: &Source,
     key: &str,
     r: &RouteSection,
-    matcher: &RouteMatch,
+    matcher: Option<&RouteMatch>,
     pool: &Pool,
     diags: &mut Vec<Diagnostic>,
 ) -> Option<FastCgi> {
@@ -1758,7 +1826,7 @@ fn validate_fastcgi(
     // Only files with the route's suffix ever reach the app (PHP-FPM's
     // security.limit_extensions): a prefix route would hand it any file, such as an
     // uploaded image with PHP inside.
-    if !matches!(matcher, RouteMatch::Suffix(_)) {
+    if matches!(matcher, Some(RouteMatch::Prefix(_))) {
         diags.push(source.error(
             &format!("{key}.path"),
             "a fastcgi route matches by `suffix` (e.g. \".php\"), so only such files reach the app",
@@ -1827,6 +1895,27 @@ fn validate_fastcgi(
         idle_timeout,
         max_requests,
         workdir: r.workdir.clone(),
+    })
+}
+
+/// Drop the diagnostics from `from` on about `file`'s keys of the wrong type: they were
+/// validated as their defaults, and the mistake is already said.
+fn drop_shadowed(diags: &mut Vec<Diagnostic>, from: usize, file: &Path, shadowed: &[String]) {
+    let mut i = 0;
+    diags.retain(|d| {
+        i += 1;
+        i <= from || d.file != file || !is_shadowed(&d.key, shadowed)
+    });
+}
+
+/// Is `key` the same as, or under, one of `shadowed`?
+fn is_shadowed(key: &str, shadowed: &[String]) -> bool {
+    shadowed.iter().any(|s| {
+        !s.is_empty()
+            && (key == s
+                || key
+                    .strip_prefix(s.as_str())
+                    .is_some_and(|r| r.starts_with('.')))
     })
 }
 

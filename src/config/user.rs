@@ -33,12 +33,6 @@ pub struct SiteLayer {
 }
 
 #[derive(Deserialize)]
-struct UserFile {
-    #[serde(default)]
-    site: Vec<toml::Table>,
-}
-
-#[derive(Deserialize)]
 struct UserSite {
     name: String,
     index: Option<Vec<String>>,
@@ -57,18 +51,47 @@ pub fn parse(
     locked: &[String],
     pool: &Pool,
 ) -> Result<Vec<SiteLayer>, Vec<Diagnostic>> {
+    parse_scoped(path, text, Some(sites), locked, pool)
+}
+
+/// [`parse`] without the admin's config (`condo check --user-config` run by a tenant
+/// that cannot read it): every rule of a tenant's file but "one of this tenant's
+/// sites" and the locked keys, which only the admin's config knows.
+pub fn parse_unscoped(
+    path: &Path,
+    text: String,
+    pool: &Pool,
+) -> Result<Vec<SiteLayer>, Vec<Diagnostic>> {
+    parse_scoped(path, text, None, &[], pool)
+}
+
+fn parse_scoped(
+    path: &Path,
+    text: String,
+    sites: Option<&[Site]>,
+    locked: &[String],
+    pool: &Pool,
+) -> Result<Vec<SiteLayer>, Vec<Diagnostic>> {
     let source = Source::from_text(path, text);
     let mut diags = Vec::new();
-    let (file, syntax) = source.deserialize::<UserFile>();
-    for d in syntax {
-        // The only top-level table a tenant may write is [[site]].
-        let message = if d.key.is_empty() {
-            d.message.clone()
-        } else {
-            format!(
-                "`{}` may only be set by the admin; a tenant's file sets only [[site]] tables",
-                d.key
-            )
+    let (file, found) = source.deserialize_each::<UserSite>("site");
+    // Unknown keys are the admin's keys, as far as a tenant is concerned.
+    let mut refused_sites = Vec::new();
+    for d in found {
+        let parts: Vec<&str> = d.key.split('.').collect();
+        let message = match parts.as_slice() {
+            _ if !d.message.starts_with("unknown key") => d.message.clone(),
+            [top] => format!(
+                "`{top}` may only be set by the admin; a tenant's file sets only [[site]] tables"
+            ),
+            ["site", i, name] => {
+                refused_sites.push(i.to_string());
+                format!(
+                    "`{name}` may only be set by the admin; a tenant's file may set {} of its own sites",
+                    TENANT_KEYS.join(", ")
+                )
+            }
+            _ => d.message.clone(),
         };
         diags.push(Diagnostic { message, ..d });
     }
@@ -76,23 +99,17 @@ pub fn parse(
         return Err(diags);
     };
     let mut layers = Vec::new();
-    for (i, table) in file.site.into_iter().enumerate() {
+    for (i, entry) in file.into_iter().enumerate() {
         let key = format!("site.{i}");
-        let mut refused = false;
-        for name in table.keys() {
-            if name == "name" {
-                continue;
-            }
-            if !TENANT_KEYS.contains(&name.as_str()) {
-                diags.push(source.error(
-                    &format!("{key}.{name}"),
-                    format!(
-                        "`{name}` may only be set by the admin; a tenant's file may set {} of its own sites",
-                        TENANT_KEYS.join(", ")
-                    ),
-                ));
-                refused = true;
-            } else if locked.iter().any(|l| l == name) {
+        let Some(entry) = entry else { continue };
+        let mut refused = refused_sites.contains(&i.to_string());
+        for (name, set) in [
+            ("index", entry.index.is_some()),
+            ("autoindex", entry.autoindex.is_some()),
+            ("env", entry.env.is_some()),
+            ("route", entry.route.is_some()),
+        ] {
+            if set && locked.iter().any(|l| l == name) {
                 diags.push(source.error(
                     &format!("{key}.{name}"),
                     format!("`{name}` is locked by the admin (user_config_locked)"),
@@ -100,17 +117,12 @@ pub fn parse(
                 refused = true;
             }
         }
-        let entry: UserSite = match toml::Value::Table(table).try_into() {
-            Ok(s) => s,
-            Err(e) => {
-                diags.push(source.error(&key, e.to_string()));
-                continue;
-            }
-        };
         if refused {
             continue;
         }
-        if !sites.iter().any(|s| s.name == entry.name) {
+        if let Some(sites) = sites
+            && !sites.iter().any(|s| s.name == entry.name)
+        {
             diags.push(source.error(
                 &format!("{key}.name"),
                 format!(
@@ -154,6 +166,7 @@ pub fn parse(
     if diags.is_empty() {
         Ok(layers)
     } else {
+        diags.sort_by_key(|d| (d.line, d.column));
         Err(diags)
     }
 }

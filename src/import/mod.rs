@@ -143,6 +143,23 @@ fn tenant_name(user: &str) -> String {
     }
 }
 
+/// The tenant of `user`: the one it already has, or a new name of its own. Two users
+/// whose names map to one tenant name (`Bob` and `bob`) get two tenants: one tenant
+/// runs as one user, and one user is one tenant (`condo check` refuses a user in two).
+fn tenant_of<V>(tenants: &BTreeMap<String, (String, V)>, user: &str) -> String {
+    if let Some((name, _)) = tenants.iter().find(|(_, (u, _))| u == user) {
+        return name.clone();
+    }
+    let base = tenant_name(user);
+    let mut name = base.clone();
+    let mut n = 1;
+    while tenants.contains_key(&name) {
+        n += 1;
+        name = format!("{base}-{n}");
+    }
+    name
+}
+
 pub fn import(apache_files: &[PathBuf], fpm_files: &[PathBuf]) -> Imported {
     let mut notes = Vec::new();
     let vhosts = apache::parse(apache_files, &mut notes);
@@ -153,7 +170,9 @@ pub fn import(apache_files: &[PathBuf], fpm_files: &[PathBuf]) -> Imported {
             .find(|p| p.listen.as_deref().map(Path::new) == Some(socket))
     };
     // Tenant (by user) → its pool and its sites, in input order.
-    let mut tenants: BTreeMap<String, (String, Option<String>, Option<&Pool>)> = BTreeMap::new();
+    // Tenant name → (user, (group, pool)).
+    type TenantOut<'a> = (String, (Option<String>, Option<&'a Pool>));
+    let mut tenants: BTreeMap<String, TenantOut> = BTreeMap::new();
     let mut sites: BTreeMap<String, Vec<SiteOut>> = BTreeMap::new();
     let mut seen_names: BTreeMap<String, (String, usize)> = BTreeMap::new();
     for v in &vhosts {
@@ -178,17 +197,18 @@ pub fn import(apache_files: &[PathBuf], fpm_files: &[PathBuf]) -> Imported {
             ));
             continue;
         };
-        let tenant = tenant_name(&user);
+        let tenant = tenant_of(&tenants, &user);
         let group = v
             .group
             .clone()
             .or_else(|| pool.and_then(|p| p.group.clone()))
             .filter(|g| *g != user);
-        let entry = tenants
+        let entry = &mut tenants
             .entry(tenant.clone())
-            .or_insert((user.clone(), group, None));
-        if entry.2.is_none() {
-            entry.2 = pool;
+            .or_insert((user.clone(), (group, None)))
+            .1;
+        if entry.1.is_none() {
+            entry.1 = pool;
         }
         let tls = match (&v.tls_cert, &v.tls_key) {
             (Some(cert), Some(key)) => Some(format!(
@@ -284,18 +304,23 @@ pub fn import(apache_files: &[PathBuf], fpm_files: &[PathBuf]) -> Imported {
             ));
             continue;
         };
-        if let std::collections::btree_map::Entry::Vacant(slot) = tenants.entry(tenant_name(user)) {
+        if let std::collections::btree_map::Entry::Vacant(slot) =
+            tenants.entry(tenant_of(&tenants, user))
+        {
             notes.push(Note::new(
                 &p.file,
                 p.line,
                 &format!("[{}]", p.name),
                 "no vhost given uses this pool: the tenant is made without sites".into(),
             ));
-            slot.insert((user.clone(), p.group.clone().filter(|g| g != user), Some(p)));
+            slot.insert((
+                user.clone(),
+                (p.group.clone().filter(|g| g != user), Some(p)),
+            ));
         }
     }
     let mut out = String::from("# Written by `condo import`; review before use.\n");
-    for (tenant, (user, group, pool)) in &tenants {
+    for (tenant, (user, (group, pool))) in &tenants {
         out.push_str(&format!("\n[tenant.{tenant}]\nuser = {}\n", quote(user)));
         if let Some(g) = group {
             out.push_str(&format!("group = {}\n", quote(g)));
@@ -495,4 +520,47 @@ fn write_new(dir: &OwnedFd, dir_path: &Path, name: &str, text: &str) -> anyhow::
         .write_all(text.as_bytes())
         .map_err(|e| anyhow::anyhow!("condo import --out: writing {}: {e}", path.display()))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tenant_tests {
+    use super::*;
+
+    #[test]
+    fn one_user_is_one_tenant_and_one_tenant_one_user() {
+        let dir = tempfile::tempdir().unwrap();
+        let vhost = |name: &str, user: &str| {
+            format!(
+                "<VirtualHost *:80>\nServerName {name}\nDocumentRoot /srv/{name}\nAssignUserID {user} {user}\n</VirtualHost>\n"
+            )
+        };
+        let file = dir.path().join("sites.conf");
+        std::fs::write(
+            &file,
+            vhost("a.example", "bob") + &vhost("b.example", "Bob") + &vhost("c.example", "bob"),
+        )
+        .unwrap();
+        let imported = import(&[file], &[]);
+        // bob's two sites in one tenant; Bob (another account) in a tenant of its own.
+        assert_eq!(
+            imported.tenants.matches("[tenant.").count(),
+            2,
+            "{}",
+            imported.tenants
+        );
+        assert!(
+            imported.tenants.contains("[tenant.bob]\nuser = \"bob\""),
+            "{}",
+            imported.tenants
+        );
+        assert!(
+            imported.tenants.contains("[tenant.bob-2]\nuser = \"Bob\""),
+            "{}",
+            imported.tenants
+        );
+        let bob = &imported.sites["bob"];
+        assert_eq!(bob.matches("[[site]]").count(), 2, "{bob}");
+        let bob2 = &imported.sites["bob-2"];
+        assert!(bob2.contains("b.example"), "{bob2}");
+    }
 }

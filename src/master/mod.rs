@@ -1207,6 +1207,8 @@ impl Master {
         for d in &loaded.diagnostics {
             warn!("reload: {d}");
         }
+        let mut left_for_full: Vec<String> = Vec::new();
+        let mut takes_restart: Vec<String> = Vec::new();
         let Some(mut new) = loaded.config else {
             error!("reload: the main config has errors; still running the previous config");
             return Err("the main config has errors; still running the previous config".into());
@@ -1224,6 +1226,10 @@ impl Master {
             if !new.tenants.contains_key(tenant) && !self.config.tenants.contains_key(tenant) {
                 return Err(format!("no tenant `{tenant}` in the config"));
             }
+            // Said in the answer: the admin asked for one tenant and may have edited
+            // others too.
+            left_for_full = changed_tenants(&self.config, &new);
+            left_for_full.retain(|t| t != tenant);
             new = self.config.with_tenant_from(&new, tenant)?;
         }
         // What the running processes were started with stays until a restart.
@@ -1245,6 +1251,7 @@ impl Master {
                 warn!(
                     "reload: server.{key} changed; that takes a restart, the running value stays"
                 );
+                takes_restart.push(format!("server.{key}"));
             }
         }
         // default_site and unknown_host are routing: those change now.
@@ -1253,24 +1260,9 @@ impl Master {
             unknown_host_status: new.server.unknown_host_status,
             ..self.config.server.clone()
         };
-        let mut changed: Vec<String> = Vec::new();
-        let names: std::collections::BTreeSet<&String> = self
-            .config
-            .tenants
-            .keys()
-            .chain(new.tenants.keys())
-            .collect();
-        let (sites_before, sites_after) = (self.config.sites_by_tenant(), new.sites_by_tenant());
-        for name in names {
-            let before = (
-                self.config.tenants.get(name),
-                sites_before.get(name.as_str()),
-            );
-            let after = (new.tenants.get(name), sites_after.get(name.as_str()));
-            if before != after {
-                changed.push(name.clone());
-            }
-        }
+        let changed = changed_tenants(&self.config, &new);
+        // A tenant whose own file may have changed: its new worker reads it.
+        let mut own_file: Vec<String> = Vec::new();
         if let Some(tenant) = only
             && !changed.iter().any(|c| c == tenant)
             && self
@@ -1279,8 +1271,7 @@ impl Master {
                 .get(tenant)
                 .is_some_and(|t| t.user_config.is_some())
         {
-            // Its own file may have changed: a new worker reads it.
-            changed.push(tenant.to_string());
+            own_file.push(tenant.to_string());
         }
         let routing = spawn::routing(&new);
         // What no dispatcher could take is refused before anything changes.
@@ -1301,9 +1292,16 @@ impl Master {
                 None
             }
         };
+        // Not "changed": their config is the same, their files may not be. Only the
+        // tenants this reload is for (a reload of t3 leaves t1's worker alone).
+        let mut certificates_reread: Vec<String> = Vec::new();
         for site in self.config.sites.iter().filter(|s| s.tls.is_some()) {
-            if !changed.contains(&site.tenant) {
-                changed.push(site.tenant.clone());
+            if only.is_none_or(|t| t == site.tenant)
+                && !changed.contains(&site.tenant)
+                && !own_file.contains(&site.tenant)
+                && !certificates_reread.contains(&site.tenant)
+            {
+                certificates_reread.push(site.tenant.clone());
             }
         }
         let mut undelivered = Vec::new();
@@ -1323,19 +1321,49 @@ impl Master {
                 undelivered.push(format!("dispatcher {pid}: {e}"));
             }
         }
-        for tenant in &changed {
+        for tenant in changed.iter().chain(&own_file).chain(&certificates_reread) {
             self.retire_tenant(tenant).await;
         }
         self.keep_warm().await;
-        let summary = format!(
-            "reloaded: {} sites; tenants changed: {}",
-            self.config.sites.len(),
-            if changed.is_empty() {
+        let list = |v: &[String]| {
+            if v.is_empty() {
                 "none".to_string()
             } else {
-                changed.join(", ")
+                v.join(", ")
             }
-        );
+        };
+        let mut summary = match only {
+            None => format!("reloaded: {} sites", self.config.sites.len()),
+            Some(t) => format!(
+                "reloaded tenant {t} only: {} sites in all",
+                self.config.sites.len()
+            ),
+        };
+        summary.push_str(&format!("; tenants changed: {}", list(&changed)));
+        if !own_file.is_empty() {
+            summary.push_str(&format!(
+                "; own config file read again by a new worker: {}",
+                list(&own_file)
+            ));
+        }
+        if !certificates_reread.is_empty() {
+            summary.push_str(&format!(
+                "; unchanged, workers replaced to read their own certificates again: {}",
+                list(&certificates_reread)
+            ));
+        }
+        if !left_for_full.is_empty() {
+            summary.push_str(&format!(
+                "; not applied (edited, left for a full `condo reload`): {}",
+                list(&left_for_full)
+            ));
+        }
+        if !takes_restart.is_empty() {
+            summary.push_str(&format!(
+                "; not applied (takes a restart, the running value stays): {}",
+                list(&takes_restart)
+            ));
+        }
         info!("{summary}");
         if !undelivered.is_empty() {
             // The workers follow the new config; a dispatcher that did not get it is
@@ -1688,7 +1716,35 @@ impl Master {
         if let Some(cgroups) = &self.cgroups {
             cgroups.remove_parent();
         }
-        let _ = std::fs::remove_file(pid_file(&self.config));
+        // What this master made in run_dir goes with it: a control socket left behind
+        // answers nothing (connection refused, not "no such file"), and a metrics file
+        // left behind shows numbers of a server that is gone.
+        for path in [
+            pid_file(&self.config),
+            self.config.server.run_dir.join(crate::control::SOCKET),
+            spawn::metrics_file(&self.config),
+        ] {
+            if let Err(e) = std::fs::remove_file(&path)
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                warn!("removing {}: {e}", path.display());
+            }
+        }
         info!("stopped");
     }
+}
+
+/// The tenants whose section or sites differ between `before` and `after`, by name.
+fn changed_tenants(before: &Config, after: &Config) -> Vec<String> {
+    let names: std::collections::BTreeSet<&String> =
+        before.tenants.keys().chain(after.tenants.keys()).collect();
+    let (sites_before, sites_after) = (before.sites_by_tenant(), after.sites_by_tenant());
+    names
+        .into_iter()
+        .filter(|name| {
+            (before.tenants.get(*name), sites_before.get(name.as_str()))
+                != (after.tenants.get(*name), sites_after.get(name.as_str()))
+        })
+        .cloned()
+        .collect()
 }
