@@ -130,8 +130,10 @@ fn apache_and_php_fpm_configs_become_condo_config_that_checks() {
         base.join("run").display()
     );
     std::fs::write(base.join("condo.toml"), main).unwrap();
+    // The vhosts name certificate files this test does not make: the tenants' own
+    // files are left out of this check (what import wrote is what is checked here).
     let check = Command::new(CONDO)
-        .args(["check", "-c"])
+        .args(["check", "--skip-tenant-files", "-c"])
         .arg(base.join("condo.toml"))
         .output()
         .unwrap();
