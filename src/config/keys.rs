@@ -273,6 +273,11 @@ fn section_of(path: &str) -> Option<(Section, &str)> {
 /// enough to be a typo (at most 2 edits, or one key contains the other).
 pub fn suggest(path: &str) -> Option<&'static str> {
     let (section, name) = section_of(path)?;
+    // No key is this long; a name from a hostile file may be megabytes, and the edit
+    // distance costs its length times each key's.
+    if name.len() > 64 {
+        return None;
+    }
     of(section)
         .map(|k| (edit_distance(name, k.name), k.name))
         .filter(|(d, known)| *d <= 2 || (name.len() > 3 && known.contains(name)))
@@ -394,6 +399,8 @@ mod tests {
         assert_eq!(suggest("server.handlr"), None);
         assert_eq!(suggest("site.0.zzzzzzzz"), None);
         assert_eq!(suggest("nosuchsection.key"), None);
+        // A huge name gets no suggestion (and no edit distance: no key is that long).
+        assert_eq!(suggest(&format!("site.0.{}", "m".repeat(5 << 20))), None);
     }
 
     #[test]
