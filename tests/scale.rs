@@ -143,7 +143,8 @@ fn five_thousand_tenants_are_served() {
     eprintln!("condo check of {TENANTS} tenants: {:?}", check.elapsed());
     assert!(
         out.status.success(),
-        "check: {}",
+        "check: {}{}",
+        String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
 
