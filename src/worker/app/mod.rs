@@ -67,9 +67,17 @@ pub async fn serve(
                     refusal.reason
                 ),
             );
-            let page = crate::http::error_response(refusal.status, false, call.head.is_head());
+            let head_only = call.head.is_head();
+            let retry = if refusal.status == 503 {
+                format!("Retry-After: {}\r\n", crate::worker::caps::RETRY_AFTER)
+            } else {
+                String::new()
+            };
+            let page =
+                crate::http::error_response_with(refusal.status, false, head_only, &retry);
             stream.write_all(&page).await?;
-            Ok((refusal.status, 0, false))
+            let sent = crate::http::error_body_len(refusal.status, head_only);
+            Ok((refusal.status, sent, false))
         }
     }
 }
@@ -92,7 +100,7 @@ async fn run(call: &CgiCall<'_>, stream: &mut Stream, buf: &mut BytesMut) -> Out
     else {
         return refused(500, "no app for this route");
     };
-    let usage = match app.acquire(call.site) {
+    let usage = match app.acquire(call.site, &call.tenant.caps) {
         Ok(u) => u,
         Err(e) => return refused(e.status, e.reason),
     };
