@@ -85,13 +85,40 @@ fn setup(limits: &str, site: &str) -> (TwoTenants, ScratchParent, PathBuf) {
     );
     t.append_site(
         "a",
-        &format!("{site}\n[[site.route]]\npath = \"/cgi-bin/\"\nhandler = \"cgi\"\ntimeout = \"30s\""),
+        &format!(
+            "{site}\n[[site.route]]\npath = \"/cgi-bin/\"\nhandler = \"cgi\"\ntimeout = \"30s\""
+        ),
     );
     (t, parent, config)
 }
 
 /// Grows past any small memory_max, 8 MiB at a time (each page touched).
 const HOG: &str = "#!/usr/bin/python3\nchunks = []\nfor i in range(64):\n    chunks.append(bytearray(8 << 20))\n    for j in range(0, 8 << 20, 4096):\n        chunks[-1][j] = 1\nprint('Content-Type: text/plain\\n')\nprint('survived', len(chunks) * 8, 'MiB')\n";
+
+/// An HTTP server on the socket condo passes as fd 3; /app/hog grows past any small
+/// memory_max.
+const APP_HOG: &str = r#"import http.server, socket
+class H(http.server.BaseHTTPRequestHandler):
+    protocol_version = 'HTTP/1.1'
+    def log_message(self, *a):
+        pass
+    def do_GET(self):
+        chunks = []
+        if self.path == '/app/hog':
+            for i in range(64):
+                chunks.append(bytearray(8 << 20))
+                for j in range(0, 8 << 20, 4096):
+                    chunks[-1][j] = 1
+        body = b'app ok'
+        self.send_response(200)
+        self.send_header('Content-Length', str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+server = http.server.HTTPServer(('127.0.0.1', 0), H, bind_and_activate=False)
+server.socket = socket.socket(fileno=3)
+server.server_address = ('app', 0)
+server.serve_forever()
+"#;
 
 /// GET with a generous read timeout (an OOM kill under a busy machine takes a while).
 fn get(addr: std::net::SocketAddr, path: &str) -> Response {
@@ -149,7 +176,7 @@ fn a_script_killed_at_memory_max_gets_503_and_the_site_log_names_the_limit() {
     assert_eq!(r.header("Retry-After"), Some("5"), "{:?}", r.headers);
     let log = site_log_with(&t, "a.test", "memory limit");
     assert!(
-        log.contains("/cgi-bin/hog.py: killed: memory limit 96M reached"),
+        log.contains("GET /cgi-bin/hog.py: killed: memory limit 96M reached"),
         "{log}"
     );
     assert!(log.contains("memory_max"), "{log}");
@@ -205,14 +232,19 @@ fn php_killed_at_memory_max_gets_503_and_the_site_log_names_the_limit() {
         &t.a,
         0o644,
     );
-    write_owned(&t.root_a.join("hello.php"), b"<?php echo 'hello';\n", &t.a, 0o644);
+    write_owned(
+        &t.root_a.join("hello.php"),
+        b"<?php echo 'hello';\n",
+        &t.a,
+        0o644,
+    );
     let condo = Condo::start(&config);
     let r = get(condo.pass, "/hog.php");
     assert_eq!(r.status, 503, "{}", r.text());
     assert_eq!(r.header("Retry-After"), Some("5"), "{:?}", r.headers);
     let log = site_log_with(&t, "a.test", "memory limit");
     assert!(
-        log.contains("/hog.php: killed: memory limit 128M reached"),
+        log.contains("GET /hog.php: killed: memory limit 128M reached"),
         "{log}"
     );
     // The pool replaces the killed process.
@@ -250,7 +282,10 @@ fn a_spawn_at_pids_max_gets_503_and_the_site_log_names_the_limit() {
     // Wait until the group is at its cap.
     let deadline = Instant::now() + Duration::from_secs(20);
     while parent.tenant_file("pids", "a", "pids.current").as_deref() != Some("60") {
-        assert!(Instant::now() < deadline, "the group never reached pids_max");
+        assert!(
+            Instant::now() < deadline,
+            "the group never reached pids_max"
+        );
         std::thread::sleep(Duration::from_millis(50));
     }
     let r = get(condo.pass, "/cgi-bin/hello.sh");
@@ -259,7 +294,7 @@ fn a_spawn_at_pids_max_gets_503_and_the_site_log_names_the_limit() {
     assert_eq!(r.header("Retry-After"), Some("5"), "{:?}", r.headers);
     let log = site_log_with(&t, "a.test", "pids_max");
     assert!(
-        log.contains("cannot start /cgi-bin/hello.sh: process limit reached (the tenant's pids_max 60)"),
+        log.contains("GET /cgi-bin/hello.sh: cannot start /cgi-bin/hello.sh: process limit reached (the tenant's pids_max 60)"),
         "{log}"
     );
     let held = hold.join().unwrap();
@@ -352,4 +387,47 @@ fn a_script_error_page_counts_its_bytes_and_a_traceback_stays_readable() {
         "{log}"
     );
     assert!(log.contains("    raise ValueError("), "{log}");
+}
+
+#[test]
+fn an_app_killed_at_memory_max_gets_503_and_the_site_log_names_the_limit() {
+    if !require_root() || !require_cgroup_v1() {
+        return;
+    }
+    let (t, _parent, config) = setup("memory_max = \"96M\"", "");
+    let appdir = t.root_a.parent().unwrap().join("app");
+    write_owned(&appdir.join("app.py"), APP_HOG.as_bytes(), &t.a, 0o644);
+    chown(&appdir, &t.a, 0o755);
+    t.append_site(
+        "a",
+        &format!(
+            "[[site.route]]\npath = \"/app/\"\nhandler = \"app\"\nworkdir = \"{}\"\ncommand = [\"python3\", \"app.py\"]\ntimeout = \"30s\"",
+            appdir.display()
+        ),
+    );
+    let condo = Condo::start(&config);
+    assert_eq!(get(condo.pass, "/app/ok").text(), "app ok");
+    let r = get(condo.pass, "/app/hog");
+    assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(r.header("Retry-After"), Some("5"), "{:?}", r.headers);
+    let log = site_log_with(&t, "a.test", "memory limit");
+    assert!(
+        log.contains("GET /app/hog: the app") && log.contains("killed: memory limit 96M reached"),
+        "{log}"
+    );
+    // The app is started again for the next request.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let r = get(condo.pass, "/app/ok");
+        if r.status == 200 {
+            assert_eq!(r.text(), "app ok");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the app never came back: {}",
+            r.status
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }

@@ -60,11 +60,10 @@ impl Caps {
     pub fn oom_message(&self) -> String {
         match self.memory_max {
             Some(bytes) => format!(
-                "killed: memory limit {} reached (the tenant's memory_max; the kernel's OOM killer ended the process)",
+                "killed: memory limit {} reached (the tenant's memory_max: the kernel ended the process)",
                 size(bytes)
             ),
-            None => "killed: memory limit reached (the kernel's OOM killer ended the process)"
-                .to_string(),
+            None => "killed: memory limit reached (the kernel ended the process)".to_string(),
         }
     }
 

@@ -73,8 +73,7 @@ pub async fn serve(
             } else {
                 String::new()
             };
-            let page =
-                crate::http::error_response_with(refusal.status, false, head_only, &retry);
+            let page = crate::http::error_response_with(refusal.status, false, head_only, &retry);
             stream.write_all(&page).await?;
             let sent = crate::http::error_body_len(refusal.status, head_only);
             Ok((refusal.status, sent, false))
@@ -104,6 +103,7 @@ async fn run(call: &CgiCall<'_>, stream: &mut Stream, buf: &mut BytesMut) -> Out
         Ok(u) => u,
         Err(e) => return refused(e.status, e.reason),
     };
+    let oom_before = call.tenant.caps.oom_kills();
     let deadline = Instant::now() + call.route.timeout;
     let timed_out = || {
         refuse(
@@ -180,6 +180,13 @@ async fn run(call: &CgiCall<'_>, stream: &mut Stream, buf: &mut BytesMut) -> Out
         Ok(r) => r,
         Err(reason) => {
             let pid = app.pid().map(|p| format!(" (pid {p})")).unwrap_or_default();
+            // The app (or a process of its own) went away before answering while the
+            // kernel killed in the tenant's group at memory_max (the count rises
+            // before the victim's sockets close): that is the cause to report.
+            let caps = &call.tenant.caps;
+            if oom_before.is_some_and(|before| caps.oom_kills().is_some_and(|now| now > before)) {
+                return refused(503, format!("the app{pid}: {}", caps.oom_message()));
+            }
             return refused(502, format!("the app{pid}: {reason}"));
         }
     };

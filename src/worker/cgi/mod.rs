@@ -159,11 +159,7 @@ pub async fn serve(
             .killed_by_oom(&mut running.child, running.oom_before)
             .await
     {
-        *refusal = at_limit(format!(
-            "{}: {}",
-            running.script,
-            call.tenant.caps.oom_message()
-        ));
+        *refusal = at_limit(call.tenant.caps.oom_message());
     }
     if let Some(running) = slot.take() {
         running.kill();
@@ -258,8 +254,6 @@ impl From<io::Error> for Failure {
 struct Running {
     child: Child,
     head_sent: bool,
-    /// The script, for the site log.
-    script: String,
     /// The tenant group's OOM kills when the script started.
     oom_before: Option<u64>,
 }
@@ -334,7 +328,6 @@ async fn run(
     *slot = Some(Running {
         child,
         head_sent: false,
-        script: script.script_name.clone(),
         oom_before,
     });
 

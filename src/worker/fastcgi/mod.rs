@@ -21,9 +21,9 @@ use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::time::Instant;
 
 use super::cgi::{
-    CgiCall, CgiOutcome, Failure, ScriptRules, WholeBody, answer, as_error_page, body_failure,
-    at_limit, feed_then_head, finish, locate, log_error, meta_variables, read_body, read_cgi_head,
-    refuse,
+    CgiCall, CgiOutcome, Failure, ScriptRules, WholeBody, answer, as_error_page, at_limit,
+    body_failure, feed_then_head, finish, locate, log_error, meta_variables, read_body,
+    read_cgi_head, refuse,
 };
 use super::stream::Stream;
 use crate::config::{FastCgiApp, RouteMatch};
@@ -54,8 +54,6 @@ struct Exchange {
     head_sent: bool,
     /// The tenant group's OOM kills before the request went to the process.
     oom_before: Option<u64>,
-    /// The script, for the site log.
-    script: String,
 }
 
 pub async fn serve(
@@ -80,11 +78,7 @@ pub async fn serve(
             .killed_by_oom(lease.process.child_mut(), slot.oom_before)
             .await
     {
-        *refusal = at_limit(format!(
-            "{}: {}",
-            slot.script,
-            call.tenant.caps.oom_message()
-        ));
+        *refusal = at_limit(call.tenant.caps.oom_message());
     }
     // A lease still here was not released by a clean end (timeout, error): the
     // process and its group are killed, the next request gets a fresh one.
@@ -137,7 +131,6 @@ async fn run(
             let pool = pool_of(call)?;
             let (conn, lease) = connect_pooled(&pool, call).await?;
             slot.oom_before = call.tenant.caps.oom_kills();
-            slot.script = script.script_name.clone();
             slot.lease = Some(lease);
             conn
         }
