@@ -108,7 +108,7 @@ impl Caps {
 pub fn size(bytes: u64) -> String {
     const K: u64 = 1024;
     for (unit, name) in [(K * K * K, "G"), (K * K, "M"), (K, "K")] {
-        if bytes >= unit && bytes % unit == 0 {
+        if bytes >= unit && bytes.is_multiple_of(unit) {
             return format!("{}{name}", bytes / unit);
         }
     }
