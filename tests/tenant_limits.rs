@@ -256,7 +256,11 @@ fn a_spawn_at_pids_max_gets_503_and_the_site_log_names_the_limit() {
     if !require_root() || !require_cgroup_v1() {
         return;
     }
-    let (t, parent, config) = setup("pids_max = 60", "");
+    let (t, parent, config) = setup(
+        "pids_max = 60",
+        "[[site.route]]\nsuffix = \".php\"\nhandler = \"fastcgi\"\ncommand = [\"php-cgi\"]\ntimeout = \"30s\"",
+    );
+    write_owned(&t.root_a.join("hello.php"), b"<?php echo 'php';\n", &t.a, 0o644);
     // Takes every process the group has left, holds them until a file appears (or
     // 20 s), then lets them go.
     let release = t.root_a.join("cgi-bin/release");
@@ -289,18 +293,27 @@ fn a_spawn_at_pids_max_gets_503_and_the_site_log_names_the_limit() {
         std::thread::sleep(Duration::from_millis(50));
     }
     let r = get(condo.pass, "/cgi-bin/hello.sh");
+    // php-cgi has no process yet: starting one fails the same way.
+    let php = get(condo.pass, "/hello.php");
     std::fs::write(&release, b"").unwrap();
     assert_eq!(r.status, 503, "{}", r.text());
+    assert_eq!(php.status, 503, "{}", php.text());
+    assert_eq!(php.header("Retry-After"), Some("5"), "{:?}", php.headers);
     assert_eq!(r.header("Retry-After"), Some("5"), "{:?}", r.headers);
     let log = site_log_with(&t, "a.test", "pids_max");
     assert!(
         log.contains("GET /cgi-bin/hello.sh: cannot start /cgi-bin/hello.sh: process limit reached (the tenant's pids_max 60)"),
         "{log}"
     );
+    assert!(
+        log.contains("GET /hello.php: FastCGI app: cannot start a process: process limit reached (the tenant's pids_max 60)"),
+        "{log}"
+    );
     let held = hold.join().unwrap();
     assert_eq!(held.status, 200, "{}", held.text());
     // With the processes gone, scripts run again.
     assert_eq!(get(condo.pass, "/cgi-bin/hello.sh").text(), "hello\n");
+    assert_eq!(get(condo.pass, "/hello.php").text(), "php");
 }
 
 #[test]
@@ -343,6 +356,22 @@ fn static_files_are_served_while_scripts_hold_every_max_clients_slot() {
     }
     // A missing file is condo's own 404, not a 503.
     assert_eq!(get(condo.pass, "/nothing-here").status, 404);
+    // The same over h2 (h2c here): static from the h2 path, the script stream
+    // through the HTTP/1 pipeline, where it is counted.
+    let h2 = |path: &str| {
+        curl(&[
+            "--http2-prior-knowledge",
+            "-H",
+            "Host: a.test",
+            "-w",
+            "\n%{http_version} %{http_code}",
+            &format!("http://{}{path}", condo.pass),
+        ])
+    };
+    let (out, ok) = h2("/");
+    assert!(ok && out == "site A\n\n2 200", "{out}");
+    let (out, ok) = h2("/cgi-bin/sleep.sh?0");
+    assert!(ok && out.ends_with("\n2 503"), "{out}");
     let (body, ok) = busy.join().unwrap();
     assert!(ok && body == "slept\n", "{body}");
     // The 503 (condo's own page) counts its body bytes in the access log.
