@@ -460,3 +460,78 @@ fn an_app_killed_at_memory_max_gets_503_and_the_site_log_names_the_limit() {
         std::thread::sleep(Duration::from_millis(200));
     }
 }
+
+#[test]
+fn static_files_over_the_sites_own_h2_are_served_while_max_clients_is_full() {
+    if !require_root() {
+        return;
+    }
+    let t = TwoTenants::new();
+    let config = t.config("tls_listen = [\"127.0.0.1:0\"]");
+    // a's own certificate: its HTTPS connections (and h2) end in a's worker.
+    let tls = t.root_a.parent().unwrap().join("tls");
+    std::fs::create_dir(&tls).unwrap();
+    chown(&tls, &t.a, 0o700);
+    let certified = rcgen::generate_simple_self_signed(vec!["a.test".to_string()]).unwrap();
+    write_owned(
+        &tls.join("cert.pem"),
+        certified.cert.pem().as_bytes(),
+        &t.a,
+        0o644,
+    );
+    write_owned(
+        &tls.join("key.pem"),
+        certified.signing_key.serialize_pem().as_bytes(),
+        &t.a,
+        0o600,
+    );
+    t.script(
+        "a",
+        "cgi-bin/sleep.sh",
+        "#!/bin/sh\nsleep \"$QUERY_STRING\"\nprintf 'Content-Type: text/plain\\n\\nslept\\n'\n",
+    );
+    t.append_site(
+        "a",
+        &format!(
+            "tls = {{ cert = \"{}\", key = \"{}\" }}\nmax_clients = 1\nqueue_max = 1\nqueue_timeout = \"100ms\"\n\n[[site.route]]\npath = \"/cgi-bin/\"\nhandler = \"cgi\"\ntimeout = \"30s\"",
+            tls.join("cert.pem").display(),
+            tls.join("key.pem").display()
+        ),
+    );
+    let condo = Condo::start(&config);
+    let port = condo.tls.expect("a TLS listener").port();
+    let resolve = format!("a.test:{port}:127.0.0.1");
+    let h2 = |path: &str| {
+        curl(&[
+            "--http2",
+            "-k",
+            "--max-time",
+            "20",
+            "--resolve",
+            &resolve,
+            "-w",
+            "\n%{http_version} %{http_code}",
+            &format!("https://a.test:{port}{path}"),
+        ])
+    };
+    let (out, ok) = h2("/");
+    assert!(ok && out == "site A\n\n2 200", "{out}\n{}", condo.log_text());
+    let url = format!("http://{}/cgi-bin/sleep.sh?6", condo.pass);
+    let busy = std::thread::spawn(move || curl(&["-H", "Host: a.test", &url]));
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (out, ok) = h2("/cgi-bin/sleep.sh?0");
+        assert!(ok, "{out}");
+        if out.ends_with("\n2 503") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the slot was never taken: {out}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for _ in 0..5 {
+        let (out, ok) = h2("/");
+        assert!(ok && out == "site A\n\n2 200", "{out}");
+    }
+    let (body, ok) = busy.join().unwrap();
+    assert!(ok && body == "slept\n", "{body}");
+}
