@@ -260,7 +260,12 @@ fn a_spawn_at_pids_max_gets_503_and_the_site_log_names_the_limit() {
         "pids_max = 60",
         "[[site.route]]\nsuffix = \".php\"\nhandler = \"fastcgi\"\ncommand = [\"php-cgi\"]\ntimeout = \"30s\"",
     );
-    write_owned(&t.root_a.join("hello.php"), b"<?php echo 'php';\n", &t.a, 0o644);
+    write_owned(
+        &t.root_a.join("hello.php"),
+        b"<?php echo 'php';\n",
+        &t.a,
+        0o644,
+    );
     // Takes every process the group has left, holds them until a file appears (or
     // 20 s), then lets them go.
     let release = t.root_a.join("cgi-bin/release");
@@ -515,7 +520,11 @@ fn static_files_over_the_sites_own_h2_are_served_while_max_clients_is_full() {
         ])
     };
     let (out, ok) = h2("/");
-    assert!(ok && out == "site A\n\n2 200", "{out}\n{}", condo.log_text());
+    assert!(
+        ok && out == "site A\n\n2 200",
+        "{out}\n{}",
+        condo.log_text()
+    );
     let url = format!("http://{}/cgi-bin/sleep.sh?6", condo.pass);
     let busy = std::thread::spawn(move || curl(&["-H", "Host: a.test", &url]));
     let deadline = Instant::now() + Duration::from_secs(20);
