@@ -211,7 +211,7 @@ pub const KEYS: &[Key] = &[
         "Pages below the site root for condo's own errors of that status; a script may be one (REDIRECT_STATUS and REDIRECT_URL set); the status is kept."),
     key(Site, "no_scripts", "[\"/PREFIX/\"]", "[]",
         "Path prefixes under which no script handler runs: a .php there is 403, never executed nor served as source (upload directories)."),
-    key(Site, "max_clients", "N", "", "Requests of this site served at once. No cap when absent."),
+    key(Site, "max_clients", "N", "", "Script and app requests of this site served at once (static files do not count). No cap when absent."),
     key(Site, "max_connections", "N", "",
         "Client connections open to this site at once; a new one beyond gets 503. No cap when absent."),
     key(Site, "nice", "0-19", "the tenant's nice", "Priority of this site's scripts and apps (at least the tenant's)."),

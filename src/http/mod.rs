@@ -76,6 +76,23 @@ pub fn error_response(status: u16, keep_alive: bool, head_only: bool) -> Vec<u8>
     error_response_with(status, keep_alive, head_only, "")
 }
 
+/// The body bytes [`error_response`] sends for `status` (none for HEAD), for the
+/// access log.
+pub fn error_body_len(status: u16, head_only: bool) -> u64 {
+    if head_only {
+        0
+    } else {
+        error_body(status).len() as u64
+    }
+}
+
+fn error_body(status: u16) -> String {
+    format!(
+        "<!DOCTYPE html>\n<html><head><title>{status} {reason}</title></head><body><h1>{status} {reason}</h1><hr><p>condo</p></body></html>\n",
+        reason = reason(status)
+    )
+}
+
 /// [`error_response`] with more header lines (each ending in CRLF), e.g. Retry-After.
 pub fn error_response_with(
     status: u16,
@@ -83,10 +100,7 @@ pub fn error_response_with(
     head_only: bool,
     extra_headers: &str,
 ) -> Vec<u8> {
-    let body = format!(
-        "<!DOCTYPE html>\n<html><head><title>{status} {reason}</title></head><body><h1>{status} {reason}</h1><hr><p>condo</p></body></html>\n",
-        reason = reason(status)
-    );
+    let body = error_body(status);
     let mut out = format!(
         "HTTP/1.1 {status} {reason}\r\nServer: {SERVER_NAME}\r\nDate: {date}\r\nContent-Type: text/html\r\nContent-Length: {len}\r\nConnection: {conn}\r\n{extra_headers}\r\n",
         reason = reason(status),

@@ -129,6 +129,12 @@ pub struct WorkerInit {
     pub user_config_locked: Vec<String>,
     /// The layer the last worker found good: kept when the file now has errors.
     pub user_layer_last_good: Option<Vec<crate::config::user::SiteLayer>>,
+    /// The tenant's cgroup limits as enforced (`None`: no cap, or no cgroup), named in
+    /// the site's error log when a script meets them.
+    #[serde(default)]
+    pub memory_max: Option<u64>,
+    #[serde(default)]
+    pub pids_max: Option<u64>,
 }
 
 /// The two logs every site has.
@@ -158,6 +164,9 @@ pub enum MasterToWorker {
     SiteLog { site: String, kind: LogKind },
     /// One fd: a channel end to a dispatcher, which will send [`DispatcherToWorker`].
     NewPeer,
+    /// One fd: the tenant group's OOM-kill counter (cgroup v1 `memory.oom_control`,
+    /// v2 `memory.events`), read-only.
+    OomCounter,
     /// No fd. Answer to [`WorkerToMaster::Retire`]: no new dispatcher link will come;
     /// tell the ones you have, drain and exit.
     Retire,

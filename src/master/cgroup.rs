@@ -443,6 +443,18 @@ impl TenantGroup {
             .unwrap_or(0)
     }
 
+    /// The file that counts the group's OOM kills (`oom_kill`), opened read-only for
+    /// the tenant's worker: with it the worker tells a script the kernel killed at
+    /// `memory_max` from one killed for another reason, without any path to the
+    /// cgroup tree (its cage has none).
+    pub fn oom_counter(&self) -> Option<File> {
+        let name = match self.layout {
+            Layout::V2 { .. } => "memory.events",
+            Layout::V1 { .. } => "memory.oom_control",
+        };
+        File::open(self.file("memory", name)?).ok()
+    }
+
     /// The group's counters now.
     pub fn stats(&self) -> CgroupStats {
         match self.layout {

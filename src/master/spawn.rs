@@ -486,6 +486,8 @@ pub async fn start_worker(
         user_config,
         user_config_locked: tenant_config.user_config_locked.clone(),
         user_layer_last_good: user_layer,
+        memory_max: cgroup.and(limits.memory_max),
+        pids_max: cgroup.and(limits.pids_max),
     };
     channel
         .send_large(&MasterToWorker::Init(Box::new(init)), &[])
@@ -494,10 +496,13 @@ pub async fn start_worker(
     // The site logs are the caller's to send, through the worker's outbox: two per
     // site can be more than the channel holds, and the master's loop must not wait
     // for a worker (its tenant's code can stop it) to read them.
-    let site_logs = site_logs
+    let mut site_logs: Vec<(MasterToWorker, OwnedFd)> = site_logs
         .into_iter()
         .map(|(site, kind, log)| (MasterToWorker::SiteLog { site, kind }, log.into()))
         .collect();
+    if let Some(counter) = cgroup.and_then(TenantGroup::oom_counter) {
+        site_logs.push((MasterToWorker::OomCounter, counter.into()));
+    }
     Ok((child, channel, site_logs))
 }
 

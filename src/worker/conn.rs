@@ -269,19 +269,22 @@ async fn respond(
         tenant.lifecycle.request_done();
         return Ok(false);
     }
-    let _slot = match &site.gate {
-        None => None,
-        Some(gate) => match gate.enter().await {
-            Ok(permit) => Some(permit),
-            Err(refused) => {
-                return refuse_busy(tenant, site, stream, head, handoff, gate, refused).await;
-            }
-        },
-    };
+    // `max_clients` counts the requests a script or an app answers: they hold the
+    // processes and memory the cap is for. Static files (sendfile, no process) and
+    // condo's own answers are served whatever the scripts hold, as most hosts do.
+    let mut slot = None;
     let mut request = std::borrow::Cow::Borrowed(head);
     let mut redirects = 0;
     let (status, sent, keep_alive) = loop {
         let target = super::target::resolve(site, &request.path);
+        if let (Target::Route(..), None, Some(gate)) = (&target, &slot, &site.gate) {
+            match gate.enter().await {
+                Ok(permit) => slot = Some(permit),
+                Err(refused) => {
+                    return refuse_busy(tenant, site, stream, head, handoff, gate, refused).await;
+                }
+            }
+        }
         match target {
             Target::Route(route, path) if route.handler == Handler::App => {
                 let call = cgi::CgiCall {
@@ -357,6 +360,7 @@ async fn respond(
             }
         }
     };
+    drop(slot);
     log_access(tenant, site, head, handoff, status, sent, started);
     tenant.lifecycle.request_done();
     Ok(keep_alive)
@@ -401,7 +405,8 @@ async fn refuse_connection(
     site.counters.capped();
     let page = http::error_response_with(503, false, head.is_head(), "Retry-After: 5\r\n");
     respond_and_close(stream, &page).await;
-    log_access(tenant, site, head, handoff, 503, 0, started);
+    let sent = http::error_body_len(503, head.is_head());
+    log_access(tenant, site, head, handoff, 503, sent, started);
 }
 
 async fn refuse_busy(
@@ -424,7 +429,8 @@ async fn refuse_busy(
     let retry = format!("Retry-After: {}\r\n", gate.retry_after());
     let page = http::error_response_with(503, false, head.is_head(), &retry);
     stream.write_all(&page).await?;
-    log_access(tenant, site, head, handoff, 503, 0, started);
+    let sent = http::error_body_len(503, head.is_head());
+    log_access(tenant, site, head, handoff, 503, sent, started);
     Ok(false)
 }
 
@@ -455,7 +461,8 @@ async fn redirect_to_https(
     let keep_alive = head.keep_alive && matches!(head.body, BodyFraming::None);
     let page = http::error_response_with(status, keep_alive, head.is_head(), &location);
     stream.write_all(&page).await?;
-    log_access(tenant, site, head, handoff, status, 0, started);
+    let sent = http::error_body_len(status, head.is_head());
+    log_access(tenant, site, head, handoff, status, sent, started);
     Ok(keep_alive)
 }
 
@@ -539,7 +546,7 @@ async fn serve_static(
                 };
                 let page = http::error_response(status, false, head.is_head());
                 stream.write_all(&page).await?;
-                return Ok((status, 0, false));
+                return Ok((status, http::error_body_len(status, head.is_head()), false));
             }
         }
         _ => keep_alive = false,

@@ -127,28 +127,8 @@ async fn serve_static(
 ) -> Response<Body> {
     let started = Instant::now();
     let head_only = req.method() == Method::HEAD;
-    // `max_clients` counts h2 streams as HTTP/1.1 counts requests.
-    let _slot = match &site.gate {
-        None => None,
-        Some(gate) => match gate.enter().await {
-            Ok(permit) => Some(permit),
-            Err(refused) => {
-                tracing::warn!(
-                    tenant = tenant.name,
-                    site = site.config.name,
-                    uri = %req.uri(),
-                    "503: max_clients reached ({refused:?})"
-                );
-                site.counters.capped();
-                let mut response = h2::error(StatusCode::SERVICE_UNAVAILABLE);
-                response
-                    .headers_mut()
-                    .insert(header::RETRY_AFTER, HeaderValue::from(gate.retry_after()));
-                log(tenant, site, req, handoff, 503, 0, started);
-                return response;
-            }
-        },
-    };
+    // Static answers do not count against `max_clients` (see conn.rs); streams for
+    // scripts are relayed to the HTTP/1.1 handler, which counts them there.
     let method = if head_only {
         static_files::Method::Head
     } else {

@@ -4,6 +4,7 @@
 
 mod access_log;
 mod app;
+pub(crate) mod caps;
 pub(crate) mod cgi;
 pub(crate) mod conn;
 pub(crate) mod fastcgi;
@@ -109,6 +110,8 @@ pub struct Tenant {
     pub lifecycle: Arc<lifecycle::Lifecycle>,
     pub sites: RouteTable<Arc<SiteState>>,
     by_name: HashMap<String, Arc<SiteState>>,
+    /// The tenant's cgroup limits, to name them when a script meets one.
+    pub caps: caps::Caps,
 }
 
 impl Tenant {
@@ -264,6 +267,7 @@ async fn serve(name: String, master_fd: OwnedFd) -> anyhow::Result<()> {
             None,
         ),
         by_name,
+        caps: caps::Caps::new(init.memory_max, init.pids_max),
     });
     info!(
         tenant = name,
@@ -320,6 +324,7 @@ async fn serve(name: String, master_fd: OwnedFd) -> anyhow::Result<()> {
                 }
                 None => warn!(site, "access log for a site this worker does not serve"),
             },
+            MasterToWorker::OomCounter => tenant.caps.set_oom_counter(File::from(fd)),
             MasterToWorker::NewPeer => {
                 let peer = Arc::new(Channel::new(fd)?);
                 tokio::spawn(peer_loop(tenant.clone(), peer));

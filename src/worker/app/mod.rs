@@ -67,9 +67,16 @@ pub async fn serve(
                     refusal.reason
                 ),
             );
-            let page = crate::http::error_response(refusal.status, false, call.head.is_head());
+            let head_only = call.head.is_head();
+            let retry = if refusal.status == 503 {
+                format!("Retry-After: {}\r\n", crate::worker::caps::RETRY_AFTER)
+            } else {
+                String::new()
+            };
+            let page = crate::http::error_response_with(refusal.status, false, head_only, &retry);
             stream.write_all(&page).await?;
-            Ok((refusal.status, 0, false))
+            let sent = crate::http::error_body_len(refusal.status, head_only);
+            Ok((refusal.status, sent, false))
         }
     }
 }
@@ -92,10 +99,11 @@ async fn run(call: &CgiCall<'_>, stream: &mut Stream, buf: &mut BytesMut) -> Out
     else {
         return refused(500, "no app for this route");
     };
-    let usage = match app.acquire(call.site) {
+    let usage = match app.acquire(call.site, &call.tenant.caps) {
         Ok(u) => u,
         Err(e) => return refused(e.status, e.reason),
     };
+    let oom_before = call.tenant.caps.oom_kills();
     let deadline = Instant::now() + call.route.timeout;
     let timed_out = || {
         refuse(
@@ -171,6 +179,13 @@ async fn run(call: &CgiCall<'_>, stream: &mut Stream, buf: &mut BytesMut) -> Out
         Ok(r) => r,
         Err(reason) => {
             let pid = app.pid().map(|p| format!(" (pid {p})")).unwrap_or_default();
+            // The app (or a process of its own) went away before answering while the
+            // kernel killed in the tenant's group at memory_max (the count rises
+            // before the victim's sockets close): that is the cause to report.
+            let caps = &call.tenant.caps;
+            if oom_before.is_some_and(|before| caps.oom_kills().is_some_and(|now| now > before)) {
+                return refused(503, format!("the app{pid}: {}", caps.oom_message()));
+            }
             return refused(502, format!("the app{pid}: {reason}"));
         }
     };

@@ -112,7 +112,11 @@ impl App {
     }
 
     /// The app's socket for one request, starting the app if it is not running.
-    pub fn acquire(self: &Arc<Self>, site: &SiteState) -> Result<Use, Unavailable> {
+    pub fn acquire(
+        self: &Arc<Self>,
+        site: &SiteState,
+        caps: &crate::worker::caps::Caps,
+    ) -> Result<Use, Unavailable> {
         let mut state = self.state.lock().expect("app lock");
         let now = Instant::now();
         if state
@@ -144,9 +148,16 @@ impl App {
                 Err(e) => {
                     state.failures += 1;
                     state.retry_at = Some(now + backoff(state.failures).max(FIRST_BACKOFF));
-                    return Err(Unavailable {
-                        status: 502,
-                        reason: format!("cannot start the app: {e}"),
+                    // At the tenant's process limit: a 503 that names it.
+                    return Err(match caps.spawn_limit(&e) {
+                        Some(limit) => Unavailable {
+                            status: 503,
+                            reason: format!("cannot start the app: {limit}"),
+                        },
+                        None => Unavailable {
+                            status: 502,
+                            reason: format!("cannot start the app: {e}"),
+                        },
                     });
                 }
             }

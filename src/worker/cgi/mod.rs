@@ -84,12 +84,40 @@ pub enum CgiOutcome {
 pub(super) struct Refusal {
     status: u16,
     reason: String,
+    /// A tenant limit was met (503): the answer asks the client to retry later.
+    retry_after: bool,
 }
 
 pub(super) fn refuse(status: u16, reason: impl Into<String>) -> Refusal {
     Refusal {
         status,
         reason: reason.into(),
+        retry_after: false,
+    }
+}
+
+impl Refusal {
+    pub(super) fn is_status(&self, status: u16) -> bool {
+        self.status == status
+    }
+}
+
+/// A request that met one of the tenant's limits (`memory_max`, `pids_max`): 503 with
+/// Retry-After, and `reason` (naming the limit) in the site's error log.
+pub(super) fn at_limit(reason: impl Into<String>) -> Refusal {
+    Refusal {
+        status: 503,
+        reason: reason.into(),
+        retry_after: true,
+    }
+}
+
+/// A process of a script handler could not be started: at the tenant's process limit
+/// that is a 503 naming it, anything else a 500.
+pub(super) fn spawn_failed(call: &CgiCall<'_>, what: &str, e: &io::Error) -> Refusal {
+    match call.tenant.caps.spawn_limit(e) {
+        Some(limit) => at_limit(format!("cannot start {what}: {limit}")),
+        None => refuse(500, format!("cannot run {what}: {e}")),
     }
 }
 
@@ -119,10 +147,24 @@ pub async fn serve(
     let result = tokio::time::timeout_at(deadline, run(&call, stream, buf, &mut slot)).await;
     // Still here only when `run` did not finish: kill what it started.
     let head_sent = slot.as_ref().is_some_and(|r: &Running| r.head_sent);
+    let mut result = result.ok();
+    // A script whose output ended before its head may have been killed at the tenant's
+    // memory_max: then that is what the client and the site log are told.
+    if let (Some(Err(Failure::Refused(refusal))), Some(running)) = (&mut result, slot.as_mut())
+        && refusal.status == 502
+        && !head_sent
+        && call
+            .tenant
+            .caps
+            .killed_by_oom(&mut running.child, running.oom_before)
+            .await
+    {
+        *refusal = at_limit(call.tenant.caps.oom_message());
+    }
     if let Some(running) = slot.take() {
         running.kill();
     }
-    finish(&call, stream, result.ok(), head_sent).await
+    finish(&call, stream, result, head_sent).await
 }
 
 /// The end every script handler shares: an outcome goes back as it is; a refusal or a
@@ -176,11 +218,17 @@ pub(super) async fn finish(
     }
     // An error page that fails answers with the status of the error it was for.
     let status = call.error.as_ref().map_or(refusal.status, |e| e.status);
-    let page = crate::http::error_response(status, false, call.head.is_head());
+    let retry = if refusal.retry_after && call.error.is_none() {
+        format!("Retry-After: {}\r\n", super::caps::RETRY_AFTER)
+    } else {
+        String::new()
+    };
+    let head_only = call.head.is_head();
+    let page = crate::http::error_response_with(status, false, head_only, &retry);
     stream.write_all(&page).await?;
     Ok(CgiOutcome::Responded {
         status,
-        sent: 0,
+        sent: crate::http::error_body_len(status, head_only),
         keep_alive: false,
     })
 }
@@ -206,6 +254,8 @@ impl From<io::Error> for Failure {
 struct Running {
     child: Child,
     head_sent: bool,
+    /// The tenant group's OOM kills when the script started.
+    oom_before: Option<u64>,
 }
 
 impl Running {
@@ -266,9 +316,10 @@ async fn run(
         .process_group(0)
         .kill_on_drop(true);
     crate::sandbox::site_child(&mut command, &call.site.config);
+    let oom_before = call.tenant.caps.oom_kills();
     let mut child = command
         .spawn()
-        .map_err(|e| refuse(500, format!("cannot run {}: {e}", script_file.display())))?;
+        .map_err(|e| spawn_failed(call, &script.script_name, &e))?;
     let stdin = child.stdin.take();
     let mut stdout = child.stdout.take().expect("piped");
     if let Some(stderr) = child.stderr.take() {
@@ -277,6 +328,7 @@ async fn run(
     *slot = Some(Running {
         child,
         head_sent: false,
+        oom_before,
     });
 
     let feed = async {
@@ -320,7 +372,19 @@ async fn run(
     .await?;
     if let Some(mut running) = slot.take() {
         let status = running.child.wait().await?;
-        if !status.success() {
+        let oom = running
+            .oom_before
+            .is_some_and(|before| call.tenant.caps.oom_kill_of(status, before));
+        if oom {
+            log_error(
+                call.site,
+                &format!(
+                    "{}: {} (after its response began)",
+                    script.script_name,
+                    call.tenant.caps.oom_message()
+                ),
+            );
+        } else if !status.success() {
             log_error(
                 call.site,
                 &format!("{}: exited with {status}", script.script_name),

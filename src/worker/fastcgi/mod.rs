@@ -20,10 +20,10 @@ use tokio::net::UnixStream;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::time::Instant;
 
-use super::SiteState;
 use super::cgi::{
-    CgiCall, CgiOutcome, Failure, ScriptRules, WholeBody, answer, as_error_page, body_failure,
-    feed_then_head, finish, locate, log_error, meta_variables, read_body, read_cgi_head, refuse,
+    CgiCall, CgiOutcome, Failure, ScriptRules, WholeBody, answer, as_error_page, at_limit,
+    body_failure, feed_then_head, finish, locate, log_error, meta_variables, read_body,
+    read_cgi_head, refuse,
 };
 use super::stream::Stream;
 use crate::config::{FastCgiApp, RouteMatch};
@@ -52,6 +52,8 @@ pub fn pools_for(site: &crate::config::Site) -> Vec<Option<Arc<Pool>>> {
 struct Exchange {
     lease: Option<Lease>,
     head_sent: bool,
+    /// The tenant group's OOM kills before the request went to the process.
+    oom_before: Option<u64>,
 }
 
 pub async fn serve(
@@ -63,10 +65,25 @@ pub async fn serve(
     let mut slot = Exchange::default();
     let result = tokio::time::timeout_at(deadline, run(&call, stream, buf, &mut slot)).await;
     let head_sent = slot.head_sent;
+    let mut result = result.ok();
+    // A process whose output ended before the head may have been killed at the
+    // tenant's memory_max (php-cgi with a greedy script): then that is what the
+    // client and the site log are told.
+    if let (Some(Err(Failure::Refused(refusal))), Some(lease)) = (&mut result, &mut slot.lease)
+        && refusal.is_status(502)
+        && !head_sent
+        && call
+            .tenant
+            .caps
+            .killed_by_oom(lease.process.child_mut(), slot.oom_before)
+            .await
+    {
+        *refusal = at_limit(call.tenant.caps.oom_message());
+    }
     // A lease still here was not released by a clean end (timeout, error): the
     // process and its group are killed, the next request gets a fresh one.
     drop(slot.lease.take());
-    finish(&call, stream, result.ok(), head_sent).await
+    finish(&call, stream, result, head_sent).await
 }
 
 /// Stops the record reader when the request is over, however it ended.
@@ -112,7 +129,8 @@ async fn run(
     let conn = match &fastcgi.app {
         FastCgiApp::Command(_) => {
             let pool = pool_of(call)?;
-            let (conn, lease) = connect_pooled(&pool, call.site).await?;
+            let (conn, lease) = connect_pooled(&pool, call).await?;
+            slot.oom_before = call.tenant.caps.oom_kills();
             slot.lease = Some(lease);
             conn
         }
@@ -231,9 +249,13 @@ fn pool_of(call: &CgiCall<'_>) -> Result<Arc<Pool>, Failure> {
 /// request (killed, crashed): then one fresh process is tried.
 async fn connect_pooled(
     pool: &Arc<Pool>,
-    site: &SiteState,
+    call: &CgiCall<'_>,
 ) -> Result<(UnixStream, Lease), Failure> {
-    let start_failed = |e: io::Error| refuse(503, format!("FastCGI app: {e}"));
+    let site = call.site;
+    let start_failed = |e: io::Error| match call.tenant.caps.spawn_limit(&e) {
+        Some(limit) => at_limit(format!("FastCGI app: cannot start a process: {limit}")),
+        None => refuse(503, format!("FastCGI app: {e}")),
+    };
     let mut lease = pool.acquire(site).await.map_err(start_failed)?;
     match UnixStream::connect(lease.process.socket()).await {
         Ok(conn) => return Ok((conn, lease)),

@@ -49,6 +49,11 @@ impl Process {
         self.child.id()
     }
 
+    /// To learn how the process ended.
+    pub fn child_mut(&mut self) -> &mut tokio::process::Child {
+        &mut self.child
+    }
+
     fn alive(&mut self) -> bool {
         matches!(self.child.try_wait(), Ok(None))
     }
