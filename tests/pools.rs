@@ -187,8 +187,8 @@ fn max_clients_caps_one_site_and_spares_the_others() {
     assert!(full.starts_with("HTTP/1.1 503"), "{full}");
     assert!(full.contains("Retry-After: 1"), "{full}");
     assert!(full_took < Duration::from_millis(800), "{full_took:?}");
-    // Meanwhile the other tenant's site answers at once (max_clients counts every
-    // request of its own site only).
+    // Meanwhile the other tenant's site answers at once (max_clients counts the
+    // script and app requests of its own site only).
     let started = Instant::now();
     let (body, ok) = curl(&["-H", "Host: b.test", &format!("http://{}/", condo.pass)]);
     assert!(ok && body == "site B\n", "{body}");
