@@ -71,8 +71,11 @@ fn a_tenants_layer_applies_to_its_sites_only_and_a_broken_one_changes_nothing() 
         .output()
         .unwrap();
     let said = String::from_utf8_lossy(&out.stdout);
+    // Applied, with the tenant's own file rejected: exit 2, each mistake named.
     assert!(
-        out.status.success(),
+        out.status.code() == Some(2)
+            && said.contains("is rejected (3 mistakes)")
+            && said.contains("key `site.0.root`"),
         "{said}{}",
         String::from_utf8_lossy(&out.stderr)
     );
