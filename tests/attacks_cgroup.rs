@@ -13,8 +13,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-const CGROUP_ROOT: &str = "/sys/fs/cgroup";
-
 /// A CGI that double-forks a long-lived `sleep` into a session of its own (out of reach
 /// of the worker's parent-death signal and process-group kills), with every fd
 /// closed so the request completes, and prints its pid.
@@ -63,19 +61,6 @@ fn pids_group(pid: u32) -> String {
     text.lines()
         .find_map(|l| l.split_once(":pids:").map(|(_, p)| p.to_string()))
         .unwrap_or_else(|| panic!("no pids group for {pid}: {text:?}"))
-}
-
-fn require_cgroup_v1() -> bool {
-    let present = Path::new(CGROUP_ROOT).join("pids/cgroup.procs").exists()
-        && Path::new(CGROUP_ROOT).join("memory/cgroup.procs").exists();
-    if !present {
-        assert!(
-            std::env::var("CI").is_err(),
-            "CI=true but no cgroup v1 memory/pids hierarchies under {CGROUP_ROOT}"
-        );
-        eprintln!("skipping: no cgroup v1 hierarchies");
-    }
-    present
 }
 
 /// Processes this test made (and condo should have killed) are SIGKILLed, and the

@@ -5,73 +5,10 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use common::*;
-
-const CGROUP_ROOT: &str = "/sys/fs/cgroup";
-
-/// A scratch `cgroup_parent`, removed (with any tenant groups left) on drop.
-struct ScratchParent(String);
-
-impl ScratchParent {
-    fn new() -> Self {
-        static N: AtomicU32 = AtomicU32::new(0);
-        Self(format!(
-            "condotest{}x{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::SeqCst)
-        ))
-    }
-
-    /// `<root>/<controller>/<parent>` for each v1 controller condo uses.
-    fn dirs(&self) -> Vec<PathBuf> {
-        ["memory", "cpu", "cpuacct", "pids", "blkio"]
-            .iter()
-            .map(|c| Path::new(CGROUP_ROOT).join(c).join(&self.0))
-            .collect()
-    }
-
-    fn tenant_file(&self, controller: &str, tenant: &str, file: &str) -> String {
-        let path = Path::new(CGROUP_ROOT)
-            .join(controller)
-            .join(&self.0)
-            .join(tenant)
-            .join(file);
-        std::fs::read_to_string(&path)
-            .unwrap_or_else(|e| panic!("{}: {e}", path.display()))
-            .trim()
-            .to_string()
-    }
-}
-
-impl Drop for ScratchParent {
-    fn drop(&mut self) {
-        for dir in self.dirs() {
-            if let Ok(entries) = std::fs::read_dir(&dir) {
-                for e in entries.flatten().filter(|e| e.path().is_dir()) {
-                    let _ = std::fs::remove_dir(e.path());
-                }
-            }
-            let _ = std::fs::remove_dir(&dir);
-        }
-    }
-}
-
-fn require_cgroup_v1() -> bool {
-    let present = Path::new(CGROUP_ROOT).join("pids/cgroup.procs").exists()
-        && Path::new(CGROUP_ROOT).join("memory/cgroup.procs").exists();
-    if !present {
-        assert!(
-            std::env::var("CI").is_err(),
-            "CI=true but no cgroup v1 memory/pids hierarchies under {CGROUP_ROOT}"
-        );
-        eprintln!("skipping: no cgroup v1 hierarchies");
-    }
-    present
-}
 
 fn setup(tenant_a: &str) -> (TwoTenants, ScratchParent, PathBuf) {
     let t = TwoTenants::new();

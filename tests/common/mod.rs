@@ -679,3 +679,74 @@ server.socket.close()
 server.socket = socket.socket(fileno=3)
 server.serve_forever()
 "#;
+
+/// Where the tests find cgroup hierarchies (v1 on this machine and CI).
+pub const CGROUP_ROOT: &str = "/sys/fs/cgroup";
+
+/// True when the v1 `memory` and `pids` hierarchies are mounted. Like
+/// [`require_root`]: fails loudly under CI=true, skips elsewhere.
+pub fn require_cgroup_v1() -> bool {
+    let present = Path::new(CGROUP_ROOT).join("pids/cgroup.procs").exists()
+        && Path::new(CGROUP_ROOT).join("memory/cgroup.procs").exists();
+    if !present {
+        assert!(
+            std::env::var("CI").is_err(),
+            "CI=true but no cgroup v1 memory/pids hierarchies under {CGROUP_ROOT}"
+        );
+        eprintln!("skipping: no cgroup v1 hierarchies");
+    }
+    present
+}
+
+/// A scratch `cgroup_parent` (v1), removed (with any tenant groups left) on drop.
+pub struct ScratchParent(pub String);
+
+impl ScratchParent {
+    pub fn new() -> Self {
+        static N: AtomicU32 = AtomicU32::new(0);
+        Self(format!(
+            "condotest{}y{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        ))
+    }
+
+    /// `<root>/<controller>/<parent>` for each v1 controller condo uses.
+    pub fn dirs(&self) -> Vec<PathBuf> {
+        ["memory", "cpu", "cpuacct", "pids", "blkio"]
+            .iter()
+            .map(|c| Path::new(CGROUP_ROOT).join(c).join(&self.0))
+            .collect()
+    }
+
+    /// A file of `tenant`'s group, trimmed; `None` while it does not exist.
+    pub fn try_tenant_file(&self, controller: &str, tenant: &str, file: &str) -> Option<String> {
+        let path = Path::new(CGROUP_ROOT)
+            .join(controller)
+            .join(&self.0)
+            .join(tenant)
+            .join(file);
+        std::fs::read_to_string(path)
+            .ok()
+            .map(|s| s.trim().to_string())
+    }
+
+    /// [`Self::try_tenant_file`] of a file that must exist.
+    pub fn tenant_file(&self, controller: &str, tenant: &str, file: &str) -> String {
+        self.try_tenant_file(controller, tenant, file)
+            .unwrap_or_else(|| panic!("{controller}/{}/{tenant}/{file} does not exist", self.0))
+    }
+}
+
+impl Drop for ScratchParent {
+    fn drop(&mut self) {
+        for dir in self.dirs() {
+            if let Ok(entries) = std::fs::read_dir(&dir) {
+                for e in entries.flatten().filter(|e| e.path().is_dir()) {
+                    let _ = std::fs::remove_dir(e.path());
+                }
+            }
+            let _ = std::fs::remove_dir(&dir);
+        }
+    }
+}
