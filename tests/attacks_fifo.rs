@@ -535,9 +535,14 @@ fn a_stuck_worker_costs_only_its_own_queue() {
     drop(held);
     std::thread::sleep(Duration::from_millis(500));
     probe.finish("during a wave kept open", &condo);
-    // The dispatcher let go of every connection it held for a.
-    std::thread::sleep(Duration::from_millis(2500));
-    let after_fds = fd_count(dispatcher);
+    // The dispatcher lets go of every connection it held for a (within 10 s: on a
+    // loaded machine the closes take longer than the 2.5 s they take when quiet).
+    let letting_go = Instant::now();
+    let mut after_fds = fd_count(dispatcher);
+    while after_fds >= baseline_fds + 32 && letting_go.elapsed() < Duration::from_secs(10) {
+        std::thread::sleep(Duration::from_millis(250));
+        after_fds = fd_count(dispatcher);
+    }
     eprintln!("dispatcher fds after the waves: {after_fds}");
     assert!(
         after_fds < baseline_fds + 32,
