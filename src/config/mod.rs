@@ -698,6 +698,39 @@ pub(crate) struct RouteSection {
 
 // ---- loading and validation ----
 
+/// `[server] run_dir` of the main file alone (its default when unset), read without
+/// the site files or any validation: all the control commands (`status`, `reload
+/// --tenant`, ...) need to find the running master, at any number of sites and also
+/// while some file has a mistake.
+pub fn run_dir_of(path: &Path) -> Result<PathBuf, String> {
+    #[derive(Deserialize)]
+    struct Main {
+        server: Server,
+    }
+    #[derive(Deserialize)]
+    struct Server {
+        #[serde(default = "default_run_dir")]
+        run_dir: PathBuf,
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    let main: Main =
+        toml::from_str(&text).map_err(|e| format!("{}: {}", path.display(), e.message()))?;
+    Ok(main.server.run_dir)
+}
+
+/// Whether `tenant` has its own config file (its section's `user_config`, else
+/// `[defaults]`'), from the main file alone.
+pub fn has_user_config(path: &Path, tenant: &str) -> bool {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return false;
+    };
+    let Ok(main) = text.parse::<toml::Table>() else {
+        return false;
+    };
+    let set = |t: Option<&toml::Value>| t.and_then(|t| t.get("user_config")).is_some();
+    set(main.get("tenant").and_then(|t| t.get(tenant))) || set(main.get("defaults"))
+}
+
 /// Load and validate the main file and every site file. Checks that accounts exist and
 /// fall in `uid_range` too, so `condo check` catches what `serve` would refuse.
 pub fn load(path: &Path) -> Loaded {
