@@ -2578,4 +2578,101 @@ mod tests {
             },
         );
     }
+
+    #[test]
+    fn accept_encoding_q_values() {
+        use Encoding::{Br, Gzip};
+        for (value, expect) in [
+            ("", [None, None]),
+            ("identity", [None, None]),
+            ("gzip", [Some(Gzip), None]),
+            ("gzip, br", [Some(Br), Some(Gzip)]),
+            ("gzip;q=0.9, br;q=0.8", [Some(Gzip), Some(Br)]),
+            ("br;q=0", [None, None]),
+            ("br;q=0, gzip;q=0.001", [Some(Gzip), None]),
+            ("*", [Some(Br), Some(Gzip)]),
+            ("*;q=0", [None, None]),
+            ("gzip;q=0, *", [Some(Br), None]),
+            ("br;q=1.001", [None, None]),
+            ("br;q=.5", [None, None]),
+            ("br;q=0.5;level=1, x-gzip ; Q=1.0", [Some(Gzip), Some(Br)]),
+            ("gzip;q=0, gzip", [Some(Gzip), None]),
+        ] {
+            assert_eq!(accepted_encodings(value.as_bytes()), expect, "{value:?}");
+        }
+        assert_eq!(parse_qvalue(b"1.000"), Some(1000));
+        assert_eq!(parse_qvalue(b"0.25"), Some(250));
+        assert_eq!(parse_qvalue(b"0."), Some(0));
+        assert_eq!(parse_qvalue(b"0.1234"), None);
+        assert_eq!(parse_qvalue(b"2"), None);
+    }
+
+    fn decode(encoding: Option<&str>, body: &[u8]) -> Vec<u8> {
+        use std::io::Read;
+        let mut out = Vec::new();
+        match encoding {
+            None => out.extend_from_slice(body),
+            Some("gzip") => {
+                flate2::read::GzDecoder::new(body)
+                    .read_to_end(&mut out)
+                    .unwrap();
+            }
+            Some("br") => {
+                brotli::Decompressor::new(body, 4096)
+                    .read_to_end(&mut out)
+                    .unwrap();
+            }
+            Some(other) => panic!("unexpected coding {other}"),
+        }
+        out
+    }
+
+    #[test]
+    fn compressed_on_the_fly_only_where_it_applies() {
+        let f = Fixture::new("compress");
+        let css: Vec<u8> = (0..4000u32)
+            .flat_map(|i| format!("a{} {{ color: #{:06x} }}\n", i, i * 7919).into_bytes())
+            .collect();
+        f.write("style.css", &css)
+            .write("tiny.css", b"a{}\n")
+            .write("blob.bin", &css);
+        for (accept, coding) in [("gzip", "gzip"), ("br, gzip", "br")] {
+            let pending = f.get_with("/style.css", &[("accept-encoding", accept)]);
+            assert_eq!(pending.header("Content-Encoding"), Some(coding));
+            assert_eq!(pending.header("Vary"), Some("Accept-Encoding"));
+            assert_eq!(pending.header("Accept-Ranges"), None);
+            assert!(pending.pending.is_some());
+            let done = compress_now(pending);
+            assert!(done.pending.is_none());
+            let Body::Bytes(bytes) = &done.body else {
+                panic!("not compressed: {:?}", done.body);
+            };
+            assert!(bytes.len() < css.len() / 2);
+            assert_eq!(decode(Some(coding), bytes), css);
+            assert_eq!(done.content_length(), bytes.len() as u64);
+            // HEAD: the same headers and the compressed length, no body.
+            let head = compress_now(f.request(
+                Method::Head,
+                "/style.css",
+                &[("accept-encoding", accept)],
+            ));
+            assert_eq!(head.headers, done.headers);
+            assert!(matches!(head.body, Body::Empty));
+            assert_eq!(head.content_length(), bytes.len() as u64);
+        }
+        let identity = f.get("/style.css");
+        assert!(identity.pending.is_none());
+        assert_eq!(identity.header("Vary"), Some("Accept-Encoding"));
+        assert_eq!(identity.header("Content-Encoding"), None);
+        for (path, headers) in [
+            ("/style.css", &[("accept-encoding", "gzip"), ("range", "bytes=0-9")][..]),
+            ("/tiny.css", &[("accept-encoding", "gzip")][..]),
+            ("/blob.bin", &[("accept-encoding", "gzip")][..]),
+            ("/style.css", &[("accept-encoding", "gzip;q=0")][..]),
+        ] {
+            let r = f.get_with(path, headers);
+            assert!(r.pending.is_none(), "{path} {headers:?}");
+            assert_eq!(r.header("Content-Encoding"), None, "{path} {headers:?}");
+        }
+    }
 }
