@@ -86,7 +86,12 @@ fn set_mtime(path: &Path, time: SystemTime) {
 /// The identity representation: no coding, the file's bytes as they are.
 fn assert_identity(r: &Response, body: &[u8], what: &str) {
     assert_eq!(r.status, 200, "{what}");
-    assert_eq!(r.header("content-encoding"), None, "{what}: {:?}", r.headers);
+    assert_eq!(
+        r.header("content-encoding"),
+        None,
+        "{what}: {:?}",
+        r.headers
+    );
     assert!(r.body == body, "{what}: identity body differs");
 }
 
@@ -112,7 +117,10 @@ fn gzip_and_br_are_byte_exact_with_vary_and_an_etag_each() {
     assert_eq!(gz.header("content-encoding"), Some("gzip"));
     assert_eq!(gz.header("vary"), Some("Accept-Encoding"));
     assert!(gz.body.len() < page.len() / 2, "gzip saved little");
-    assert!(gunzip(&gz.body) == page, "gzip body does not decode to the file");
+    assert!(
+        gunzip(&gz.body) == page,
+        "gzip body does not decode to the file"
+    );
 
     let br = request(
         addr,
@@ -123,7 +131,10 @@ fn gzip_and_br_are_byte_exact_with_vary_and_an_etag_each() {
     assert_eq!(br.status, 200);
     assert_eq!(br.header("content-encoding"), Some("br"));
     assert_eq!(br.header("vary"), Some("Accept-Encoding"));
-    assert!(unbrotli(&br.body) == page, "br body does not decode to the file");
+    assert!(
+        unbrotli(&br.body) == page,
+        "br body does not decode to the file"
+    );
 
     // One entity-tag per representation, and each one's 304 only for itself.
     let tags: Vec<String> = [&identity, &gz, &br]
@@ -170,7 +181,9 @@ fn gzip_and_br_are_byte_exact_with_vary_and_an_etag_each() {
     let mut c = Client::connect(addr);
     for _ in 0..3 {
         c.send(b"GET /page.html HTTP/1.1\r\nHost: a.test\r\nAccept-Encoding: br\r\n\r\n");
-        let r = c.read_response(false).expect("response on the same connection");
+        let r = c
+            .read_response(false)
+            .expect("response on the same connection");
         assert!(unbrotli(&r.body) == page);
     }
 
@@ -224,7 +237,12 @@ fn precompressed_siblings_are_served_and_stale_or_escaping_ones_ignored() {
     let from_sibling = text(8 * 1024, 3);
     let js = t.root_a.join("app.js");
     write_owned(&js, &script, &t.a, 0o644);
-    write_owned(&t.root_a.join("app.js.gz"), &gzip(&from_sibling), &t.a, 0o644);
+    write_owned(
+        &t.root_a.join("app.js.gz"),
+        &gzip(&from_sibling),
+        &t.a,
+        0o644,
+    );
     write_owned(
         &t.root_a.join("app.js.br"),
         &brotli_of(&from_sibling),
@@ -232,7 +250,12 @@ fn precompressed_siblings_are_served_and_stale_or_escaping_ones_ignored() {
         0o644,
     );
     write_owned(&t.root_b.join("app.js"), &script, &t.b, 0o644);
-    write_owned(&t.root_b.join("app.js.gz"), &gzip(&from_sibling), &t.b, 0o644);
+    write_owned(
+        &t.root_b.join("app.js.gz"),
+        &gzip(&from_sibling),
+        &t.b,
+        0o644,
+    );
     write_owned(&t.root_b.join("plain.css"), &script, &t.b, 0o644);
     // A sibling that is a symlink to the other tenant's file is no sibling.
     write_owned(&t.root_a.join("linked.css"), &script, &t.a, 0o644);
@@ -244,7 +267,10 @@ fn precompressed_siblings_are_served_and_stale_or_escaping_ones_ignored() {
     assert_eq!(r.status, 200, "{}", condo.log_text());
     assert_eq!(r.header("content-encoding"), Some("gzip"));
     assert_eq!(r.header("vary"), Some("Accept-Encoding"));
-    assert!(gunzip(&r.body) == from_sibling, "the .gz sibling was not served");
+    assert!(
+        gunzip(&r.body) == from_sibling,
+        "the .gz sibling was not served"
+    );
     let gz_tag = r.header("etag").unwrap().to_string();
     assert!(gz_tag.ends_with("-gz\""), "{gz_tag}");
     let inm = format!("If-None-Match: {gz_tag}");
@@ -252,9 +278,17 @@ fn precompressed_siblings_are_served_and_stale_or_escaping_ones_ignored() {
     assert_eq!(r304.status, 304);
     assert_eq!(r304.header("etag"), Some(gz_tag.as_str()));
 
-    let r = request(addr, "GET", "/app.js", &["Accept-Encoding: br;q=1, gzip;q=0.5"]);
+    let r = request(
+        addr,
+        "GET",
+        "/app.js",
+        &["Accept-Encoding: br;q=1, gzip;q=0.5"],
+    );
     assert_eq!(r.header("content-encoding"), Some("br"));
-    assert!(unbrotli(&r.body) == from_sibling, "the .br sibling was not served");
+    assert!(
+        unbrotli(&r.body) == from_sibling,
+        "the .br sibling was not served"
+    );
     let br_tag = r.header("etag").unwrap().to_string();
     assert_ne!(br_tag, gz_tag);
     assert!(br_tag.ends_with("-br\""), "{br_tag}");
@@ -277,12 +311,18 @@ fn precompressed_siblings_are_served_and_stale_or_escaping_ones_ignored() {
     assert!(gunzip(&r.body) == script, "a stale .gz sibling was served");
     let r = request(addr, "GET", "/app.js", &["Accept-Encoding: br"]);
     assert_eq!(r.header("content-encoding"), Some("br"));
-    assert!(unbrotli(&r.body) == script, "a stale .br sibling was served");
+    assert!(
+        unbrotli(&r.body) == script,
+        "a stale .br sibling was served"
+    );
 
     // A symlinked sibling leading out of the root: the file itself, compressed here.
     let r = request(addr, "GET", "/linked.css", &["Accept-Encoding: gzip"]);
     assert_eq!(r.status, 200);
-    assert!(gunzip(&r.body) == script, "a sibling outside the root was served");
+    assert!(
+        gunzip(&r.body) == script,
+        "a sibling outside the root was served"
+    );
 
     // compress = false: the sibling still, but nothing compressed on the fly.
     let addr_b = condo.pass;
@@ -328,7 +368,10 @@ fn no_compression_for_ranges_small_bodies_binary_types_or_refused_codings() {
     );
     assert_eq!(r.status, 206, "{}", condo.log_text());
     assert_eq!(r.header("content-encoding"), None);
-    assert_eq!(r.header("content-range"), Some(&*format!("bytes 100-1099/{}", css.len())));
+    assert_eq!(
+        r.header("content-range"),
+        Some(&*format!("bytes 100-1099/{}", css.len()))
+    );
     assert!(r.body == css[100..1100]);
     let identity_tag = request(addr, "GET", "/style.css", &[])
         .header("etag")

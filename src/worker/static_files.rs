@@ -945,9 +945,7 @@ fn choose_variant(
         }
     }
     match encodings[0] {
-        Some(encoding) if site.compress && meta.size <= COMPRESS_MAX => {
-            Variant::OnTheFly(encoding)
-        }
+        Some(encoding) if site.compress && meta.size <= COMPRESS_MAX => Variant::OnTheFly(encoding),
         _ => Variant::Identity,
     }
 }
@@ -2651,11 +2649,8 @@ mod tests {
             assert_eq!(decode(Some(coding), bytes), css);
             assert_eq!(done.content_length(), bytes.len() as u64);
             // HEAD: the same headers and the compressed length, no body.
-            let head = compress_now(f.request(
-                Method::Head,
-                "/style.css",
-                &[("accept-encoding", accept)],
-            ));
+            let head =
+                compress_now(f.request(Method::Head, "/style.css", &[("accept-encoding", accept)]));
             assert_eq!(head.headers, done.headers);
             assert!(matches!(head.body, Body::Empty));
             assert_eq!(head.content_length(), bytes.len() as u64);
@@ -2665,7 +2660,10 @@ mod tests {
         assert_eq!(identity.header("Vary"), Some("Accept-Encoding"));
         assert_eq!(identity.header("Content-Encoding"), None);
         for (path, headers) in [
-            ("/style.css", &[("accept-encoding", "gzip"), ("range", "bytes=0-9")][..]),
+            (
+                "/style.css",
+                &[("accept-encoding", "gzip"), ("range", "bytes=0-9")][..],
+            ),
             ("/tiny.css", &[("accept-encoding", "gzip")][..]),
             ("/blob.bin", &[("accept-encoding", "gzip")][..]),
             ("/style.css", &[("accept-encoding", "gzip;q=0")][..]),
