@@ -61,7 +61,7 @@ pub struct SiteFiles {
 }
 
 /// A content-coding condo can send.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Encoding {
     Br,
     Gzip,
@@ -100,6 +100,8 @@ impl Encoding {
 #[derive(Debug, Clone, Copy)]
 pub struct Pending {
     pub encoding: Encoding,
+    /// The file version the body is, for the cache of compressed bodies.
+    key: CacheKey,
     /// A HEAD: only the compressed length is wanted, for `Content-Length`.
     pub head: bool,
 }
@@ -320,6 +322,7 @@ fn serve_get(
 /// The facts about an opened file that responses are built from.
 struct Meta {
     kind: FileType,
+    dev: u64,
     ino: u64,
     size: u64,
     mtime: i64,
@@ -332,6 +335,7 @@ struct Meta {
 fn meta_of(stat: &Stat) -> Meta {
     Meta {
         kind: FileType::from_raw_mode(stat.st_mode),
+        dev: u64::from(stat.st_dev),
         ino: u64::from(stat.st_ino),
         size: u64::try_from(stat.st_size).unwrap_or(0),
         mtime: i64::from(stat.st_mtime),
@@ -1020,6 +1024,14 @@ fn serve_file(
         Variant::OnTheFly(encoding) => {
             let pending = Pending {
                 encoding,
+                key: CacheKey {
+                    dev: meta.dev,
+                    ino: meta.ino,
+                    size: meta.size,
+                    mtime: meta.mtime,
+                    mtime_nsec: meta.mtime_nsec,
+                    encoding,
+                },
                 head: method == Method::Head,
             };
             let body = Body::File {
@@ -1109,8 +1121,11 @@ static COMPRESSING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2
 /// Do the compression a response still owes ([`Response::pending`]) on a blocking
 /// thread; any other response is returned as it is, without a hop.
 pub async fn finish(response: Response) -> Response {
-    if response.pending.is_none() {
+    let Some(pending) = response.pending else {
         return response;
+    };
+    if let Some(hit) = cache_get(&pending.key) {
+        return with_compressed(response, &hit);
     }
     let Ok(_permit) = COMPRESSING.acquire().await else {
         return error_response(503);
@@ -1146,12 +1161,84 @@ pub fn compress_now(mut response: Response) -> Response {
         Ok(bytes) => bytes,
         Err(_) => return error_response(500),
     };
+    cache_put(pending.key, &compressed);
+    response.pending = Some(pending);
+    with_compressed(response, &compressed)
+}
+
+/// `response` with its pending compression done: `compressed` as its body, or for a
+/// HEAD only as its length.
+fn with_compressed(mut response: Response, compressed: &[u8]) -> Response {
+    let Some(pending) = response.pending.take() else {
+        return response;
+    };
     if pending.head {
         response.head_length = Some(compressed.len() as u64);
+        response.body = Body::Empty;
     } else {
-        response.body = Body::Bytes(compressed);
+        response.body = Body::Bytes(compressed.to_vec());
     }
     response
+}
+
+/// A version of a file, as far as the ETag can tell versions apart, in one coding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct CacheKey {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime: i64,
+    mtime_nsec: u32,
+    encoding: Encoding,
+}
+
+/// Compressed bodies kept per worker (per tenant): a popular stylesheet is compressed
+/// once, not on every request. Entries are found only through a descriptor the request
+/// opened itself (same device, inode, size and mtime, as the ETag says), so a cached
+/// body is never served for a file the request could not open, nor after a change.
+const CACHE_BYTES: usize = 8 * 1024 * 1024;
+
+struct Cache {
+    map: std::collections::HashMap<CacheKey, std::sync::Arc<[u8]>>,
+    /// Insertion order, oldest first: the first to go when the cache is full.
+    order: std::collections::VecDeque<CacheKey>,
+    bytes: usize,
+}
+
+static CACHE: std::sync::LazyLock<std::sync::Mutex<Cache>> = std::sync::LazyLock::new(|| {
+    std::sync::Mutex::new(Cache {
+        map: std::collections::HashMap::new(),
+        order: std::collections::VecDeque::new(),
+        bytes: 0,
+    })
+});
+
+fn cache_get(key: &CacheKey) -> Option<std::sync::Arc<[u8]>> {
+    let cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
+    cache.map.get(key).cloned()
+}
+
+fn cache_put(key: CacheKey, compressed: &[u8]) {
+    // One body may take a quarter of the cache at most, so a few large files cannot
+    // keep every other one out.
+    if compressed.len() > CACHE_BYTES / 4 {
+        return;
+    }
+    let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
+    if cache.map.contains_key(&key) {
+        return;
+    }
+    while cache.bytes + compressed.len() > CACHE_BYTES {
+        let Some(old) = cache.order.pop_front() else {
+            break;
+        };
+        if let Some(gone) = cache.map.remove(&old) {
+            cache.bytes -= gone.len();
+        }
+    }
+    cache.bytes += compressed.len();
+    cache.order.push_back(key);
+    cache.map.insert(key, std::sync::Arc::from(compressed));
 }
 
 fn compress_bytes(input: &[u8], encoding: Encoding) -> io::Result<Vec<u8>> {
