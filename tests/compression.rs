@@ -187,6 +187,30 @@ fn gzip_and_br_are_byte_exact_with_vary_and_an_etag_each() {
         assert!(unbrotli(&r.body) == page);
     }
 
+    // Compressed bodies are kept, but never across a change of the file: rewritten in
+    // place (same inode, same length), the next answer decodes to the new text.
+    let changed = text(100 * 1024, 9);
+    std::thread::sleep(Duration::from_millis(20));
+    std::fs::write(t.root_a.join("page.html"), &changed).unwrap();
+    for accept in ["gzip", "br"] {
+        let ae = format!("Accept-Encoding: {accept}");
+        let r = request(addr, "GET", "/page.html", &[&ae]);
+        let decoded = if accept == "gzip" {
+            gunzip(&r.body)
+        } else {
+            unbrotli(&r.body)
+        };
+        assert!(
+            decoded == changed,
+            "{accept}: a stale compressed body was served"
+        );
+        assert_ne!(
+            r.header("etag"),
+            Some(tags[if accept == "gzip" { 1 } else { 2 }].as_str())
+        );
+    }
+    std::fs::write(t.root_a.join("page.html"), &page).unwrap();
+
     // curl, as a browser would ask, over HTTP/1.1 and h2c, for each coding it decodes.
     let url = format!("http://{addr}/page.html");
     let out = t.dir.path().join("curl.out");
