@@ -200,6 +200,8 @@ pub const KEYS: &[Key] = &[
         "A path with a segment starting with \".\" is 404 (except /.well-known/)."),
     key(Site, "deny_backup", "BOOL", "true",
         "Backup and editor names (x~, #x#, .bak .orig .old .save .swp .swo .swx) are 404."),
+    key(Site, "compress", "BOOL", "true",
+        "gzip/br on the fly for static text types of 1 KiB to 4 MiB when the client accepts it (never for ranges). Precompressed FILE.br / FILE.gz siblings are served even when false."),
     key(Site, "env", "{ NAME = \"VALUE\" }", "{}", "Environment for the site's scripts and apps."),
     key(Site, "route", "[[site.route]]", "[]",
         "Handlers, tried in order; a request no route matches is a static file."),

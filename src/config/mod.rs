@@ -163,6 +163,9 @@ pub struct Site {
     /// Refuse (404) every path with a backup or editor file's name in it
     /// ([`crate::http::path::is_backup_name`]).
     pub deny_backup: bool,
+    /// Compress static text files on the fly for clients that accept gzip or br
+    /// (precompressed `.gz`/`.br` siblings are served either way).
+    pub compress: bool,
     /// Environment for every handler's processes (CGI scripts).
     pub env: Vec<(String, String)>,
     /// Tried in order; a request no route matches is served as a static file.
@@ -662,6 +665,7 @@ struct SiteSection {
     autoindex: bool,
     deny_hidden: Option<bool>,
     deny_backup: Option<bool>,
+    compress: Option<bool>,
     #[serde(default)]
     env: BTreeMap<String, String>,
     #[serde(default)]
@@ -1613,6 +1617,7 @@ fn validate_site(
         // On unless the admin says otherwise: what is not meant to be served is not.
         deny_hidden: s.deny_hidden.unwrap_or(true),
         deny_backup: s.deny_backup.unwrap_or(true),
+        compress: s.compress.unwrap_or(true),
         env: s.env.into_iter().collect(),
         routes,
         max_clients: s.max_clients,

@@ -230,6 +230,7 @@ mod tests {
             autoindex: false,
             deny_hidden: true,
             deny_backup: true,
+            compress: true,
             env: vec![("APP_ENV".into(), "prod".into())],
             routes: vec![],
             max_clients: None,

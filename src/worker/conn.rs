@@ -568,6 +568,7 @@ async fn serve_static(
         ),
         (Err(_), _) => static_files::error_response(500),
     };
+    let response = static_files::finish(response).await;
     if response.status >= 400 && site.config.error_page(response.status).is_some() {
         let status = response.status;
         return error_page(tenant, site, stream, buf, head, handoff, status, keep_alive).await;

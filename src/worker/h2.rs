@@ -146,6 +146,7 @@ async fn serve_static(
         ),
         (Err(_), _) => static_files::error_response(500),
     };
+    let answer = static_files::finish(answer).await;
     let answer = if site.config.error_page(answer.status).is_some() {
         super::conn::static_error_page(site, answer.status, head_only)
     } else {

@@ -432,6 +432,7 @@ fn open_site(config: Site, tls: Option<anyhow::Result<Arc<rustls::ServerConfig>>
         index: config.index.clone(),
         autoindex: config.autoindex,
         deny: config.deny(),
+        compress: config.compress,
     })
     .map_err(|e| {
         let reason = format!(

@@ -30,6 +30,14 @@ use crate::http::path;
 /// one write; larger ones go out with sendfile.
 const SMALL_FILE: u64 = 16 * 1024;
 
+/// Bodies smaller than this are never compressed (nor looked for as `.gz`/`.br`
+/// siblings): the saving would be a few bytes, the cost a syscall or a compressor.
+pub const COMPRESS_MIN: u64 = 1024;
+
+/// On-the-fly compression reads the whole file into memory; a larger file goes out
+/// as it is (with sendfile) unless it has a precompressed sibling.
+pub const COMPRESS_MAX: u64 = 4 * 1024 * 1024;
+
 /// More ranges than this in one request are not honoured (see [`parse_ranges`]).
 const MAX_RANGES: usize = 16;
 
@@ -47,6 +55,55 @@ pub struct SiteFiles {
     /// Names the site refuses (`deny_hidden`, `deny_backup`): left out of listings,
     /// where they could only be links to a 404 that still give their names away.
     pub deny: path::Deny,
+    /// Compress text files on the fly (site key `compress`); precompressed siblings
+    /// are served whatever this says.
+    pub compress: bool,
+}
+
+/// A content-coding condo can send.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Encoding {
+    Br,
+    Gzip,
+}
+
+impl Encoding {
+    /// The token in `Content-Encoding`.
+    pub fn token(self) -> &'static str {
+        match self {
+            Encoding::Br => "br",
+            Encoding::Gzip => "gzip",
+        }
+    }
+
+    /// The name suffix of a precompressed sibling.
+    fn file_suffix(self) -> &'static str {
+        match self {
+            Encoding::Br => ".br",
+            Encoding::Gzip => ".gz",
+        }
+    }
+
+    /// Appended to the identity entity-tag's opaque part: each representation needs
+    /// its own tag (RFC 9110 §8.8.3), or a cache could answer a conditional request
+    /// for one with the other.
+    fn etag_suffix(self) -> &'static str {
+        match self {
+            Encoding::Br => "-br",
+            Encoding::Gzip => "-gz",
+        }
+    }
+}
+
+/// Compression still to be done on a response's body (a `Body::File` of the whole
+/// identity file), off the async runtime: see [`finish`].
+#[derive(Debug, Clone, Copy)]
+pub struct Pending {
+    pub encoding: Encoding,
+    /// The file version the body is, for the cache of compressed bodies.
+    key: CacheKey,
+    /// A HEAD: only the compressed length is wanted, for `Content-Length`.
+    pub head: bool,
 }
 
 /// The request's header fields, looked up by case-insensitive name.
@@ -72,6 +129,9 @@ pub struct Response {
     /// `Content-Length` must announce. Use [`Response::content_length`] rather than
     /// reading it directly.
     pub head_length: Option<u64>,
+    /// Set when the body must still be compressed ([`finish`]) before it is sent;
+    /// the headers already describe the compressed representation.
+    pub pending: Option<Pending>,
 }
 
 impl Response {
@@ -181,8 +241,12 @@ fn answer(
         // drift from GET's; only then is the body dropped.
         Method::Head => {
             let mut response = serve_get(site, method, path, query, headers, index);
-            response.head_length = Some(response.body.len());
-            response.body = Body::Empty;
+            // A body still to be compressed stays for [`finish`], which needs it to
+            // learn the length and then drops it.
+            if response.pending.is_none() {
+                response.head_length = Some(response.body.len());
+                response.body = Body::Empty;
+            }
             response
         }
         Method::Other => {
@@ -208,6 +272,7 @@ pub fn error_response(status: u16) -> Response {
         ],
         body: Body::Bytes(body.into_bytes()),
         head_length: None,
+        pending: None,
     }
 }
 
@@ -246,7 +311,7 @@ fn serve_get(
         Err(status) => return error_response(status),
     };
     match meta.kind {
-        FileType::RegularFile => serve_file(fd, &meta, path, method, headers),
+        FileType::RegularFile => serve_file(site, fd, &meta, path, method, headers),
         FileType::Directory if !path.ends_with('/') => redirect_to_dir(path, query),
         FileType::Directory => serve_directory(site, fd, path, method, headers, index),
         // FIFOs, sockets and devices: nothing a web server should read from.
@@ -257,6 +322,7 @@ fn serve_get(
 /// The facts about an opened file that responses are built from.
 struct Meta {
     kind: FileType,
+    dev: u64,
     ino: u64,
     size: u64,
     mtime: i64,
@@ -269,6 +335,7 @@ struct Meta {
 fn meta_of(stat: &Stat) -> Meta {
     Meta {
         kind: FileType::from_raw_mode(stat.st_mode),
+        dev: u64::from(stat.st_dev),
         ino: u64::from(stat.st_ino),
         size: u64::try_from(stat.st_size).unwrap_or(0),
         mtime: i64::from(stat.st_mtime),
@@ -418,7 +485,9 @@ fn serve_directory(
         let candidate = format!("{path}{name}");
         match open_target(&site.root, &candidate) {
             Ok((fd, meta)) => match meta.kind {
-                FileType::RegularFile => return serve_file(fd, &meta, &candidate, method, headers),
+                FileType::RegularFile => {
+                    return serve_file(site, fd, &meta, &candidate, method, headers);
+                }
                 // A directory called "index.html" is not an index file.
                 FileType::Directory => continue,
                 _ => return error_response(403),
@@ -439,6 +508,7 @@ fn serve_directory(
             ],
             body: Body::Bytes(html),
             head_length: None,
+            pending: None,
         },
         Err(status) => error_response(status),
     }
@@ -599,6 +669,12 @@ impl Validators {
         }
     }
 
+    /// The validators of an encoded representation of the same file.
+    fn with_suffix(mut self, suffix: &str) -> Validators {
+        self.etag.push_str(suffix);
+        self
+    }
+
     fn headers(&self) -> Vec<(&'static str, String)> {
         let mut headers = vec![("ETag", format!("\"{}\"", self.etag))];
         if let Some(date) = self.modified.and_then(|m| http_date(m as i64)) {
@@ -741,23 +817,190 @@ fn content_type(path: &str) -> String {
     }
 }
 
+/// Whether a type is worth compressing: text, and the structured text formats that
+/// are not labelled `text/*`. Already-compressed formats (images, archives, fonts in
+/// WOFF) would only cost CPU.
+fn compressible(content_type: &str) -> bool {
+    let essence = content_type.split(';').next().unwrap_or("").trim();
+    essence.starts_with("text/")
+        || matches!(
+            essence,
+            "application/javascript"
+                | "application/json"
+                | "application/xml"
+                | "application/xhtml+xml"
+                | "application/rss+xml"
+                | "application/atom+xml"
+                | "application/manifest+json"
+                | "application/wasm"
+                | "image/svg+xml"
+                | "image/x-icon"
+                | "image/vnd.microsoft.icon"
+                | "font/ttf"
+                | "font/otf"
+        )
+}
+
+/// The codings condo can send that `Accept-Encoding` allows, best first (RFC 9110
+/// §12.5.3): by q-value, `*` standing for a coding not named, `q=0` refusing it; on a
+/// tie br, which compresses text better. An empty or unparsable value allows none.
+fn accepted_encodings(value: &[u8]) -> [Option<Encoding>; 2] {
+    let (mut br, mut gzip, mut star) = (None, None, None);
+    for element in value.split(|&b| b == b',') {
+        let mut params = element.split(|&b| b == b';');
+        let coding = params.next().unwrap_or_default().trim_ascii();
+        let mut q = Some(1000u16);
+        for param in params {
+            let param = param.trim_ascii();
+            if let Some(v) = param
+                .strip_prefix(b"q=")
+                .or_else(|| param.strip_prefix(b"Q="))
+            {
+                q = parse_qvalue(v.trim_ascii());
+            }
+        }
+        // A q-value that does not parse refuses rather than guesses.
+        let q = q.unwrap_or(0);
+        let slot = if coding.eq_ignore_ascii_case(b"br") {
+            &mut br
+        } else if coding.eq_ignore_ascii_case(b"gzip") || coding.eq_ignore_ascii_case(b"x-gzip") {
+            &mut gzip
+        } else if coding == b"*" {
+            &mut star
+        } else {
+            continue;
+        };
+        // The same coding twice: the most favourable mention wins.
+        *slot = Some(slot.map_or(q, |old: u16| old.max(q)));
+    }
+    let br = br.or(star).unwrap_or(0);
+    let gzip = gzip.or(star).unwrap_or(0);
+    let br = (br > 0).then_some((br, Encoding::Br));
+    let gzip = (gzip > 0).then_some((gzip, Encoding::Gzip));
+    match (br, gzip) {
+        (Some(b), Some(g)) if g.0 > b.0 => [Some(g.1), Some(b.1)],
+        (b, g) => {
+            let mut out = [b.map(|b| b.1), g.map(|g| g.1)];
+            if out[0].is_none() {
+                out.swap(0, 1);
+            }
+            out
+        }
+    }
+}
+
+/// `qvalue = ( "0" [ "." 0*3DIGIT ] ) / ( "1" [ "." 0*3("0") ] )`, in thousandths.
+fn parse_qvalue(v: &[u8]) -> Option<u16> {
+    let (int, frac) = match v.iter().position(|&b| b == b'.') {
+        Some(dot) => (&v[..dot], &v[dot + 1..]),
+        None => (v, &b""[..]),
+    };
+    if frac.len() > 3 || !frac.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    let mut thousandths = 0u16;
+    for i in 0..3 {
+        thousandths = thousandths * 10 + frac.get(i).map_or(0, |d| u16::from(d - b'0'));
+    }
+    match int {
+        b"0" => Some(thousandths),
+        b"1" if thousandths == 0 => Some(1000),
+        _ => None,
+    }
+}
+
+/// The representation a request for a compressible file gets.
+enum Variant {
+    Identity,
+    /// A precompressed `FILE.br` / `FILE.gz`, opened and checked.
+    Sibling(OwnedFd, Meta, Encoding),
+    /// Compressed by [`finish`].
+    OnTheFly(Encoding),
+}
+
+/// Choose the representation: a sibling in the client's order of preference, else
+/// compression on the fly with its favourite coding when the site allows it.
+fn choose_variant(
+    site: &SiteFiles,
+    meta: &Meta,
+    path: &str,
+    headers: &dyn RequestHeaders,
+) -> Variant {
+    // Ranges are served on the identity representation only: a range of a
+    // compression nobody stores could not be honoured consistently, and If-Range
+    // keeps comparing the identity validators.
+    if headers.header("range").is_some() {
+        return Variant::Identity;
+    }
+    let Some(accept) = headers.header("accept-encoding") else {
+        return Variant::Identity;
+    };
+    let encodings = accepted_encodings(accept);
+    for encoding in encodings.into_iter().flatten() {
+        let sibling = format!("{path}{}", encoding.file_suffix());
+        // The same openat2 beneath the root as the file itself: a sibling that is a
+        // symlink leading out, a FIFO or a directory is no sibling.
+        if let Ok((fd, sib)) = open_target(&site.root, &sibling)
+            && sib.kind == FileType::RegularFile
+            // Older than the file: written for a previous version of it.
+            && (sib.mtime, sib.mtime_nsec) >= (meta.mtime, meta.mtime_nsec)
+        {
+            return Variant::Sibling(fd, sib, encoding);
+        }
+    }
+    match encodings[0] {
+        Some(encoding) if site.compress && meta.size <= COMPRESS_MAX => Variant::OnTheFly(encoding),
+        _ => Variant::Identity,
+    }
+}
+
 fn serve_file(
+    site: &SiteFiles,
     fd: OwnedFd,
     meta: &Meta,
     path: &str,
     method: Method,
     headers: &dyn RequestHeaders,
 ) -> Response {
-    let validators = Validators::of(meta, SystemTime::now());
+    // Checked in this order, and on mime_guess's static string, so that the small
+    // files of the fast path pay nothing (no allocation) for it.
+    let compressible = meta.size >= COMPRESS_MIN
+        && mime_guess::from_path(path.rsplit('/').next().unwrap_or(path))
+            .first_raw()
+            .is_some_and(compressible);
+    let variant = if compressible {
+        choose_variant(site, meta, path, headers)
+    } else {
+        Variant::Identity
+    };
+    let now = SystemTime::now();
+    let (validators, encoding) = match &variant {
+        Variant::Identity => (Validators::of(meta, now), None),
+        Variant::Sibling(_, sib, encoding) => (Validators::of(sib, now), Some(*encoding)),
+        Variant::OnTheFly(encoding) => (Validators::of(meta, now), Some(*encoding)),
+    };
+    let validators = match encoding {
+        Some(encoding) => validators.with_suffix(encoding.etag_suffix()),
+        None => validators,
+    };
+    // The response differs with Accept-Encoding whichever representation this one
+    // is, so every response of a compressible file says so, or a shared cache could
+    // hand a gzip body to a client that cannot decode it.
+    let vary = || ("Vary", "Accept-Encoding".to_string());
     match evaluate_preconditions(headers, &validators) {
         Precondition::Proceed => {}
         Precondition::Failed => return error_response(412),
         Precondition::NotModified => {
+            let mut out = validators.headers();
+            if compressible {
+                out.push(vary());
+            }
             return Response {
                 status: 304,
-                headers: validators.headers(),
+                headers: out,
                 body: Body::Empty,
                 head_length: None,
+                pending: None,
             };
         }
     }
@@ -765,11 +1008,47 @@ fn serve_file(
     let mut out = vec![
         ("Content-Type", content_type.clone()),
         ("X-Content-Type-Options", "nosniff".to_string()),
-        ("Accept-Ranges", "bytes".to_string()),
     ];
+    match encoding {
+        // Byte ranges are offered on the identity representation only.
+        None => out.push(("Accept-Ranges", "bytes".to_string())),
+        Some(encoding) => out.push(("Content-Encoding", encoding.token().to_string())),
+    }
+    if compressible {
+        out.push(vary());
+    }
     out.extend(validators.headers());
+    let (fd, size) = match variant {
+        Variant::Identity => (fd, meta.size),
+        Variant::Sibling(sib_fd, sib, _) => (sib_fd, sib.size),
+        Variant::OnTheFly(encoding) => {
+            let pending = Pending {
+                encoding,
+                key: CacheKey {
+                    dev: meta.dev,
+                    ino: meta.ino,
+                    size: meta.size,
+                    mtime: meta.mtime,
+                    mtime_nsec: meta.mtime_nsec,
+                    encoding,
+                },
+                head: method == Method::Head,
+            };
+            let body = Body::File {
+                file: File::from(fd),
+                offset: 0,
+                len: meta.size,
+            };
+            return Response {
+                status: 200,
+                headers: out,
+                body,
+                head_length: None,
+                pending: Some(pending),
+            };
+        }
+    };
     let file = File::from(fd);
-    let size = meta.size;
 
     let range = match (method, headers.header("range")) {
         (Method::Get, Some(range))
@@ -804,6 +1083,7 @@ fn serve_file(
                 headers: out,
                 body,
                 head_length: None,
+                pending: None,
             };
         }
     }
@@ -829,6 +1109,160 @@ fn serve_file(
         headers: out,
         body,
         head_length: None,
+        pending: None,
+    }
+}
+
+/// Compressions running at once in this worker (this tenant): the rest wait, so a
+/// burst of requests for large text files queues instead of taking every core and
+/// holding a copy of each file in memory.
+static COMPRESSING: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
+
+/// Do the compression a response still owes ([`Response::pending`]) on a blocking
+/// thread; any other response is returned as it is, without a hop.
+pub async fn finish(response: Response) -> Response {
+    let Some(pending) = response.pending else {
+        return response;
+    };
+    if let Some(hit) = cache_get(&pending.key) {
+        return with_compressed(response, &hit);
+    }
+    let Ok(_permit) = COMPRESSING.acquire().await else {
+        return error_response(503);
+    };
+    tokio::task::spawn_blocking(move || compress_now(response))
+        .await
+        .unwrap_or_else(|_| error_response(500))
+}
+
+/// gzip level 6 and brotli quality 5: most of the saving for a small part of the
+/// CPU of the highest levels, which are for siblings made ahead of time.
+const GZIP_LEVEL: u32 = 6;
+const BROTLI_QUALITY: i32 = 5;
+
+/// [`finish`]'s blocking part: read the file, compress it, make it the body (or, for
+/// HEAD, only its length).
+pub fn compress_now(mut response: Response) -> Response {
+    let Some(pending) = response.pending.take() else {
+        return response;
+    };
+    let Body::File { file, offset, len } = std::mem::replace(&mut response.body, Body::Empty)
+    else {
+        return error_response(500);
+    };
+    let mut input = vec![0; len as usize];
+    match file.read_exact_at(&mut input, offset) {
+        Ok(()) => {}
+        // Shrunk since fstat, as in serve_file.
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return error_response(503),
+        Err(_) => return error_response(500),
+    }
+    let compressed = match compress_bytes(&input, pending.encoding) {
+        Ok(bytes) => bytes,
+        Err(_) => return error_response(500),
+    };
+    cache_put(pending.key, &compressed);
+    response.pending = Some(pending);
+    with_compressed(response, &compressed)
+}
+
+/// `response` with its pending compression done: `compressed` as its body, or for a
+/// HEAD only as its length.
+fn with_compressed(mut response: Response, compressed: &[u8]) -> Response {
+    let Some(pending) = response.pending.take() else {
+        return response;
+    };
+    if pending.head {
+        response.head_length = Some(compressed.len() as u64);
+        response.body = Body::Empty;
+    } else {
+        response.body = Body::Bytes(compressed.to_vec());
+    }
+    response
+}
+
+/// A version of a file, as far as the ETag can tell versions apart, in one coding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+struct CacheKey {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime: i64,
+    mtime_nsec: u32,
+    encoding: Encoding,
+}
+
+/// Compressed bodies kept per worker (per tenant): a popular stylesheet is compressed
+/// once, not on every request. Entries are found only through a descriptor the request
+/// opened itself (same device, inode, size and mtime, as the ETag says), so a cached
+/// body is never served for a file the request could not open, nor after a change.
+const CACHE_BYTES: usize = 8 * 1024 * 1024;
+
+struct Cache {
+    map: std::collections::HashMap<CacheKey, std::sync::Arc<[u8]>>,
+    /// Insertion order, oldest first: the first to go when the cache is full.
+    order: std::collections::VecDeque<CacheKey>,
+    bytes: usize,
+}
+
+static CACHE: std::sync::LazyLock<std::sync::Mutex<Cache>> = std::sync::LazyLock::new(|| {
+    std::sync::Mutex::new(Cache {
+        map: std::collections::HashMap::new(),
+        order: std::collections::VecDeque::new(),
+        bytes: 0,
+    })
+});
+
+fn cache_get(key: &CacheKey) -> Option<std::sync::Arc<[u8]>> {
+    let cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
+    cache.map.get(key).cloned()
+}
+
+fn cache_put(key: CacheKey, compressed: &[u8]) {
+    // One body may take a quarter of the cache at most, so a few large files cannot
+    // keep every other one out.
+    if compressed.len() > CACHE_BYTES / 4 {
+        return;
+    }
+    let mut cache = CACHE.lock().unwrap_or_else(|e| e.into_inner());
+    if cache.map.contains_key(&key) {
+        return;
+    }
+    while cache.bytes + compressed.len() > CACHE_BYTES {
+        let Some(old) = cache.order.pop_front() else {
+            break;
+        };
+        if let Some(gone) = cache.map.remove(&old) {
+            cache.bytes -= gone.len();
+        }
+    }
+    cache.bytes += compressed.len();
+    cache.order.push_back(key);
+    cache.map.insert(key, std::sync::Arc::from(compressed));
+}
+
+fn compress_bytes(input: &[u8], encoding: Encoding) -> io::Result<Vec<u8>> {
+    use std::io::Write;
+    let capacity = input.len() / 3 + 64;
+    match encoding {
+        Encoding::Gzip => {
+            let mut encoder = flate2::write::GzEncoder::new(
+                Vec::with_capacity(capacity),
+                flate2::Compression::new(GZIP_LEVEL),
+            );
+            encoder.write_all(input)?;
+            encoder.finish()
+        }
+        Encoding::Br => {
+            let mut out = Vec::with_capacity(capacity);
+            let params = brotli::enc::BrotliEncoderParams {
+                quality: BROTLI_QUALITY,
+                lgwin: 22,
+                ..Default::default()
+            };
+            brotli::BrotliCompress(&mut &input[..], &mut out, &params)?;
+            Ok(out)
+        }
     }
 }
 
@@ -1027,6 +1461,7 @@ mod tests {
                         hidden: true,
                         backup: true,
                     },
+                    compress: true,
                 },
             }
         }
@@ -1384,6 +1819,7 @@ mod tests {
                 hidden: true,
                 backup: true,
             },
+            compress: true,
         };
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
@@ -2230,5 +2666,102 @@ mod tests {
                 assert_eq!(status("/listable/"), 200);
             },
         );
+    }
+
+    #[test]
+    fn accept_encoding_q_values() {
+        use Encoding::{Br, Gzip};
+        for (value, expect) in [
+            ("", [None, None]),
+            ("identity", [None, None]),
+            ("gzip", [Some(Gzip), None]),
+            ("gzip, br", [Some(Br), Some(Gzip)]),
+            ("gzip;q=0.9, br;q=0.8", [Some(Gzip), Some(Br)]),
+            ("br;q=0", [None, None]),
+            ("br;q=0, gzip;q=0.001", [Some(Gzip), None]),
+            ("*", [Some(Br), Some(Gzip)]),
+            ("*;q=0", [None, None]),
+            ("gzip;q=0, *", [Some(Br), None]),
+            ("br;q=1.001", [None, None]),
+            ("br;q=.5", [None, None]),
+            ("br;q=0.5;level=1, x-gzip ; Q=1.0", [Some(Gzip), Some(Br)]),
+            ("gzip;q=0, gzip", [Some(Gzip), None]),
+        ] {
+            assert_eq!(accepted_encodings(value.as_bytes()), expect, "{value:?}");
+        }
+        assert_eq!(parse_qvalue(b"1.000"), Some(1000));
+        assert_eq!(parse_qvalue(b"0.25"), Some(250));
+        assert_eq!(parse_qvalue(b"0."), Some(0));
+        assert_eq!(parse_qvalue(b"0.1234"), None);
+        assert_eq!(parse_qvalue(b"2"), None);
+    }
+
+    fn decode(encoding: Option<&str>, body: &[u8]) -> Vec<u8> {
+        use std::io::Read;
+        let mut out = Vec::new();
+        match encoding {
+            None => out.extend_from_slice(body),
+            Some("gzip") => {
+                flate2::read::GzDecoder::new(body)
+                    .read_to_end(&mut out)
+                    .unwrap();
+            }
+            Some("br") => {
+                brotli::Decompressor::new(body, 4096)
+                    .read_to_end(&mut out)
+                    .unwrap();
+            }
+            Some(other) => panic!("unexpected coding {other}"),
+        }
+        out
+    }
+
+    #[test]
+    fn compressed_on_the_fly_only_where_it_applies() {
+        let f = Fixture::new("compress");
+        let css: Vec<u8> = (0..4000u32)
+            .flat_map(|i| format!("a{} {{ color: #{:06x} }}\n", i, i * 7919).into_bytes())
+            .collect();
+        f.write("style.css", &css)
+            .write("tiny.css", b"a{}\n")
+            .write("blob.bin", &css);
+        for (accept, coding) in [("gzip", "gzip"), ("br, gzip", "br")] {
+            let pending = f.get_with("/style.css", &[("accept-encoding", accept)]);
+            assert_eq!(pending.header("Content-Encoding"), Some(coding));
+            assert_eq!(pending.header("Vary"), Some("Accept-Encoding"));
+            assert_eq!(pending.header("Accept-Ranges"), None);
+            assert!(pending.pending.is_some());
+            let done = compress_now(pending);
+            assert!(done.pending.is_none());
+            let Body::Bytes(bytes) = &done.body else {
+                panic!("not compressed: {:?}", done.body);
+            };
+            assert!(bytes.len() < css.len() / 2);
+            assert_eq!(decode(Some(coding), bytes), css);
+            assert_eq!(done.content_length(), bytes.len() as u64);
+            // HEAD: the same headers and the compressed length, no body.
+            let head =
+                compress_now(f.request(Method::Head, "/style.css", &[("accept-encoding", accept)]));
+            assert_eq!(head.headers, done.headers);
+            assert!(matches!(head.body, Body::Empty));
+            assert_eq!(head.content_length(), bytes.len() as u64);
+        }
+        let identity = f.get("/style.css");
+        assert!(identity.pending.is_none());
+        assert_eq!(identity.header("Vary"), Some("Accept-Encoding"));
+        assert_eq!(identity.header("Content-Encoding"), None);
+        for (path, headers) in [
+            (
+                "/style.css",
+                &[("accept-encoding", "gzip"), ("range", "bytes=0-9")][..],
+            ),
+            ("/tiny.css", &[("accept-encoding", "gzip")][..]),
+            ("/blob.bin", &[("accept-encoding", "gzip")][..]),
+            ("/style.css", &[("accept-encoding", "gzip;q=0")][..]),
+        ] {
+            let r = f.get_with(path, headers);
+            assert!(r.pending.is_none(), "{path} {headers:?}");
+            assert_eq!(r.header("Content-Encoding"), None, "{path} {headers:?}");
+        }
     }
 }
