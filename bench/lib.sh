@@ -285,6 +285,9 @@ log_dir = "$TMP/log"
 run_dir = "$TMP/run"
 ${CONDO_WORKER_THREADS:+worker_threads = $CONDO_WORKER_THREADS}
 
+[defaults]
+${CONDO_DEFAULTS:-}
+
 [tenant.a]
 user = "$USER_A"
 
