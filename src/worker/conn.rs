@@ -10,15 +10,16 @@ use bytes::{Buf, BytesMut};
 use tokio::io::AsyncWriteExt;
 use tracing::{debug, warn};
 
+use super::response::{Framing, record_request, response_head, serves_host, site_headers};
 use super::static_files::{self, Body, Method, RequestHeaders, Response};
 use super::stream::Stream;
 use super::target::Target;
 use super::{PeerChannel, SiteState, Tenant, access_log, app, cgi, fastcgi};
 use crate::config::Handler;
 use crate::config::Handover;
-use crate::http::head::{self, BodyFraming, RequestHead, Version};
+use crate::http;
+use crate::http::head::{self, BodyFraming, RequestHead};
 use crate::http::io::{HeadRead, close_gracefully, read_head, relay_body, respond_and_close};
-use crate::http::{self, SERVER_NAME};
 use crate::ipc::{Handoff, WorkerToDispatcher};
 
 /// A request body this small is read and discarded to keep the connection; a larger
@@ -170,10 +171,6 @@ pub(super) fn serve_boxed(
     fd: OwnedFd,
 ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> {
     Box::pin(serve(tenant, peer, handoff, fd))
-}
-
-pub(super) fn serves_host(site: &SiteState, host: &str) -> bool {
-    site.config.name == host || site.config.aliases.iter().any(|a| a == host)
 }
 
 /// The handshake of an HTTPS connection for a site with its own certificate, with the
@@ -466,15 +463,6 @@ async fn redirect_to_https(
     Ok(keep_alive)
 }
 
-/// Headers every response of the site gets: HSTS on HTTPS.
-pub(super) fn site_headers(site: &SiteState, secure: bool) -> Option<(&'static str, &str)> {
-    site.config
-        .hsts
-        .as_deref()
-        .filter(|_| secure)
-        .map(|v| ("Strict-Transport-Security", v))
-}
-
 fn log_access(
     tenant: &Tenant,
     site: &SiteState,
@@ -502,14 +490,6 @@ fn log_access(
         elapsed: started.elapsed(),
     };
     record_request(site, &entry, head.head_len as u64 + declared);
-}
-
-/// Count a request for accounting and write its access log line.
-pub(super) fn record_request(site: &SiteState, entry: &access_log::Entry<'_>, received: u64) {
-    site.counters.request(entry.status, received, entry.bytes);
-    if site.access_log.get().is_some() {
-        site.access_log.write(access_log::format(entry).as_bytes());
-    }
 }
 
 /// The static handler, for `target`: the normalised path and whether it still has to
@@ -706,56 +686,6 @@ async fn error_page(
     )
     .await?;
     Ok((status, sent, keep_alive))
-}
-
-/// How a response body is delimited on the wire.
-#[derive(Clone, Copy)]
-pub(super) enum Framing {
-    Length(u64),
-    Chunked,
-    /// HTTP/1.0 without a length: the end of the body is the end of the connection.
-    UntilClose,
-    /// No body follows (HEAD, 204, 304); the length a GET would have had, if known.
-    HeadOnly(Option<u64>),
-}
-
-/// The status line and headers of a response, with condo's own headers added.
-pub(super) fn response_head(
-    status: u16,
-    reason: &str,
-    headers: &[(&str, &str)],
-    framing: Framing,
-    keep_alive: bool,
-    version: Version,
-) -> Vec<u8> {
-    let mut out = Vec::with_capacity(512);
-    out.extend_from_slice(
-        format!(
-            "HTTP/1.1 {status} {reason}\r\nServer: {SERVER_NAME}\r\nDate: {}\r\n",
-            http::http_date()
-        )
-        .as_bytes(),
-    );
-    for (name, value) in headers {
-        out.extend_from_slice(name.as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
-    match framing {
-        Framing::Length(n) | Framing::HeadOnly(Some(n)) if status != 304 && status != 204 => {
-            out.extend_from_slice(format!("Content-Length: {n}\r\n").as_bytes())
-        }
-        Framing::Chunked => out.extend_from_slice(b"Transfer-Encoding: chunked\r\n"),
-        _ => {}
-    }
-    match (keep_alive, version) {
-        (false, _) => out.extend_from_slice(b"Connection: close\r\n"),
-        (true, Version::Http10) => out.extend_from_slice(b"Connection: keep-alive\r\n"),
-        (true, Version::Http11) => {}
-    }
-    out.extend_from_slice(b"\r\n");
-    out
 }
 
 /// Write status line, headers and body; returns the body bytes sent.

@@ -22,7 +22,8 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, Status
 use http_body_util::BodyExt;
 use hyper::body::{Body as _, Frame, Incoming, SizeHint};
 
-use super::conn::{record_request, serve_boxed, serves_host, site_headers};
+use super::conn::serve_boxed;
+use super::response::{record_request, serves_host, site_headers};
 use super::static_files::{self, RequestHeaders};
 use super::{PeerChannel, SiteState, Tenant, access_log};
 use crate::config::Handover;

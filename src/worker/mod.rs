@@ -11,6 +11,7 @@ pub(crate) mod fastcgi;
 mod gate;
 mod h2;
 mod lifecycle;
+mod response;
 pub mod static_files;
 mod stream;
 mod target;

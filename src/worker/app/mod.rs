@@ -17,7 +17,7 @@ use tokio::net::UnixStream;
 use tokio::time::Instant;
 
 use super::cgi::{CgiCall, copy_chunked, copy_until_eof};
-use super::conn::{Framing, response_head};
+use super::response::{Framing, response_head};
 use super::stream::Stream;
 use crate::http::head::{BodyFraming, RequestHead, Version};
 use crate::http::io::{relay_body, relay_body_max};
@@ -248,7 +248,10 @@ async fn run(call: &CgiCall<'_>, stream: &mut Stream, buf: &mut BytesMut) -> Out
         .iter()
         .map(|(n, v)| (n.as_str(), v.as_str()))
         .collect();
-    pairs.extend(crate::worker::conn::site_headers(call.site, call.secure));
+    pairs.extend(crate::worker::response::site_headers(
+        call.site,
+        call.secure,
+    ));
     let out = response_head(
         response.status,
         &reason,

@@ -23,7 +23,7 @@ use tokio::process::Child;
 use tokio::time::Instant;
 use tracing::warn;
 
-use super::conn::{Framing, response_head};
+use super::response::{Framing, response_head};
 use super::stream::Stream;
 use super::{SiteState, Tenant};
 use crate::config::{RouteConfig, RouteMatch};
@@ -362,7 +362,7 @@ async fn run(
     let running = slot.as_mut().expect("set when the script started");
     let outcome = answer(
         call.head,
-        crate::worker::conn::site_headers(call.site, call.secure),
+        crate::worker::response::site_headers(call.site, call.secure),
         cgi_head,
         out,
         &mut stdout,
@@ -575,7 +575,7 @@ pub(super) fn meta_variables(
             .head
             .host
             .as_deref()
-            .filter(|h| crate::worker::conn::serves_host(call.site, h))
+            .filter(|h| crate::worker::response::serves_host(call.site, h))
             .unwrap_or(&call.site.config.name),
         https: call.secure,
         document_root: &call.site.config.root,

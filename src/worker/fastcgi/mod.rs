@@ -200,7 +200,7 @@ async fn run(
     let cgi_head = as_error_page(call, cgi_head);
     let outcome = answer(
         call.head,
-        crate::worker::conn::site_headers(call.site, call.secure),
+        crate::worker::response::site_headers(call.site, call.secure),
         cgi_head,
         out,
         &mut body,
