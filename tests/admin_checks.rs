@@ -9,24 +9,6 @@ use std::process::Command;
 
 use common::*;
 
-/// `condo ARGS... -c CONFIG`: (stdout + stderr, success).
-fn condo(config: &Path, args: &[&str]) -> (String, bool) {
-    let out = Command::new(CONDO)
-        .args(args)
-        .arg("-c")
-        .arg(config)
-        .output()
-        .unwrap();
-    (
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-        out.status.success(),
-    )
-}
-
 /// A self-signed certificate for `names` and its key, PEM.
 fn cert_for(names: &[&str]) -> (String, String) {
     let key = rcgen::KeyPair::generate().unwrap();
@@ -66,7 +48,7 @@ fn check_opens_a_sites_own_certificate_as_its_tenant() {
     let site_file = t.dir.path().join("sites/a.toml");
     let place = format!("{}:6:", site_file.display());
 
-    let (out, ok) = condo(&config, &["check"]);
+    let (out, ok) = condo_cmd(&config, &["check"]);
     assert!(ok, "a good pair, readable by its tenant:\n{out}");
 
     // Readable by root but not by the tenant: the worker could not load it, so check
@@ -75,7 +57,7 @@ fn check_opens_a_sites_own_certificate_as_its_tenant() {
     std::fs::remove_file(&key).unwrap();
     std::fs::write(&key, k).unwrap();
     std::fs::set_permissions(&key, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
-    let (out, ok) = condo(&config, &["check"]);
+    let (out, ok) = condo_cmd(&config, &["check"]);
     assert!(!ok, "{out}");
     assert!(
         out.contains(&place) && out.contains("`site.0.tls.key`") && out.contains("denied"),
@@ -83,7 +65,7 @@ fn check_opens_a_sites_own_certificate_as_its_tenant() {
     );
     // A key the tenant can read, of another certificate.
     chown(&key, &t.a, 0o600);
-    let (out, ok) = condo(&config, &["check"]);
+    let (out, ok) = condo_cmd(&config, &["check"]);
     assert!(!ok, "{out}");
     assert!(
         out.contains("`site.0.tls.key`") && out.contains("does not go with"),
@@ -94,7 +76,7 @@ fn check_opens_a_sites_own_certificate_as_its_tenant() {
     std::fs::remove_file(&key).unwrap();
     std::os::unix::fs::symlink("/etc/shadow", &key).unwrap();
     std::os::unix::fs::lchown(&key, Some(t.a.uid), Some(t.a.gid)).unwrap();
-    let (out, ok) = condo(&config, &["check"]);
+    let (out, ok) = condo_cmd(&config, &["check"]);
     assert!(!ok, "{out}");
     assert!(
         out.contains("`site.0.tls.key`") && out.contains("denied"),
@@ -107,7 +89,7 @@ fn check_opens_a_sites_own_certificate_as_its_tenant() {
     std::fs::remove_file(&key).unwrap();
     write_owned(&key, k.as_bytes(), &t.a, 0o600);
     write_owned(&cert, c.as_bytes(), &t.a, 0o600);
-    let (out, ok) = condo(&config, &["check"]);
+    let (out, ok) = condo_cmd(&config, &["check"]);
     assert!(!ok, "{out}");
     assert!(
         out.contains(&place)
@@ -116,7 +98,7 @@ fn check_opens_a_sites_own_certificate_as_its_tenant() {
         "{out}"
     );
     std::fs::remove_file(&cert).unwrap();
-    let (out, ok) = condo(&config, &["check", "--json"]);
+    let (out, ok) = condo_cmd(&config, &["check", "--json"]);
     assert!(!ok, "{out}");
     let report: serde_json::Value = serde_json::from_str(&out).unwrap();
     let errors = report["errors"].as_array().unwrap();
@@ -127,7 +109,7 @@ fn check_opens_a_sites_own_certificate_as_its_tenant() {
         "{out}"
     );
     // What a service's start runs: the tenant's files are not the host's to fail on.
-    let (out, ok) = condo(&config, &["check", "--skip-tenant-files"]);
+    let (out, ok) = condo_cmd(&config, &["check", "--skip-tenant-files"]);
     assert!(ok, "{out}");
 }
 
@@ -184,7 +166,7 @@ fn check_names_every_mistake_of_a_file_with_its_key_and_place() {
          [[site]]\nname = \"c test\"\ntenant = \"t1\"\nroot = \"relative\"\nautoindex = \"yes\"\n",
     )
     .unwrap();
-    let (out, ok) = condo(&main, &["check"]);
+    let (out, ok) = condo_cmd(&main, &["check"]);
     assert!(!ok, "{out}");
     let m = main.display();
     let s = sites.display();
@@ -221,7 +203,7 @@ fn one_unix_user_in_two_tenants_is_refused_by_check_serve_and_reload() {
         .position(|l| l == format!("user = \"{}\"", t.a.name))
         .unwrap()
         + 1;
-    let (out, ok) = condo(&config, &["check"]);
+    let (out, ok) = condo_cmd(&config, &["check"]);
     assert!(!ok, "{out}");
     assert!(
         out.contains("key `tenant.c.user`")
@@ -246,7 +228,7 @@ fn one_unix_user_in_two_tenants_is_refused_by_check_serve_and_reload() {
     std::fs::write(&config, &good).unwrap();
     let condo_run = Condo::start(&config);
     std::fs::write(&config, &doubled).unwrap();
-    let (out, ok) = condo(&config, &["reload"]);
+    let (out, ok) = condo_cmd(&config, &["reload"]);
     assert!(!ok, "{out}");
     assert!(out.contains("already tenant a's"), "{out}");
     assert_eq!(condo_run.get("a.test", "/").1, "200");
@@ -370,7 +352,7 @@ fn a_tenant_checks_its_own_file_as_itself_before_it_applies() {
     std::fs::remove_file(&own).unwrap();
     std::os::unix::fs::symlink("/etc/shadow", &own).unwrap();
     std::os::unix::fs::lchown(&own, Some(t.b.uid), Some(t.b.gid)).unwrap();
-    let (out, ok) = condo(&config, &args);
+    let (out, ok) = condo_cmd(&config, &args);
     assert!(!ok, "{out}");
     assert!(
         out.contains("Permission denied") && !out.contains("root:"),
@@ -393,7 +375,7 @@ fn reload_of_one_tenant_says_what_it_applied_what_it_left_and_a_rejected_own_fil
 
     // Nothing edited: nothing changed; a's worker is replaced only to read its own
     // certificate again, and says so.
-    let (out, ok) = condo(&config, &["reload", "--tenant", "b"]);
+    let (out, ok) = condo_cmd(&config, &["reload", "--tenant", "b"]);
     assert!(ok, "{out}");
     assert!(
         out.contains("reloaded tenant b only") && out.contains("tenants changed: none"),
@@ -410,16 +392,16 @@ fn reload_of_one_tenant_says_what_it_applied_what_it_left_and_a_rejected_own_fil
     for name in ["a", "b"] {
         t.append_site(name, "max_clients = 50\n");
     }
-    let (out, ok) = condo(&config, &["reload", "--tenant", "b"]);
+    let (out, ok) = condo_cmd(&config, &["reload", "--tenant", "b"]);
     assert!(ok, "{out}");
     assert!(out.contains("tenants changed: b;"), "{out}");
     assert!(out.contains("left for a full `condo reload`): a"), "{out}");
     assert_eq!(condo_run.wait_child("worker", Some("a")), worker_a);
 
     // A full reload with nothing edited since: a is not "changed".
-    let (out, ok) = condo(&config, &["reload", "--tenant", "a"]);
+    let (out, ok) = condo_cmd(&config, &["reload", "--tenant", "a"]);
     assert!(ok && out.contains("tenants changed: a"), "{out}");
-    let (out, ok) = condo(&config, &["reload", "--tenant", "a"]);
+    let (out, ok) = condo_cmd(&config, &["reload", "--tenant", "a"]);
     assert!(ok, "{out}");
     assert!(out.contains("tenants changed: none"), "{out}");
     assert!(
@@ -452,11 +434,11 @@ fn reload_of_one_tenant_says_what_it_applied_what_it_left_and_a_rejected_own_fil
         &t.b,
         0o600,
     );
-    let (out, ok) = condo(&config, &["reload", "--tenant", "b"]);
+    let (out, ok) = condo_cmd(&config, &["reload", "--tenant", "b"]);
     assert!(ok && out.contains("applies (1 sites set)"), "{out}");
     // A full reload (SIGHUP) with nothing edited: no tenant "changed", and a's
     // certificate re-read is said as what it is.
-    let (out, ok) = condo(&config, &["reload"]);
+    let (out, ok) = condo_cmd(&config, &["reload"]);
     assert!(ok, "{out}");
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     let line = loop {

@@ -38,23 +38,6 @@ fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
     cond()
 }
 
-fn condo_cmd(config: &Path, args: &[&str]) -> (String, bool) {
-    let out = Command::new(CONDO)
-        .args(args)
-        .arg("-c")
-        .arg(config)
-        .output()
-        .unwrap();
-    (
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-        out.status.success(),
-    )
-}
-
 /// The path of `pid`'s group in the v1 `pids` hierarchy, e.g. `/condo/a`.
 fn pids_group(pid: u32) -> String {
     let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup")).unwrap_or_default();

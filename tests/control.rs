@@ -9,23 +9,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-fn condo_cmd(config: &std::path::Path, args: &[&str]) -> (String, bool) {
-    let out = Command::new(CONDO)
-        .args(args)
-        .arg("-c")
-        .arg(config)
-        .output()
-        .unwrap();
-    (
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-        out.status.success(),
-    )
-}
-
 fn status_json(config: &std::path::Path) -> serde_json::Value {
     let (out, ok) = condo_cmd(config, &["status", "--json"]);
     assert!(ok, "condo status --json: {out}");

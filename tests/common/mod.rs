@@ -750,3 +750,21 @@ impl Drop for ScratchParent {
         }
     }
 }
+
+/// `condo ARGS... -c CONFIG`: (stdout and stderr together, success).
+pub fn condo_cmd(config: &Path, args: &[&str]) -> (String, bool) {
+    let out = Command::new(CONDO)
+        .args(args)
+        .arg("-c")
+        .arg(config)
+        .output()
+        .unwrap();
+    (
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+        out.status.success(),
+    )
+}
